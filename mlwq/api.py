@@ -1,0 +1,66 @@
+"""The whole chain as functions: load, calibrate, quantize, save, evaluate.
+
+`mlwq quantize` and `mlwq-export` (whole-chain mode) both call quantize() here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from . import checkpoint
+from .assets import CALIBRATION_TEXT, EVAL_TEXT
+from .calibration import calibration_windows
+from .engine import QuantConfig, quantize_model
+from .evaluate import eval_tokens, perplexity
+from .model_io import load_model
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def quantize(source: str, out_dir: str | Path, cfg: QuantConfig, *, nsamples: int = 128, seqlen: int = 2048,
+             calib_path: str | Path = CALIBRATION_TEXT, device: str | None = None,
+             max_blocks: int | None = None, progress: bool = True, model_and_tokenizer=None) -> dict:
+    """Quantize `source` and write the checkpoint to out_dir; returns its metadata.
+
+    max_blocks keeps only the first blocks of the model (reduced copies for tests).
+    """
+    cfg.validate()
+    device = device or default_device()
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = model_and_tokenizer or load_model(source)
+    if max_blocks is not None:
+        model = truncate_blocks(model, max_blocks)
+    calib = calibration_windows(tokenizer, calib_path, nsamples, seqlen, cfg.seed)
+    t0 = time.time()
+    results, reports = quantize_model(model, calib, cfg, device=device, progress=progress)
+    seconds = time.time() - t0
+    meta = checkpoint.save(out_dir, results, reports, cfg, source, extra={
+        "calibration": {"file": str(calib_path), "nsamples": nsamples, "seqlen": seqlen, "seed": cfg.seed},
+        "max_blocks": max_blocks, "quantize_seconds": seconds, "device": str(device)})
+    meta["_model"], meta["_tokenizer"] = model, tokenizer     # fake-quant model, for evaluation
+    return meta
+
+
+def truncate_blocks(model, n_blocks: int):
+    """The same model with only its first n_blocks decoder blocks (a reduced real model)."""
+    from .model_io import arch_of, get_module
+
+    spec = arch_of(model)
+    parent_path, attr = spec.blocks.rsplit(".", 1)
+    parent = get_module(model, parent_path)
+    setattr(parent, attr, torch.nn.ModuleList(list(getattr(parent, attr))[:n_blocks]))
+    model.config.num_hidden_layers = n_blocks
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:n_blocks]
+    return model
+
+
+def evaluate(model, tokenizer, *, seqlen: int = 2048, max_windows: int | None = None,
+             eval_path: str | Path = EVAL_TEXT, device: str | None = None, progress: bool = True) -> float:
+    ids = eval_tokens(tokenizer, eval_path)
+    return perplexity(model, ids, seqlen, max_windows, device or default_device(), progress)

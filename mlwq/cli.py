@@ -1,0 +1,153 @@
+"""`mlwq`: quantize a causal LM with RTN, GPTQ or MLWQ, and evaluate perplexity."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .assets import CALIBRATION_TEXT, EVAL_TEXT, default_model_path
+from .engine import METHODS, QuantConfig
+from .errors import MLWQError
+
+DEFAULT_MODEL = "default"
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _resolve_model(name: str) -> str:
+    return str(default_model_path()) if name == DEFAULT_MODEL else name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlwq", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("quantize", help="quantize a model and save an mlwq checkpoint",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Quantize MODEL block by block on calibration text and write a checkpoint "
+                                   "(codes, per-block scales/zeros, tier of every input channel, per-layer widths) "
+                                   "that `mlwq-export` turns into a GGUF.")
+    q.add_argument("model", help="GGUF file, Hugging Face model directory or hub id; "
+                                 f"'{DEFAULT_MODEL}' = SmolLM2-135M-Instruct (dequantized Q4_1)")
+    q.add_argument("--method", choices=METHODS, default="mlwq")
+    q.add_argument("--bits", type=float, default=3.0,
+                   help="average code bits of the linear layers (fractional only with MLWQ's BPLL)")
+    q.add_argument("--out", required=True, help="checkpoint directory to write (atomically)")
+    q.add_argument("--group-size", type=int, default=None,
+                   help="rtn/gptq group size (multiple of 64; default 64 for rtn, 128 for gptq)")
+    q.add_argument("--act-order", action="store_true", help="gptq: quantize columns by descending Hessian diagonal")
+    q.add_argument("--candidates", type=_int_list, default=(2, 3, 4), help="BPLL candidate widths")
+    q.add_argument("--tiers", type=_int_list, default=(-1, 0, 1),
+                   help="MQSA tiers as offsets from each layer's BPLL width: -1,0,1 gives (2,3,4) bits "
+                        "for a 3-bit layer; 2 to 5 tiers")
+    q.add_argument("--protect-fraction", type=float, default=None,
+                   help="share of a layer's columns in the upper tiers (default: 1/16 per bit above 1)")
+    q.add_argument("--no-bpll", action="store_true", help="ablation: every layer at --bits")
+    q.add_argument("--no-mqsa", action="store_true", help="ablation: one tier per layer")
+    q.add_argument("--no-tqp", action="store_true", help="ablation: plain min/max scales and zeros")
+    q.add_argument("--bpll-loss", choices=("dist", "kl"), default="dist",
+                   help="BPLL layer loss: channel-wise distribution loss (eq. 3) or KL (ablation)")
+    q.add_argument("--no-compensation", action="store_true",
+                   help="mlwq: no GPTQ error compensation inside the tiers (RTN on the MLWQ grid)")
+    q.add_argument("--tqp-steps", type=int, default=50, help="Adam steps of TQP per group")
+    q.add_argument("--nsamples", type=int, default=128, help="calibration windows")
+    q.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window")
+    q.add_argument("--calib", default=str(CALIBRATION_TEXT), help="calibration text file")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--percdamp", type=float, default=0.01, help="Hessian damping, fraction of mean diagonal")
+    q.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    q.add_argument("--max-blocks", type=int, default=None, help="keep only the first N blocks (reduced model)")
+    q.add_argument("--eval", action="store_true", help="also measure WikiText-2 perplexity of the result")
+    q.add_argument("--eval-windows", type=int, default=None, help="limit perplexity to N windows")
+    q.add_argument("--json", default=None, help="write the summary to this JSON file")
+
+    e = sub.add_parser("eval", help="WikiText-2 perplexity (GPTQ protocol) of a model or checkpoint",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("model", help=f"GGUF file, HF directory or hub id; '{DEFAULT_MODEL}' for SmolLM2-135M")
+    e.add_argument("--checkpoint", default=None, help="mlwq checkpoint to apply (fake-quant) before evaluating")
+    e.add_argument("--seqlen", type=int, default=2048)
+    e.add_argument("--eval-windows", type=int, default=None, help="limit to the first N windows")
+    e.add_argument("--text", default=str(EVAL_TEXT), help="evaluation text (wiki.test.raw)")
+    e.add_argument("--device", default=None)
+    e.add_argument("--max-blocks", type=int, default=None)
+    return p
+
+
+def cmd_quantize(args) -> int:
+    from . import api
+
+    cfg = QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, act_order=args.act_order,
+                      candidates=args.candidates, tiers=args.tiers, protect_fraction=args.protect_fraction,
+                      bpll=not args.no_bpll, mqsa=not args.no_mqsa, tqp=not args.no_tqp,
+                      bpll_loss=args.bpll_loss, compensate=not args.no_compensation, tqp_steps=args.tqp_steps,
+                      percdamp=args.percdamp, seed=args.seed)
+    cfg.validate()
+    source = _resolve_model(args.model)
+    meta = api.quantize(source, args.out, cfg, nsamples=args.nsamples, seqlen=args.seqlen, calib_path=args.calib,
+                        device=args.device, max_blocks=args.max_blocks)
+    model, tokenizer = meta.pop("_model"), meta.pop("_tokenizer")
+    ppl = None
+    if args.eval:
+        ppl = api.evaluate(model, tokenizer, max_windows=args.eval_windows, device=args.device)
+    print_summary(meta, ppl)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"summary": meta["summary"], "perplexity": ppl, "config": meta["config"],
+                       "quantize_seconds": meta["quantize_seconds"]}, f, indent=1)
+    return 0
+
+
+def print_summary(meta: dict, ppl: float | None) -> None:
+    print(f"\n{'layer':<40} {'bpll':>4} {'type':>5} {'tiers (bits:columns)':<28} {'bits/w':>7}")
+    for name, info in meta["layers"].items():
+        tiers = " ".join(f"{b}:{n}" for b, n in info["tiers"])
+        print(f"{name:<40} {info['bpll_width']:>4} {'mlwq' + str(info['type_width']):>5} {tiers:<28} "
+              f"{info['bits_per_weight']:>7.3f}")
+    s = meta["summary"]
+    print(f"\nlinear layers: {s['params']:,} weights, {s['bytes']:,} bytes")
+    print(f"code bits per weight: {s['code_bits_per_weight']:.4f}")
+    print(f"true bits per weight (codes + block headers + permutations): {s['bits_per_weight']:.4f}")
+    print(f"quantization time: {meta['quantize_seconds']:.1f} s on {meta['device']}")
+    if ppl is not None:
+        print(f"Final estimate: PPL = {ppl:.4f}")
+
+
+def cmd_eval(args) -> int:
+    from . import api, checkpoint
+    from .model_io import load_model
+
+    model, tokenizer = load_model(_resolve_model(args.model))
+    if args.max_blocks is not None:
+        model = api.truncate_blocks(model, args.max_blocks)
+    if args.checkpoint:
+        checkpoint.apply_to_model(model, args.checkpoint)
+    ppl = api.evaluate(model, tokenizer, seqlen=args.seqlen, max_windows=args.eval_windows,
+                       eval_path=args.text, device=args.device)
+    print(f"Final estimate: PPL = {ppl:.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"quantize": cmd_quantize, "eval": cmd_eval}[args.command](args)
+    except MLWQError as e:
+        if args.debug:
+            raise
+        print(f"mlwq: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mlwq: interrupted; no checkpoint was written under the final name", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Block-by-block sequential quantization (GPTQ's driver, with the MLWQ stages inside).
+
+Block i sees the outputs of blocks 0..i-1 *after* they were quantized. Only the block being
+quantized and the calibration activations live on the device. Per block:
+  1. one pass of the calibration windows with hooks on its linear layers accumulates each
+     layer's Hessian H = 2 X X^T (GPTQ.add_batch) and keeps a seeded sample of input rows;
+  2. BPLL picks each layer's width from the candidates under the block's bit budget;
+  3. MQSA orders the input channels by salience and cuts them into tiers;
+  4. GPTQ quantizes each layer on that plan, fitting every group's scale and zero with TQP,
+     and the fake-quantized weights replace the float ones;
+  5. a second pass computes the block's outputs, the next block's inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from . import bpll, mqsa
+from .errors import MLWQError
+from .gptq import GPTQ, QuantPlan, QuantResult, quantize_without_compensation, uniform_plan
+from .grid import GROUP_SIZE
+from .model_io import arch_of, blocks_of, get_module
+
+METHODS = ("rtn", "gptq", "mlwq")
+
+
+@dataclass
+class QuantConfig:
+    method: str = "mlwq"
+    bits: float = 3.0                       # target average code width of the linear layers
+    group_size: int | None = None           # rtn/gptq only (mlwq uses 64-column tier blocks)
+    act_order: bool = False                 # gptq only
+    candidates: tuple[int, ...] = (2, 3, 4)  # BPLL's widths
+    tiers: tuple[int, ...] = mqsa.DEFAULT_TIER_OFFSETS  # MQSA tier offsets from the layer width
+    protect_fraction: float | None = None   # None: mqsa.protect_fraction(width)
+    bpll: bool = True
+    mqsa: bool = True
+    tqp: bool = True
+    tqp_steps: int = 50                     # Adam steps of TQP per group
+    bpll_loss: str = "dist"
+    compensate: bool = True                 # GPTQ error compensation inside the tiers (mlwq)
+    percdamp: float = 0.01
+    bpll_tokens: int = 4096                 # input rows per layer kept for BPLL's losses
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise MLWQError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.bpll_loss not in bpll.LOSSES:
+            raise MLWQError(f"unknown BPLL loss {self.bpll_loss!r}; choose one of {', '.join(bpll.LOSSES)}")
+        uses_bpll = self.method == "mlwq" and self.bpll
+        if not uses_bpll and float(self.bits) != int(self.bits):
+            raise MLWQError(f"{self.bits} bits needs BPLL to mix layer widths; "
+                            "give a whole number of bits for rtn, gptq or MLWQ without BPLL")
+        lo, hi = (min(self.candidates), max(self.candidates)) if uses_bpll else (1, 8)
+        if not lo <= self.bits <= hi:
+            raise MLWQError(f"bit budget {self.bits} is impossible: it must lie in [{lo}, {hi}]"
+                            + (f" (BPLL candidates {list(self.candidates)})" if uses_bpll else ""))
+        if self.method == "mlwq" and self.mqsa:
+            for b in (self.candidates if uses_bpll else (int(self.bits),)):
+                mqsa.tier_block_counts(1, b, self.tiers, 0.0)    # widths stay in 1..8
+        gs = self.effective_group_size()
+        if gs % GROUP_SIZE:
+            raise MLWQError(f"group size {gs} must be a multiple of {GROUP_SIZE}")
+
+    def effective_group_size(self) -> int:
+        if self.method == "mlwq":
+            return GROUP_SIZE
+        return self.group_size or (128 if self.method == "gptq" else GROUP_SIZE)
+
+
+@dataclass
+class LayerReport:
+    name: str
+    width: int                               # BPLL width (layer average code bits, integer)
+    tiers: list[tuple[int, int]]             # [(bits, columns)]
+    bpll_losses: dict[int, float] = field(default_factory=dict)
+    gptq_loss: float = 0.0
+
+
+def _capture_block0_inputs(model, calib: torch.Tensor, device):
+    """Run the model up to block 0 and keep its inputs and keyword arguments."""
+    spec = arch_of(model)
+    blocks = blocks_of(model)
+    store = {"inps": [], "kwargs": None}
+
+    class Stop(Exception):
+        pass
+
+    class Catcher(torch.nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.block = block
+
+        def forward(self, hidden, *args, **kwargs):
+            store["inps"].append(hidden)
+            if store["kwargs"] is None:
+                store["kwargs"] = kwargs
+            raise Stop
+
+    moved = [m for m in (get_module(model, p) for p in spec.pre_blocks) if m is not None]
+    for m in moved:
+        m.to(device)
+    blocks[0] = Catcher(blocks[0])
+    try:
+        for i in range(calib.shape[0]):
+            try:
+                model(calib[i:i + 1].to(device))
+            except Stop:
+                pass
+    finally:
+        blocks[0] = blocks[0].block
+        for m in moved:
+            m.cpu()
+    return torch.cat(store["inps"]), store["kwargs"] or {}
+
+
+def _block_forward(block, inps, kwargs):
+    outs = torch.empty_like(inps)
+    for j in range(inps.shape[0]):
+        out = block(inps[j:j + 1], **kwargs)
+        outs[j:j + 1] = out[0] if isinstance(out, (tuple, list)) else out
+    return outs
+
+
+def _plan_for(cfg: QuantConfig, W: torch.Tensor, H: torch.Tensor, width: int, *, proxy: bool = False) -> QuantPlan:
+    """The quantization plan of one layer at one width (proxy: BPLL's cheap RTN version)."""
+    cols = W.shape[1]
+    tqp = cfg.tqp and cfg.method == "mlwq" and not proxy
+    compensate = (cfg.method == "gptq" or (cfg.method == "mlwq" and cfg.compensate)) and not proxy
+    if cfg.method == "mlwq" and cfg.mqsa:
+        return mqsa.plan_tiers(W, H, width, cfg.tiers, cfg.protect_fraction, cfg.percdamp,
+                               tqp=tqp, tqp_steps=cfg.tqp_steps, compensate=compensate)
+    perm = None
+    if cfg.act_order and cfg.method == "gptq":
+        perm = torch.argsort(torch.diag(H).cpu(), descending=True, stable=True)
+    return uniform_plan(cols, width, cfg.effective_group_size(), perm, tqp=tqp, tqp_steps=cfg.tqp_steps,
+                        compensate=compensate)
+
+
+@torch.no_grad()
+def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | torch.device = "cpu",
+                   progress: bool = True) -> tuple[dict[str, QuantResult], list[LayerReport]]:
+    """Quantize every block's linear layers in place (fake-quant) and return the packed results."""
+    cfg.validate()
+    device = torch.device(device)
+    spec = arch_of(model)
+    blocks = blocks_of(model)
+    for b in blocks:
+        for name in spec.linears:
+            if get_module(b, name) is None:
+                raise MLWQError(f"block has no layer {name!r}: the architecture table does not match the model")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    inps, kwargs = _capture_block0_inputs(model, calib, device)
+    results: dict[str, QuantResult] = {}
+    reports: list[LayerReport] = []
+    bar = tqdm(range(len(blocks)), desc=f"{cfg.method} {cfg.bits:g}-bit", unit="block", disable=not progress)
+    for i in bar:
+        block = blocks[i].to(device)
+        layers = {name: get_module(block, name) for name in spec.linears}
+        gptq = {name: GPTQ(layer) for name, layer in layers.items()}
+        samples: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+        per_window = max(1, cfg.bpll_tokens // inps.shape[0])
+
+        def hook(name):
+            def fn(_, inp, __):
+                x = inp[0].detach()
+                gptq[name].add_batch(x)
+                rows = x.reshape(-1, x.shape[-1])
+                pick = torch.randperm(rows.shape[0], generator=gen)[:per_window].to(rows.device)
+                samples[name].append(rows[pick].float())
+            return fn
+
+        handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
+        _block_forward(block, inps, kwargs)
+        for h in handles:
+            h.remove()
+
+        widths = _choose_widths(cfg, layers, gptq, samples)
+        for name, layer in layers.items():
+            full = f"{spec.blocks}.{i}.{name}"
+            plan = _plan_for(cfg, layer.weight, gptq[name].H, widths[name].width)
+            res = gptq[name].quantize(plan, percdamp=cfg.percdamp)
+            layer.weight.data = res.weight.to(layer.weight.dtype)
+            results[full] = _to_cpu(res)
+            rep = widths[name]
+            rep.name, rep.gptq_loss = full, res.loss
+            rep.tiers = _tier_columns(res)
+            reports.append(rep)
+            gptq[name].free()
+        del gptq, samples
+        inps = _block_forward(block, inps, kwargs)
+        blocks[i] = block.cpu()
+        bar.set_postfix(widths="/".join(str(widths[n].width) for n in spec.linears))
+    return results, reports
+
+
+def _choose_widths(cfg, layers, gptq, samples) -> dict[str, LayerReport]:
+    if not (cfg.method == "mlwq" and cfg.bpll):
+        return {name: LayerReport(name, int(cfg.bits), []) for name in layers}
+    loss_fn = bpll.LOSSES[cfg.bpll_loss]
+    losses: dict[str, dict[int, float]] = {}
+    for name, layer in layers.items():
+        X = torch.cat(samples[name])
+        W = layer.weight.float()
+        y_float = X @ W.t()
+        losses[name] = {}
+        for b in cfg.candidates:
+            plan = _plan_for(cfg, W, gptq[name].H, b, proxy=True)
+            Wq = quantize_without_compensation(W, plan).weight
+            losses[name][b] = loss_fn(y_float, X @ Wq.t())
+    numels = {name: layer.weight.numel() for name, layer in layers.items()}
+    chosen = bpll.allocate_widths(losses, numels, cfg.bits)
+    return {name: LayerReport(name, chosen[name], [], losses[name]) for name in layers}
+
+
+def _tier_columns(res: QuantResult) -> list[tuple[int, int]]:
+    cols = res.codes.shape[1]
+    per_col = res.group_bits.long().repeat_interleave(res.group_size)[:cols]
+    values, counts = torch.unique(per_col, return_counts=True)
+    return sorted(((int(v), int(c)) for v, c in zip(values, counts)), reverse=True)
+
+
+def _to_cpu(res: QuantResult) -> QuantResult:
+    # the dequantized weight already lives in the model; keeping a copy would double memory
+    return QuantResult(weight=None, codes=res.codes.cpu(), scale=res.scale.cpu(),
+                       zero=res.zero.cpu(), perm=res.perm.cpu(), group_bits=res.group_bits.cpu(),
+                       group_size=res.group_size, loss=res.loss)

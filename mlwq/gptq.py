@@ -1,0 +1,181 @@
+"""GPTQ (Frantar et al.) with per-group bit widths and a column order: the one quantization
+loop that RTN, GPTQ and MLWQ share.
+
+Shaped like the reference gptq.py: collect statistics (`add_batch`), compute (`quantize`),
+release (`free`). A QuantPlan says in which order the columns are quantized (`perm`), the width
+of every group of `group_size` consecutive permuted columns (`group_bits`), how each group's
+scale and zero are fitted (min/max or TQP) and whether GPTQ's error compensation runs. The
+group parameters are fitted when the loop reaches the group, on the weights already updated
+by the compensation of the columns before it (GPTQ's dynamic groups).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .errors import MLWQError
+from .grid import GROUP_SIZE, fit_scale_zero, quantize_codes, dequantize
+from .tqp import learn_clipping
+
+
+@dataclass
+class QuantPlan:
+    perm: torch.Tensor          # [cols] long: permuted position j holds original column perm[j]
+    group_bits: torch.Tensor    # [ceil(cols / group_size)] long: width of each permuted group
+    group_size: int = GROUP_SIZE
+    tqp: bool = False           # learn clipping per group (TQP) instead of plain min/max
+    tqp_steps: int = 50
+    compensate: bool = True     # GPTQ error compensation; False gives RTN on the same grid
+
+
+@dataclass
+class QuantResult:
+    weight: torch.Tensor | None # [rows, cols] float32 dequantized weight, original column order
+    codes: torch.Tensor         # [rows, cols] uint8 codes, permuted column order
+    scale: torch.Tensor         # [rows, n_groups] float16
+    zero: torch.Tensor          # [rows, n_groups] uint8
+    perm: torch.Tensor          # [cols] int32
+    group_bits: torch.Tensor    # [n_groups] uint8
+    group_size: int
+    loss: float                 # GPTQ's weighted error sum (0 without compensation)
+
+
+def uniform_plan(cols: int, bits: int, group_size: int = GROUP_SIZE, perm: torch.Tensor | None = None,
+                 **kw) -> QuantPlan:
+    n_groups = math.ceil(cols / group_size)
+    return QuantPlan(perm=torch.arange(cols) if perm is None else perm,
+                     group_bits=torch.full((n_groups,), bits, dtype=torch.long), group_size=group_size, **kw)
+
+
+def damped_cholesky_inverse(H: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """H^-1 of the damped Hessian through Cholesky; more damping if H is not positive definite."""
+    eye = torch.eye(H.shape[0], device=H.device, dtype=H.dtype)
+    damp = percdamp * torch.mean(torch.diag(H)).clamp(min=1e-8)
+    for _ in range(6):
+        L, info = torch.linalg.cholesky_ex(H + damp * eye)
+        if int(info) == 0:
+            return torch.cholesky_inverse(L)
+        damp *= 10
+    raise MLWQError("the Hessian is not positive definite even with heavy damping; "
+                    "use more calibration samples")
+
+
+class GPTQ:
+    def __init__(self, layer: torch.nn.Linear):
+        self.layer = layer
+        self.rows, self.cols = layer.weight.shape
+        self.H = torch.zeros((self.cols, self.cols), device=layer.weight.device, dtype=torch.float32)
+        self.nsamples = 0
+
+    def add_batch(self, inp: torch.Tensor) -> None:
+        """H = 2/n sum x x^T over every token seen so far (running average, as in gptq.py)."""
+        x = inp.reshape(-1, inp.shape[-1]).float()
+        t = x.shape[0]
+        self.H *= self.nsamples / (self.nsamples + t)
+        self.nsamples += t
+        x = math.sqrt(2 / self.nsamples) * x
+        self.H += x.t() @ x
+
+    def quantize(self, plan: QuantPlan, percdamp: float = 0.01, blocksize: int = 128) -> QuantResult:
+        if not plan.compensate:
+            return quantize_without_compensation(self.layer.weight, plan)
+        _check_plan(plan, self.cols)
+        gs = plan.group_size
+        blocksize = max(blocksize // gs, 1) * gs       # every group lies inside one block
+        dev = self.H.device
+        perm = plan.perm.to(dev)
+        W = self.layer.weight.detach().float().clone()[:, perm]
+        n_groups = math.ceil(self.cols / gs)
+        gbits = plan.group_bits.to(dev)
+        col_bits = gbits.repeat_interleave(gs)[: self.cols].float()
+
+        H = self.H[perm][:, perm].clone()
+        dead = torch.diag(H) == 0
+        H[dead, dead] = 1
+        W[:, dead] = 0
+        Hinv = torch.linalg.cholesky(damped_cholesky_inverse(H, percdamp), upper=True)
+
+        Q = torch.zeros_like(W)
+        D = torch.zeros((self.rows, n_groups), device=dev)
+        Z = torch.zeros((self.rows, n_groups), device=dev)
+        loss = 0.0
+        for i1 in range(0, self.cols, blocksize):
+            i2 = min(i1 + blocksize, self.cols)
+            W1 = W[:, i1:i2].clone()
+            Err1 = torch.zeros_like(W1)
+            Hinv1 = Hinv[i1:i2, i1:i2]
+            for i in range(i2 - i1):
+                col = i1 + i
+                if col % gs == 0:
+                    g = col // gs
+                    wg = W1[:, i:i + gs]
+                    gamma = beta = None
+                    if plan.tqp:
+                        gamma, beta = learn_clipping(wg.unsqueeze(0), gbits[g:g + 1], plan.tqp_steps)
+                        gamma, beta = gamma[0], beta[0]
+                    D[:, g], Z[:, g] = fit_scale_zero(wg, gbits[g], gamma, beta)
+                    d, z = D[:, g:g + 1], Z[:, g:g + 1]
+                w = W1[:, i:i + 1]
+                q = quantize_codes(w, d.squeeze(1), z.squeeze(1), col_bits[col])
+                Q[:, col:col + 1] = q
+                if plan.compensate:
+                    err = (w - dequantize(q, d.squeeze(1), z.squeeze(1))) / Hinv1[i, i]
+                    loss += float((err.pow(2) * Hinv1[i, i] ** 2).sum()) / 2
+                    W1[:, i:] -= err @ Hinv1[i:i + 1, i:]
+                    Err1[:, i:i + 1] = err
+            if plan.compensate:
+                W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+        return _result(Q, D, Z, plan, loss)
+
+    def free(self) -> None:
+        self.H = None
+
+
+def _check_plan(plan: QuantPlan, cols: int) -> None:
+    if plan.group_size % GROUP_SIZE:
+        raise MLWQError(f"group size {plan.group_size} must be a multiple of {GROUP_SIZE} (the MLWQ block)")
+    if cols % GROUP_SIZE:
+        raise MLWQError(f"input width {cols} is not a multiple of {GROUP_SIZE}")
+    if plan.group_bits.numel() != math.ceil(cols / plan.group_size) or plan.perm.numel() != cols:
+        raise MLWQError("quantization plan does not match the layer's shape")
+
+
+def quantize_without_compensation(weight: torch.Tensor, plan: QuantPlan) -> QuantResult:
+    """RTN on the plan's grid (min/max or TQP clipping), vectorized over groups."""
+    W = weight.detach().float()
+    rows, cols = W.shape
+    _check_plan(plan, cols)
+    gs = plan.group_size
+    gbits = plan.group_bits.to(W.device)
+    Wp = W[:, plan.perm.to(W.device)]
+    n_full = cols // gs
+    D = torch.zeros((rows, gbits.numel()), device=W.device)
+    Z = torch.zeros_like(D)
+    Q = torch.zeros_like(Wp)
+    spans = [(0, n_full, gs)] + ([(n_full, n_full + 1, cols - n_full * gs)] if cols % gs else [])
+    for g0, g1, width in spans:
+        groups = Wp[:, g0 * gs: g0 * gs + (g1 - g0) * width].reshape(rows, g1 - g0, width).transpose(0, 1)
+        bits = gbits[g0:g1].view(-1, 1)
+        gamma = beta = None
+        if plan.tqp:
+            gamma, beta = learn_clipping(groups, gbits[g0:g1], plan.tqp_steps)
+        d, z = fit_scale_zero(groups, bits, gamma, beta)          # [G, rows]
+        q = quantize_codes(groups, d, z, bits)                    # [G, rows, width]
+        D[:, g0:g1], Z[:, g0:g1] = d.t(), z.t()
+        Q[:, g0 * gs: g0 * gs + (g1 - g0) * width] = q.transpose(0, 1).reshape(rows, -1)
+    return _result(Q, D, Z, plan, 0.0)
+
+
+def _result(Q, D, Z, plan: QuantPlan, loss: float) -> QuantResult:
+    gs, cols = plan.group_size, Q.shape[1]
+    Dc = D.repeat_interleave(gs, dim=1)[:, :cols]
+    Zc = Z.repeat_interleave(gs, dim=1)[:, :cols]
+    weight = torch.empty_like(Q)
+    weight[:, plan.perm.to(Q.device)] = Dc * (Q - Zc)
+    return QuantResult(weight=weight, codes=Q.to(torch.uint8), scale=D.to(torch.float16),
+                       zero=Z.to(torch.uint8), perm=plan.perm.to(torch.int32).cpu(),
+                       group_bits=plan.group_bits.to(torch.uint8).cpu(), group_size=gs, loss=loss)

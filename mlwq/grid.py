@@ -1,0 +1,61 @@
+"""The quantization grid shared by every quantizer and by the MLWQ tensor format.
+
+A group of GROUP_SIZE input columns of one output row is quantized asymmetrically:
+    q = clamp(round(w / d) + zero, 0, 2^bits - 1),   w_hat = d * (q - zero)
+with d stored as fp16 and zero as an integer, exactly as the GGUF block header stores them
+(ggml_patch/FORMAT.md), so that the PyTorch fake-quant weights equal the C dequantization bit
+for bit: both compute float32(d) * float32(q - zero).
+"""
+
+from __future__ import annotations
+
+import torch
+
+GROUP_SIZE = 64          # columns per group = one block of the MLWQ ggml type
+MAX_BITS = 8             # widths 1..8 fit in the block header
+_MIN_SCALE = 2.0 ** -24  # smallest positive fp16 (subnormal): keeps d > 0 after the fp16 cast
+
+
+def fit_scale_zero(w: torch.Tensor, bits: torch.Tensor | int,
+                   gamma: torch.Tensor | None = None, beta: torch.Tensor | None = None):
+    """Min/max parameters of each row of w [..., rows, cols], optionally clipped (TQP, eq. 6).
+
+    The range always contains 0 (GPTQ's convention); gamma and beta in (0, 1] shrink the upper
+    and lower end. bits may be an int or a tensor broadcastable to w's leading dims + rows.
+    Returns (d, zero) as float32 tensors of shape [..., rows]; d is already rounded to fp16.
+    """
+    wmax = w.amax(dim=-1).clamp(min=0)
+    wmin = w.amin(dim=-1).clamp(max=0)
+    maxq = _maxq(bits, wmax)
+    if gamma is not None:
+        wmax = wmax * gamma
+    if beta is not None:
+        wmin = wmin * beta
+    d = ((wmax - wmin) / maxq).clamp(min=_MIN_SCALE)
+    d = d.to(torch.float16).to(torch.float32).clamp(min=_MIN_SCALE)
+    zero = torch.clamp(torch.round(-wmin / d), torch.zeros_like(maxq), maxq)
+    return d, zero
+
+
+def quantize_codes(w: torch.Tensor, d: torch.Tensor, zero: torch.Tensor, bits) -> torch.Tensor:
+    """Integer codes (as float) of w [..., rows, cols] with per-row d, zero [..., rows]."""
+    maxq = _maxq(bits, d)
+    q = torch.round(w / d.unsqueeze(-1)) + zero.unsqueeze(-1)
+    return torch.minimum(q.clamp(min=0), maxq.unsqueeze(-1))
+
+
+def dequantize(q: torch.Tensor, d: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """float32(d) * (q - zero): the one dequantization formula (FORMAT.md)."""
+    return d.unsqueeze(-1) * (q - zero.unsqueeze(-1))
+
+
+def fake_quant(w: torch.Tensor, bits, gamma=None, beta=None) -> torch.Tensor:
+    d, zero = fit_scale_zero(w, bits, gamma, beta)
+    return dequantize(quantize_codes(w, d, zero, bits), d, zero)
+
+
+def _maxq(bits, like: torch.Tensor) -> torch.Tensor:
+    """2^bits - 1 broadcast to the shape of `like` (per-row parameters)."""
+    b = bits.to(device=like.device, dtype=torch.float32) if torch.is_tensor(bits) else torch.tensor(
+        float(bits), device=like.device)
+    return torch.broadcast_to(2.0 ** b - 1, like.shape)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Everything a fresh machine needs, idempotent: the virtual environment (.venv) with torch
+# pinned to 2.13.0, this package and its test tools, the default model, and the patched
+# llama.cpp build (cached by patch hash, see ggml_patch/build.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+    echo "[setup] creating .venv"
+    "$PY" -m venv .venv
+fi
+# torch first and exactly: any later requirement is satisfied by it and pulls nothing newer.
+.venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
+    || .venv/bin/pip install -q torch==2.13.0
+.venv/bin/pip install -q -e ".[dev]"
+.venv/bin/python -m mlwq.assets fetch
+if [ "${MLWQ_SKIP_LLAMA_BUILD:-0}" != "1" ]; then
+    bash ggml_patch/build.sh
+fi
+echo "[setup] done"

@@ -1,0 +1,71 @@
+"""Bad inputs give clear, single-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mlwq import api
+from mlwq.calibration import calibration_windows
+from mlwq.engine import QuantConfig
+from mlwq.errors import MLWQError
+from mlwq.model_io import load_model
+
+
+def test_missing_model_file():
+    with pytest.raises(MLWQError, match="not found"):
+        load_model("/nonexistent/model.gguf")
+
+
+def test_unsupported_architecture(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_embd": 64,
+                                                      "n_head": 2, "vocab_size": 100}))
+    with pytest.raises(MLWQError, match=r"unsupported architecture 'gpt2'; supported: .*llama.*opt.*phi.*qwen2"):
+        load_model(tmp_path)
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(MLWQError, match="config.json"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("cfg,match", [
+    (QuantConfig(method="mlwq", bits=1.5), "impossible"),
+    (QuantConfig(method="mlwq", bits=4.5), "impossible"),
+    (QuantConfig(method="gptq", bits=2.5), "whole number"),
+    (QuantConfig(method="mlwq", bits=2, bpll=False, tiers=(-2, 0, 2)), "range"),
+    (QuantConfig(method="rtn", bits=3, group_size=96), "multiple of 64"),
+    (QuantConfig(method="nope"), "unknown method"),
+])
+def test_impossible_configs(cfg, match):
+    with pytest.raises(MLWQError, match=match):
+        cfg.validate()
+
+
+def test_fewer_calibration_tokens_than_asked(default_model, tmp_path):
+    _, tok = default_model
+    short = tmp_path / "short.txt"
+    short.write_text("only a few words of calibration text " * 20)
+    with pytest.raises(MLWQError, match="fewer than"):
+        calibration_windows(tok, short, nsamples=8, seqlen=64, seed=0)
+    with pytest.raises(MLWQError, match="not found"):
+        calibration_windows(tok, tmp_path / "missing.txt", 1, 8, 0)
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    for args in (["quantize", str(tmp_path / "missing.gguf"), "--out", str(tmp_path / "o")],
+                 ["quantize", "default", "--bits", "9", "--out", str(tmp_path / "o")]):
+        proc = subprocess.run([sys.executable, "-m", "mlwq", *args], capture_output=True, text=True)
+        assert proc.returncode == 1
+        lines = [l for l in proc.stderr.splitlines() if l.strip()]
+        assert len(lines) == 1 and lines[0].startswith("mlwq: error:"), proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_help_lists_every_option():
+    proc = subprocess.run([sys.executable, "-m", "mlwq", "quantize", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for opt in ("--method", "--bits", "--out", "--tiers", "--no-bpll", "--no-mqsa", "--no-tqp", "--bpll-loss",
+                "--act-order", "--group-size", "--nsamples", "--seqlen", "--no-compensation"):
+        assert opt in proc.stdout

@@ -1,0 +1,108 @@
+"""The whole PyTorch pipeline on a reduced copy of the real model (its first 2 blocks)."""
+
+import json
+
+import pytest
+import torch
+
+from mlwq import api, checkpoint
+from mlwq.engine import QuantConfig
+from mlwq.model_io import linear_names, load_model, save_hf
+
+FAST = dict(nsamples=2, seqlen=64, progress=False, device="cpu")
+
+
+def _quantize(reduced_model, tmp_path, name, **cfg):
+    cfg.setdefault("tqp_steps", 5)
+    return api.quantize("reduced", tmp_path / name, QuantConfig(**cfg), model_and_tokenizer=reduced_model, **FAST)
+
+
+def test_mlwq_end_to_end_checkpoint(reduced_model, tmp_path):
+    meta = _quantize(reduced_model, tmp_path, "ck", method="mlwq", bits=3)
+    model = meta.pop("_model")
+    names = linear_names(model)
+    assert list(meta["layers"]) == names
+    # BPLL: every block's parameter-weighted width is within the 3-bit budget
+    for i in range(2):
+        block = {k: v for k, v in meta["layers"].items() if f"layers.{i}." in k}
+        bits = sum(v["bpll_width"] * v["shape"][0] * v["shape"][1] for v in block.values())
+        assert bits <= 3 * sum(v["shape"][0] * v["shape"][1] for v in block.values())
+    # MQSA: three tiers around each layer's width, counted in whole 64-column blocks
+    for info in meta["layers"].values():
+        tiers = dict(info["tiers"])
+        b = info["bpll_width"]
+        assert set(tiers) <= {b - 1, b, b + 1} and sum(tiers.values()) == info["shape"][1]
+        assert all(n % 64 == 0 for n in tiers.values())
+    # bits are counted from the format: headers and permutation included
+    rows, cols = meta["layers"][names[0]]["shape"]
+    width = meta["layers"][names[0]]["type_width"]
+    assert meta["layers"][names[0]]["bits_per_weight"] == pytest.approx(
+        8 * (rows * cols // 64 * (4 + 8 * width) + 4 * cols) / (rows * cols))
+    assert meta["summary"]["bits_per_weight"] > meta["summary"]["code_bits_per_weight"] + 0.5
+    # the checkpoint reconstructs exactly the fake-quant weights of the model
+    fresh, _ = reduced_model
+    saved = json.loads((tmp_path / "ck" / checkpoint.CHECKPOINT_JSON).read_text())
+    assert saved["summary"] == meta["summary"]
+    _, tensors = checkpoint.load(tmp_path / "ck")
+    for name in names:
+        W = checkpoint.dequantize_layer(tensors, name)
+        assert torch.equal(W, model.get_submodule(name).weight.data)
+
+
+def test_ablation_switches(reduced_model, tmp_path):
+    meta = _quantize(reduced_model, tmp_path, "ab", method="mlwq", bits=3, bpll=False, mqsa=False, tqp=False)
+    for info in meta["layers"].values():
+        assert info["bpll_width"] == 3 and [tuple(t) for t in info["tiers"]] == [(3, info["shape"][1])]
+
+
+def test_same_seed_gives_identical_checkpoint(default_model, tmp_path):
+    import copy
+    outs = []
+    for run in range(2):
+        model, tok = default_model
+        small = api.truncate_blocks(copy.deepcopy(model), 1)
+        api.quantize("reduced", tmp_path / f"r{run}", QuantConfig(method="mlwq", bits=2.5, tqp_steps=3),
+                     model_and_tokenizer=(small, tok), **FAST)
+        outs.append((tmp_path / f"r{run}" / checkpoint.CHECKPOINT_TENSORS).read_bytes())
+    assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("method,group", [("rtn", 64), ("gptq", 128)])
+def test_baselines_and_eval(reduced_model, tmp_path, method, group):
+    meta = _quantize(reduced_model, tmp_path, method, method=method, bits=3, group_size=group)
+    model, tok = meta.pop("_model"), meta.pop("_tokenizer")
+    assert meta["summary"]["code_bits_per_weight"] == 3.0
+    ppl = api.evaluate(model, tok, seqlen=64, max_windows=2, device="cpu", progress=False)
+    assert ppl > 1.0 and ppl == ppl
+
+
+def test_hf_directory_loading_and_checkpoint_apply(reduced_model, tmp_path):
+    model, tok = reduced_model
+    save_hf(model, tok, tmp_path / "hf")
+    loaded, loaded_tok = load_model(tmp_path / "hf")
+    assert type(loaded).__name__ == "LlamaForCausalLM" and len(loaded.model.layers) == 2
+    ids = loaded_tok("The tower is 324 metres tall", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, model(ids).logits, atol=1e-4)
+    meta = api.quantize(str(tmp_path / "hf"), tmp_path / "ck", QuantConfig(method="rtn", bits=4), **FAST)
+    checkpoint.apply_to_model(loaded, tmp_path / "ck")
+    for name in meta["layers"]:
+        assert torch.equal(loaded.get_submodule(name).weight, meta["_model"].get_submodule(name).weight)
+
+
+@pytest.mark.parametrize("arch", ["opt", "phi"])
+def test_walker_table_covers_opt_and_phi(arch, calib_path, default_model, tmp_path):
+    """OPT and Phi are one table entry each: a tiny random-weight model of each runs through."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kw = dict(hidden_size=128, num_attention_heads=2, num_hidden_layers=2, vocab_size=49152)
+    if arch == "opt":
+        cfg = AutoConfig.for_model("opt", ffn_dim=256, word_embed_proj_dim=128, max_position_embeddings=256, **kw)
+    else:
+        cfg = AutoConfig.for_model("phi", intermediate_size=256, max_position_embeddings=256, **kw)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    _, tok = default_model
+    meta = api.quantize("tiny", tmp_path / arch, QuantConfig(method="mlwq", bits=3, tqp_steps=2),
+                        model_and_tokenizer=(model, tok), **FAST)
+    assert len(meta["layers"]) == 2 * (6 if arch in ("opt", "phi") else 7)

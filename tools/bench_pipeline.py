@@ -1,0 +1,107 @@
+"""PyTorch-side perplexity table: reference, RTN, GPTQ, MLWQ and MLWQ's ablations.
+
+    python -m tools.bench_pipeline --configs ref,rtn3,gptq3,mlwq3 --out results/
+Each config writes results/<name>.json (perplexity with the GPTQ protocol on wiki.test.raw,
+true bits per weight of the linear layers from the MLWQ format, quantization time);
+`--table` gathers every JSON of a directory into a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mlwq import api
+from mlwq.assets import CALIBRATION_TEXT, default_model_path
+from mlwq.engine import QuantConfig
+from mlwq.model_io import load_model
+
+CONFIGS: dict[str, tuple[str, QuantConfig | None]] = {
+    "ref": ("reference (dequantized Q4_1)", None),
+    "rtn3": ("RTN 3-bit g64", QuantConfig(method="rtn", bits=3)),
+    "gptq3": ("GPTQ 3-bit g128", QuantConfig(method="gptq", bits=3, group_size=128)),
+    "gptq3_g64": ("GPTQ 3-bit g64", QuantConfig(method="gptq", bits=3, group_size=64)),
+    "mlwq3": ("MLWQ 3.0 (BPLL+MQSA+TQP, GPTQ compensation)", QuantConfig(method="mlwq", bits=3)),
+    "mlwq3_nocomp": ("MLWQ 3.0 without GPTQ compensation", QuantConfig(method="mlwq", bits=3, compensate=False)),
+    "abl_bpll_mqsa": ("ablation BPLL+MQSA (no TQP)", QuantConfig(method="mlwq", bits=3, tqp=False)),
+    "abl_bpll_tqp": ("ablation BPLL+TQP (no MQSA)", QuantConfig(method="mlwq", bits=3, mqsa=False)),
+    "abl_mqsa_tqp": ("ablation MQSA+TQP (no BPLL)", QuantConfig(method="mlwq", bits=3, bpll=False)),
+    "abl_kl": ("ablation KL loss instead of Dist in BPLL", QuantConfig(method="mlwq", bits=3, bpll_loss="kl")),
+    "mlwq2.5": ("MLWQ 2.5 (BPLL+MQSA+TQP)", QuantConfig(method="mlwq", bits=2.5)),
+    "rtn4": ("RTN 4-bit g64", QuantConfig(method="rtn", bits=4)),
+    "gptq4": ("GPTQ 4-bit g128", QuantConfig(method="gptq", bits=4, group_size=128)),
+    "mlwq4": ("MLWQ 4.0 (BPLL+MQSA+TQP)", QuantConfig(method="mlwq", bits=4)),
+}
+
+
+def run(names, model_path, out_dir: Path, nsamples, seqlen, eval_windows, device, calib):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base, tokenizer = load_model(model_path)
+    for name in names:
+        label, cfg = CONFIGS[name]
+        model = copy.deepcopy(base)
+        row = {"name": name, "label": label, "model": str(model_path), "device": device,
+               "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor(),
+               "nsamples": nsamples, "seqlen": seqlen, "calibration": str(calib),
+               "date": time.strftime("%Y-%m-%d")}
+        if cfg is not None:
+            meta = api.quantize(str(model_path), out_dir / f"ckpt_{name}", cfg, nsamples=nsamples, seqlen=seqlen,
+                                calib_path=calib, device=device, model_and_tokenizer=(model, tokenizer))
+            meta.pop("_model"), meta.pop("_tokenizer")
+            row.update(meta["summary"], quantize_seconds=meta["quantize_seconds"],
+                       widths={k: v["bpll_width"] for k, v in meta["layers"].items()})
+        row["perplexity"] = api.evaluate(model, tokenizer, max_windows=eval_windows, device=device)
+        (out_dir / f"{name}.json").write_text(json.dumps(row, indent=1))
+        print(f"{name}: PPL {row['perplexity']:.3f}  bpw {row.get('bits_per_weight', 'float')}", flush=True)
+        del model
+
+
+def table(out_dir: Path) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*.json"))]
+    order = {n: i for i, n in enumerate(CONFIGS)}
+    rows.sort(key=lambda r: order.get(r["name"], 99))
+    ref = next((r["perplexity"] for r in rows if r["name"] == "ref"), None)
+    lines = ["| config | code bits/w | true bits/w (linear) | WikiText-2 PPL | × reference | quantize time (s) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['perplexity'] / ref:.3f}" if ref else "-"
+        lines.append(f"| {r['label']} | {r.get('code_bits_per_weight', 16):.3f} | {r.get('bits_per_weight', 16):.3f} "
+                     f"| {r['perplexity']:.3f} | {ratio} | {r.get('quantize_seconds', 0):.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default="ref,rtn3,gptq3,mlwq3", help=f"comma list of: {', '.join(CONFIGS)}")
+    p.add_argument("--model", default=None, help="model (default: SmolLM2-135M-Instruct GGUF)")
+    p.add_argument("--out", default="runs/bench_pipeline", help="directory for the JSON results")
+    p.add_argument("--nsamples", type=int, default=128)
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--eval-windows", type=int, default=None)
+    p.add_argument("--calib", default=str(CALIBRATION_TEXT))
+    p.add_argument("--device", default=api.default_device())
+    p.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.table:
+        print(table(out))
+        return 0
+    names = [n for n in args.configs.split(",") if n]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        print(f"unknown configs: {unknown}; known: {list(CONFIGS)}", file=sys.stderr)
+        return 2
+    run(names, args.model or default_model_path(), out, args.nsamples, args.seqlen, args.eval_windows,
+        args.device, args.calib)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
