@@ -1,0 +1,12 @@
+# Two entry points (README.md): `make demo` runs the main job, `make test` the tests.
+# Both set up a fresh machine first (scripts/setup.sh is idempotent and cached).
+.PHONY: setup demo test
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/python -m tools.demo
+
+test: setup
+	.venv/bin/python -m pytest -q
