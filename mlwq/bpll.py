@@ -27,6 +27,15 @@ def dist_loss(y_float: torch.Tensor, y_quant: torch.Tensor) -> float:
     return float(((mu_f - mu_q).abs() + (var_f - var_q).abs()).mean())
 
 
+def relative_dist_loss(y_float: torch.Tensor, y_quant: torch.Tensor) -> float:
+    """Eq. 3 divided by the same statistic of the float outputs, mean_c(|mu_f| + var_f): the
+    plain loss grows with a layer's output scale, so layers with large activations would win
+    every extra bit; this makes the layers of a block comparable."""
+    y_float = y_float.float()
+    scale = float((y_float.mean(0).abs() + y_float.var(0, unbiased=False)).mean())
+    return dist_loss(y_float, y_quant) / max(scale, 1e-12)
+
+
 def kl_loss(y_float: torch.Tensor, y_quant: torch.Tensor) -> float:
     """KL(softmax(y_f) || softmax(y_q)) over the channels of each token, averaged (ablation)."""
     logp_f = torch.log_softmax(y_float.float(), dim=-1)
@@ -34,7 +43,7 @@ def kl_loss(y_float: torch.Tensor, y_quant: torch.Tensor) -> float:
     return float((logp_f.exp() * (logp_f - logp_q)).sum(-1).mean())
 
 
-LOSSES = {"dist": dist_loss, "kl": kl_loss}
+LOSSES = {"dist": dist_loss, "dist-rel": relative_dist_loss, "kl": kl_loss}
 
 
 def allocate_widths(losses: dict[str, dict[int, float]], numels: dict[str, int],

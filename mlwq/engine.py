@@ -126,13 +126,16 @@ def _block_forward(block, inps, kwargs):
     return outs
 
 
-def _plan_for(cfg: QuantConfig, W: torch.Tensor, H: torch.Tensor, width: int, *, proxy: bool = False) -> QuantPlan:
-    """The quantization plan of one layer at one width (proxy: BPLL's cheap RTN version)."""
-    cols = W.shape[1]
+def _plan_for(cfg: QuantConfig, gptq: GPTQ, delta: torch.Tensor | None, width: int, *,
+              proxy: bool = False) -> QuantPlan:
+    """The quantization plan of one layer at one width (proxy: BPLL's cheap RTN version).
+
+    delta is the layer's MQSA salience (None when MQSA is off)."""
+    cols, H = gptq.cols, gptq.H
     tqp = cfg.tqp and cfg.method == "mlwq" and not proxy
     compensate = (cfg.method == "gptq" or (cfg.method == "mlwq" and cfg.compensate)) and not proxy
-    if cfg.method == "mlwq" and cfg.mqsa:
-        return mqsa.plan_tiers(W, H, width, cfg.tiers, cfg.protect_fraction, cfg.percdamp,
+    if delta is not None:
+        return mqsa.plan_tiers(delta, width, cfg.tiers, cfg.protect_fraction,
                                tqp=tqp, tqp_steps=cfg.tqp_steps, compensate=compensate)
     perm = None
     if cfg.act_order and cfg.method == "gptq":
@@ -179,10 +182,13 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
         for h in handles:
             h.remove()
 
-        widths = _choose_widths(cfg, layers, gptq, samples)
+        use_mqsa = cfg.method == "mlwq" and cfg.mqsa
+        delta = {name: mqsa.salience(layer.weight, gptq[name].H, cfg.percdamp) if use_mqsa else None
+                 for name, layer in layers.items()}
+        widths = _choose_widths(cfg, layers, gptq, delta, samples)
         for name, layer in layers.items():
             full = f"{spec.blocks}.{i}.{name}"
-            plan = _plan_for(cfg, layer.weight, gptq[name].H, widths[name].width)
+            plan = _plan_for(cfg, gptq[name], delta[name], widths[name].width)
             res = gptq[name].quantize(plan, percdamp=cfg.percdamp)
             layer.weight.data = res.weight.to(layer.weight.dtype)
             results[full] = _to_cpu(res)
@@ -198,7 +204,7 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
     return results, reports
 
 
-def _choose_widths(cfg, layers, gptq, samples) -> dict[str, LayerReport]:
+def _choose_widths(cfg, layers, gptq, delta, samples) -> dict[str, LayerReport]:
     if not (cfg.method == "mlwq" and cfg.bpll):
         return {name: LayerReport(name, int(cfg.bits), []) for name in layers}
     loss_fn = bpll.LOSSES[cfg.bpll_loss]
@@ -209,7 +215,7 @@ def _choose_widths(cfg, layers, gptq, samples) -> dict[str, LayerReport]:
         y_float = X @ W.t()
         losses[name] = {}
         for b in cfg.candidates:
-            plan = _plan_for(cfg, W, gptq[name].H, b, proxy=True)
+            plan = _plan_for(cfg, gptq[name], delta[name], b, proxy=True)
             Wq = quantize_without_compensation(W, plan).weight
             losses[name][b] = loss_fn(y_float, X @ Wq.t())
     numels = {name: layer.weight.numel() for name, layer in layers.items()}

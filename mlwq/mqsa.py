@@ -72,13 +72,13 @@ def tier_block_counts(n_blocks: int, width: int, offsets=DEFAULT_TIER_OFFSETS,
     raise MLWQError(f"no tier split of {n_blocks} blocks fits tiers {sorted(bits_of.values())}")
 
 
-def plan_tiers(W: torch.Tensor, H: torch.Tensor, width: int, offsets=DEFAULT_TIER_OFFSETS,
-               fraction: float | None = None, percdamp: float = 0.01, **plan_kw) -> QuantPlan:
-    """Permutation (by descending salience) and per-block widths of one layer."""
-    cols = W.shape[1]
+def plan_tiers(delta: torch.Tensor, width: int, offsets=DEFAULT_TIER_OFFSETS,
+               fraction: float | None = None, **plan_kw) -> QuantPlan:
+    """Permutation (by descending salience delta) and per-block widths of one layer."""
+    cols = delta.numel()
     if cols % GROUP_SIZE:
         raise MLWQError(f"MQSA needs input widths that are multiples of {GROUP_SIZE}, got {cols}")
-    perm = torch.argsort(salience(W, H, percdamp).cpu(), descending=True, stable=True)
+    perm = torch.argsort(delta.cpu(), descending=True, stable=True)
     counts = tier_block_counts(cols // GROUP_SIZE, width, offsets, fraction)
     group_bits = torch.cat([torch.full((n,), b, dtype=torch.long) for b, n in counts])
     return QuantPlan(perm=perm, group_bits=group_bits, group_size=GROUP_SIZE, **plan_kw)

@@ -53,7 +53,7 @@ def test_plan_puts_most_salient_channels_in_the_top_tier():
     torch.manual_seed(0)
     cols = 4 * GROUP_SIZE
     W, H = torch.randn(32, cols), _hessian(cols)
-    plan = plan_tiers(W, H, width=3, fraction=0.25)
+    plan = plan_tiers(salience(W, H), width=3, fraction=0.25)
     assert sorted(plan.perm.tolist()) == list(range(cols))
     delta = salience(W, H)
     top = set(plan.perm[:GROUP_SIZE].tolist())
