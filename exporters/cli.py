@@ -1,0 +1,91 @@
+"""mlwq-export: turn an mlwq checkpoint into a file that an inference engine runs.
+
+    mlwq-export CHECKPOINT_DIR --to gguf [--out FILE.gguf] [--source SOURCE.gguf]
+    mlwq-export MODEL --to gguf --out FILE.gguf [--method mlwq --bits 3 ...]
+
+CHECKPOINT_DIR is a directory written by `mlwq quantize`; any other MODEL (GGUF file, HF
+directory or hub id, 'default') is quantized first (into FILE.checkpoint/), then exported. The GGUF runs in the llama.cpp built by
+`bash ggml_patch/build.sh` (llama-completion, llama-perplexity, llama-cpp-python). The last line
+printed is the figures of the written file (bytes, bits per weight), for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .gguf_export import CHECKPOINT_JSON, ExportError, export_gguf
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlwq-export", description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="checkpoint directory written by `mlwq quantize`, or a model to quantize first "
+                                 "(GGUF file, HF directory or hub id, 'default' = SmolLM2-135M-Instruct)")
+    p.add_argument("--to", choices=["gguf"], default="gguf", help="output format (default: gguf)")
+    p.add_argument("--out", help="output file (default: MODEL/model-mlwq.gguf)")
+    p.add_argument("--source", help="GGUF to take the metadata, tokenizer and unquantized tensors from "
+                                    "(default: the checkpoint's 'source')")
+    p.add_argument("--method", choices=["rtn", "gptq", "mlwq"], default="mlwq",
+                   help="whole-chain mode: quantization method")
+    p.add_argument("--bits", type=float, default=3.0, help="whole-chain mode: average code bits")
+    p.add_argument("--nsamples", type=int, default=128, help="whole-chain mode: calibration windows")
+    p.add_argument("--seqlen", type=int, default=2048, help="whole-chain mode: tokens per window")
+    p.add_argument("--tqp-steps", type=int, default=50, help="whole-chain mode: TQP Adam steps per group")
+    p.add_argument("--seed", type=int, default=0, help="whole-chain mode: calibration seed")
+    p.add_argument("--max-blocks", type=int, default=None, help="whole-chain mode: keep the first N blocks")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return p
+
+
+def quantize_then_export(args) -> Path:
+    """Whole chain: MODEL is a GGUF file, HF directory, hub id or 'default'; quantize it with
+    `mlwq quantize`'s engine into OUT.checkpoint/ and return that directory for the export."""
+    from mlwq import api
+    from mlwq.assets import default_model_path
+    from mlwq.engine import QuantConfig
+    from mlwq.errors import MLWQError
+
+    source = str(default_model_path()) if args.model == "default" else args.model
+    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        raise ExportError(f"{source} is not an mlwq checkpoint (no {CHECKPOINT_JSON}) nor a Hugging Face "
+                          "model directory (no config.json)")
+    if not args.out:
+        raise ExportError("give --out FILE.gguf when MODEL is not a checkpoint directory")
+    ckpt = Path(args.out).with_suffix(".checkpoint")
+    cfg = QuantConfig(method=args.method, bits=args.bits, tqp_steps=args.tqp_steps, seed=args.seed)
+    try:
+        meta = api.quantize(source, ckpt, cfg, nsamples=args.nsamples, seqlen=args.seqlen,
+                            max_blocks=args.max_blocks)
+    except MLWQError as e:
+        raise ExportError(str(e)) from None
+    meta.pop("_model"), meta.pop("_tokenizer")
+    if args.source is None and source.endswith(".gguf"):
+        args.source = source
+    return ckpt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        ckpt = Path(args.model)
+        if not (ckpt / CHECKPOINT_JSON).is_file():
+            ckpt = quantize_then_export(args)
+        out = Path(args.out) if args.out else ckpt / "model-mlwq.gguf"
+        print(f"mlwq-export: {ckpt} -> {out} ({args.to})", file=sys.stderr)
+        report = export_gguf(ckpt, out, source=args.source, log=lambda m: print(f"mlwq-export: {m}", file=sys.stderr))
+        for name, layer in report.layers.items():
+            print(f"  {name:28s} {layer['type']}  {layer['bits_per_weight']:.4f} bpw "
+                  f"(codes {layer['code_bits_per_weight']:.4f})", file=sys.stderr)
+        print(f"file={report.path} bytes={report.file_bytes} mlwq_layers={len(report.layers)} "
+              f"mlwq_bpw={report.bpw_mlwq:.4f} mlwq_code_bpw={report.code_bpw_mlwq:.4f} file_bpw={report.bpw_file:.4f}")
+        return 0
+    except ExportError as e:
+        if args.debug:
+            raise
+        print(f"mlwq-export: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

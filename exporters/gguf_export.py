@@ -1,0 +1,328 @@
+"""Export an mlwq checkpoint to a GGUF file for the patched llama.cpp (ggml_patch/).
+
+The output is the source GGUF (every KV, the tokenizer, every tensor that was not quantized,
+byte for byte: SmolLM2's token_embd stays Q8_0 and its norms F32, so these are lossless against the
+reference, which is the dequantized source) with each quantized linear layer replaced by an MLWQ<b>
+tensor plus its I32 column permutation ``<base>.mlwq_perm`` (ggml_patch/FORMAT.md).
+
+Checkpoint contract (written by ``mlwq quantize``, see mlwq/checkpoint.py):
+    DIR/mlwq_checkpoint.json   {"format": "mlwq-checkpoint", "version": 1, "source": ..., "group_size": 64,
+                                "layers": {HF module name: {...}}, ...}
+    DIR/quantized.safetensors  N.qcodes uint8 [out, in] (permuted columns), N.perm int32 [in],
+                               N.scale float16 [out, in/64], N.zero uint8 [out, in/64], N.group_bits uint8 [in/64]
+
+Rows of q_proj / k_proj: transformers un-permutes them when it loads a llama GGUF (rope layout), so
+the checkpoint holds them in Hugging Face order; the exporter applies llama.cpp's permutation
+again (rows only: every quantization group lies inside one row, so this is exact).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import mlwq_format as F
+
+CHECKPOINT_JSON = "mlwq_checkpoint.json"
+CHECKPOINT_TENSORS = "quantized.safetensors"
+CHECKPOINT_VERSION = 1
+
+# HF linear module name -> GGUF tensor base name
+_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)$")
+_HF_TO_GGUF = {
+    "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+    "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down",
+}
+# architectures whose q/k rows llama.cpp's converter permutes for its rope layout (and that
+# transformers' GGUF loader un-permutes: LlamaTensorProcessor)
+_ROPE_PERMUTED_ARCHS = {"llama"}
+
+
+class ExportError(Exception):
+    """A checkpoint or source that cannot be exported, with what to do about it."""
+
+
+@dataclass
+class ExportReport:
+    path: str
+    file_bytes: int
+    n_params: int                    # elements of every model tensor (permutations excluded)
+    mlwq_params: int                 # elements of the MLWQ linear layers
+    mlwq_bytes: int                  # their bytes in the file: rows (headers + codes + padding) + permutations
+    mlwq_code_bits: int              # sum of the block widths times 64 times rows
+    layers: dict = field(default_factory=dict)
+
+    @property
+    def bpw_file(self) -> float:
+        return 8 * self.file_bytes / self.n_params
+
+    @property
+    def bpw_mlwq(self) -> float:
+        return 8 * self.mlwq_bytes / max(self.mlwq_params, 1)
+
+    @property
+    def code_bpw_mlwq(self) -> float:
+        return self.mlwq_code_bits / max(self.mlwq_params, 1)
+
+    def summary(self) -> str:
+        return (f"wrote {self.path}: {self.file_bytes} bytes ({self.file_bytes / 2**20:.2f} MiB), "
+                f"{len(self.layers)} MLWQ layers: {self.bpw_mlwq:.4f} bits/weight "
+                f"(codes {self.code_bpw_mlwq:.4f} + headers + permutations), "
+                f"whole file {self.bpw_file:.4f} bits/weight over {self.n_params} parameters")
+
+
+def gguf_name(hf_name: str) -> str:
+    """GGUF tensor base name of an HF linear module (model.layers.3.mlp.down_proj -> blk.3.ffn_down)."""
+    if hf_name == "lm_head":
+        return "output"
+    m = _LAYER_RE.match(hf_name)
+    if not m or m.group(3) not in _HF_TO_GGUF:
+        raise ExportError(f"no GGUF name for layer {hf_name!r} (known: model.layers.i.{{self_attn,mlp}}."
+                          f"{{{','.join(_HF_TO_GGUF)}}} and lm_head)")
+    return f"blk.{m.group(1)}.{_HF_TO_GGUF[m.group(3)]}"
+
+
+def rope_row_order(rows: int, n_head: int) -> np.ndarray:
+    """Row index map of llama.cpp's q/k permutation: gguf_rows = hf_rows[order]
+    (convert_hf_to_gguf.py LlamaModel.permute: reshape(n_head, 2, rows/n_head/2).swapaxes(1, 2))."""
+    if rows % (2 * n_head):
+        raise ExportError(f"{rows} rows do not split into {n_head} heads of rope pairs")
+    idx = np.arange(rows)
+    return idx.reshape(n_head, 2, rows // n_head // 2).swapaxes(1, 2).reshape(rows)
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError as e:  # pragma: no cover - gguf is a dependency
+        raise ExportError("the gguf package is missing: run `bash ggml_patch/build.sh`") from e
+    if not all(hasattr(gguf.GGMLQuantizationType, F.TYPE_NAME[b]) for b in F.WIDTHS):
+        raise ExportError("the installed gguf package has no MLWQ types: install the patched gguf-py with "
+                          "`bash ggml_patch/build.sh`")
+    for b in F.WIDTHS:
+        qt = gguf.GGMLQuantizationType[F.TYPE_NAME[b]]
+        if int(qt) != F.GGML_TYPE_ID[b] or gguf.GGML_QUANT_SIZES[qt] != (F.QK, F.type_size(b)):
+            raise ExportError(f"the installed gguf package defines {qt.name} as id {int(qt)} "
+                              f"{gguf.GGML_QUANT_SIZES[qt]}, this exporter writes id {F.GGML_TYPE_ID[b]} "
+                              f"{(F.QK, F.type_size(b))}: rebuild with `bash ggml_patch/build.sh`")
+    return gguf
+
+
+def load_checkpoint(ckpt_dir: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    from safetensors.numpy import load_file
+
+    ckpt_dir = Path(ckpt_dir)
+    meta_path, tensor_path = ckpt_dir / CHECKPOINT_JSON, ckpt_dir / CHECKPOINT_TENSORS
+    if not meta_path.is_file() or not tensor_path.is_file():
+        raise ExportError(f"{ckpt_dir} is not an mlwq checkpoint (needs {CHECKPOINT_JSON} and {CHECKPOINT_TENSORS}; "
+                          f"write one with `mlwq quantize`)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        tensors = load_file(str(tensor_path))
+    except Exception as e:
+        raise ExportError(f"corrupt checkpoint {ckpt_dir}: {e}") from None
+    if meta.get("format") != "mlwq-checkpoint" or meta.get("version") != CHECKPOINT_VERSION:
+        raise ExportError(f"{ckpt_dir}: checkpoint format/version {meta.get('format')}/{meta.get('version')}, "
+                          f"this exporter reads mlwq-checkpoint/{CHECKPOINT_VERSION}")
+    if int(meta.get("group_size", F.QK)) % F.QK:
+        raise ExportError(f"group_size {meta.get('group_size')} is not a multiple of the MLWQ block ({F.QK})")
+    return meta, tensors
+
+
+def layer_tensors(tensors: dict[str, np.ndarray], name: str):
+    try:
+        codes, perm = tensors[f"{name}.qcodes"], tensors[f"{name}.perm"]
+        scale, zero, bits = tensors[f"{name}.scale"], tensors[f"{name}.zero"], tensors[f"{name}.group_bits"]
+    except KeyError as e:
+        raise ExportError(f"checkpoint layer {name} lacks tensor {e.args[0]}") from None
+    return codes, perm.astype(np.int32, copy=False), scale, zero, bits
+
+
+def layer_width(bits: np.ndarray) -> int:
+    K = bits.size
+    b = -(-int(bits.astype(np.int64).sum()) // K)   # ceil(mean bits): the narrowest type that holds the codes
+    if b not in F.WIDTHS:
+        raise ExportError(f"mean block width {bits.astype(np.int64).sum() / K:.3f} needs MLWQ{b}, "
+                          f"which does not exist (types: {', '.join(F.TYPE_NAME.values())})")
+    return b
+
+
+def _field_value(field):
+    return field.contents()
+
+
+def _copy_kvs(reader, writer, gguf, skip: set[str]) -> None:
+    for fld in reader.fields.values():
+        if fld.name.startswith("GGUF.") or fld.name == gguf.Keys.General.ARCHITECTURE or fld.name in skip:
+            continue
+        vtype = fld.types[0]
+        sub_type = fld.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(fld.name, _field_value(fld), vtype, sub_type=sub_type)
+
+
+def _fsync_replace(tmp: Path, dst: Path) -> None:
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
+    try:
+        dfd = os.open(dst.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def source_gguf(meta: dict, source: str | os.PathLike | None) -> Path:
+    src = Path(source) if source is not None else Path(str(meta.get("source", "")))
+    if src.is_dir():
+        found = sorted(src.glob("*.gguf"))
+        if len(found) == 1:
+            return found[0]
+        raise ExportError(f"source {src} is a directory without exactly one .gguf file: the GGUF exporter copies the "
+                          f"tokenizer and metadata from a GGUF; pass --source FILE.gguf (convert a Hugging Face "
+                          f"model with llama.cpp's convert_hf_to_gguf.py first)")
+    if not src.is_file():
+        raise ExportError(f"source GGUF {str(src)!r} not found (the checkpoint's 'source'); pass --source FILE.gguf")
+    return src
+
+
+def export_gguf(ckpt_dir: str | os.PathLike, out: str | os.PathLike, source: str | os.PathLike | None = None,
+                log=print) -> ExportReport:
+    """Write the GGUF for the patched llama.cpp. Returns the byte and bit counts of the written file.
+
+    A checkpoint of a reduced model (meta "max_blocks": n, see mlwq.api.truncate_blocks) gives a
+    GGUF of the first n blocks, block_count rewritten."""
+    gguf = _gguf()
+    meta, tensors = load_checkpoint(ckpt_dir)
+    src = source_gguf(meta, source)
+    reader = gguf.GGUFReader(str(src))
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    max_blocks = meta.get("max_blocks")
+    skip_kvs = {gguf.Keys.General.FILE_TYPE, F.KEY_FORMAT_VERSION}
+    if max_blocks is not None:
+        skip_kvs.add(f"{arch}.block_count")
+    n_head = int(reader.fields[f"{arch}.attention.head_count"].contents())
+    kv_field = reader.fields.get(f"{arch}.attention.head_count_kv")
+    n_head_kv = int(kv_field.contents()) if kv_field is not None else n_head
+
+    by_gguf = {}
+    for hf_name in meta.get("layers", {}):
+        by_gguf[gguf_name(hf_name) + ".weight"] = hf_name
+    src_names = {t.name for t in reader.tensors}
+    missing = sorted(set(by_gguf) - src_names)
+    if missing:
+        raise ExportError(f"checkpoint layers not in the source {src.name}: {', '.join(missing[:5])}"
+                          f"{' ...' if len(missing) > 5 else ''}")
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+
+    report = ExportReport(path=str(out), file_bytes=0, n_params=0, mlwq_params=0, mlwq_bytes=0, mlwq_code_bits=0)
+    width_params: dict[int, int] = {}
+    for t in reader.tensors:
+        m = re.match(r"^blk\.(\d+)\.", t.name)
+        if max_blocks is not None and m and int(m.group(1)) >= int(max_blocks):
+            continue
+        n_elem = int(np.prod([int(x) for x in t.shape]))
+        report.n_params += n_elem
+        hf_name = by_gguf.get(t.name)
+        if hf_name is None:
+            writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+            continue
+        codes, perm, scale, zero, bits = layer_tensors(tensors, hf_name)
+        ne0, rows = (int(x) for x in t.shape[:2])
+        if codes.shape != (rows, ne0):
+            raise ExportError(f"layer {hf_name}: codes {codes.shape}, source tensor {t.name} is [{rows}, {ne0}]")
+        b = layer_width(bits)
+        try:
+            F.validate_perm(perm, ne0)
+            if arch in _ROPE_PERMUTED_ARCHS and t.name.split(".")[-2] in ("attn_q", "attn_k"):
+                heads = n_head if t.name.split(".")[-2] == "attn_q" else n_head_kv
+                order = rope_row_order(rows, heads)
+                codes, scale, zero = codes[order], scale[order], zero[order]
+            data = F.pack_rows(codes, scale, zero, bits, b)
+        except ValueError as e:
+            raise ExportError(f"layer {hf_name}: {e}") from None
+        writer.add_tensor(t.name, data, raw_dtype=gguf.GGMLQuantizationType[F.TYPE_NAME[b]])
+        writer.add_tensor(F.perm_name(t.name), perm)
+        nbytes = data.nbytes + perm.nbytes
+        code_bits = int(bits.astype(np.int64).sum()) * F.QK * rows
+        report.mlwq_params += rows * ne0
+        report.mlwq_bytes += nbytes
+        report.mlwq_code_bits += code_bits
+        width_params[b] = width_params.get(b, 0) + rows * ne0
+        report.layers[t.name] = {"hf_name": hf_name, "type": F.TYPE_NAME[b], "shape": [rows, ne0],
+                                 "bytes": nbytes, "bits_per_weight": 8 * nbytes / (rows * ne0),
+                                 "code_bits_per_weight": code_bits / (rows * ne0)}
+    if not report.layers:
+        raise ExportError(f"checkpoint {ckpt_dir} has no quantized layers")
+
+    main_width = max(width_params, key=lambda b: width_params[b])
+    _copy_kvs(reader, writer, gguf, skip=skip_kvs)
+    if max_blocks is not None:
+        writer.add_uint32(f"{arch}.block_count", int(max_blocks))
+    writer.add_uint32(gguf.Keys.General.FILE_TYPE, F.LLAMA_FTYPE[main_width])
+    writer.add_uint32(F.KEY_FORMAT_VERSION, F.FORMAT_VERSION)
+    writer.add_uint32("mlwq.group_size", int(meta.get("group_size", F.QK)))
+    writer.add_string("mlwq.source", os.path.basename(str(meta.get("source", src))))
+    writer.add_string("mlwq.config", json.dumps(meta.get("config", {}), sort_keys=True))
+    writer.add_float32("mlwq.code_bits_per_weight", float(report.code_bpw_mlwq))
+    writer.add_float32("mlwq.bits_per_weight", float(report.bpw_mlwq))
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    _fsync_replace(tmp, out)
+    report.file_bytes = out.stat().st_size
+    log(report.summary())
+    return report
+
+
+def write_reduced_gguf(src: str | os.PathLike, dst: str | os.PathLike, n_blocks: int) -> Path:
+    """Copy of a GGUF with only its first n_blocks repeating blocks (block_count rewritten): a small
+    real model for tests. Tensors outside blk.* (embeddings, output norm) are kept."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(src))
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    dst = Path(dst)
+    tmp = dst.with_name(dst.name + ".part")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    _copy_kvs(reader, writer, gguf, skip={f"{arch}.block_count"})
+    writer.add_uint32(f"{arch}.block_count", int(n_blocks))
+    for t in reader.tensors:
+        m = re.match(r"^blk\.(\d+)\.", t.name)
+        if m and int(m.group(1)) >= n_blocks:
+            continue
+        writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    _fsync_replace(tmp, dst)
+    return dst
+
+
+def read_mlwq_tensor(path: str | os.PathLike, name: str):
+    """(W in original column order fp32 [rows, ne0], b) of an MLWQ tensor of an exported GGUF."""
+    gguf = _gguf()
+    reader = gguf.GGUFReader(str(path))
+    by_name = {t.name: t for t in reader.tensors}
+    t = by_name[name]
+    b = F.width_of_type_id(int(t.tensor_type))
+    if b is None:
+        raise ExportError(f"{name} is {t.tensor_type.name}, not an MLWQ type")
+    ne0, rows = (int(x) for x in t.shape[:2])
+    data = np.asarray(t.data).reshape(rows, -1)
+    perm = np.asarray(by_name[F.perm_name(name)].data).astype(np.int32)
+    return F.unpermute_columns(F.dequantize_rows(data, ne0, b), perm), b

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Compile check of the MLWQ CUDA code without a GPU and without building all of ggml-cuda.
+#
+#   bash ggml_patch/check_cuda_compile.sh
+#
+# Takes llama.cpp's ggml/ from the pristine llama-cpp-python 0.3.36 sdist, applies the ggml/ part
+# of ggml_patch/patches/*.patch, copies ggml_patch/src/ (as build.sh does) and compiles with nvcc:
+#   - ggml_patch/src/ggml-cuda/mlwq.cu for sm_90 and sm_87 (machine code for both); a warning in
+#     mlwq.cu/mlwq.cuh fails the check
+#   - the ggml-cuda files that 0002-cuda.patch touches (convert.cu, getrows.cu, mmvq.cu,
+#     ggml-cuda.cu) for sm_90: the patch changes their host code only, and one architecture is
+#     enough to catch a registration that no longer compiles
+#   - ggml_patch/tests/test-mlwq-cuda.cpp, syntax only (it is built and run on a GPU machine)
+# Objects are thrown away; nothing is linked or run.
+#
+# Environment: LLAMA_SRC (a pristine llama.cpp tree to use instead of the sdist), MLWQ_CACHE
+# (default ~/.cache/mlwq; the sdist is looked for in $MLWQ_CACHE/dl as build.sh leaves it),
+# MLWQ_SDIST (a local copy of the sdist), NVCC (default nvcc), MLWQ_JOBS (default 2).
+# A CUDA toolkit without cuBLAS headers gets ggml_patch/cuda_stub/ (declarations only).
+set -euo pipefail
+
+SDIST_VERSION=0.3.36
+SDIST_NAME="llama_cpp_python-${SDIST_VERSION}.tar.gz"
+SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+CACHE="${MLWQ_CACHE:-$HOME/.cache/mlwq}"
+NVCC="${NVCC:-nvcc}"
+JOBS="${MLWQ_JOBS:-2}"
+PY="${MLWQ_PYTHON:-python3}"
+
+log() { printf '[mlwq-cuda-check] %s\n' "$*" >&2; }
+die() { printf '[mlwq-cuda-check] error: %s\n' "$*" >&2; exit 1; }
+t0=$(date +%s)
+
+command -v "$NVCC" >/dev/null || die "nvcc not found (set NVCC)"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/mlwq-cuda-check.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+T="$WORK/llama.cpp"
+mkdir -p "$T"
+
+# ---- pristine ggml/ -------------------------------------------------------------------------
+if [ -n "${LLAMA_SRC:-}" ]; then
+    [ -d "$LLAMA_SRC/ggml/src/ggml-cuda" ] || die "LLAMA_SRC=$LLAMA_SRC has no ggml/src/ggml-cuda"
+    cp -a "$LLAMA_SRC/ggml" "$T/"
+    log "ggml/ from $LLAMA_SRC"
+else
+    SDIST="${MLWQ_SDIST:-$CACHE/dl/$SDIST_NAME}"
+    if [ ! -f "$SDIST" ]; then
+        log "no sdist at $SDIST: downloading llama-cpp-python==$SDIST_VERSION with pip"
+        mkdir -p "$CACHE/dl"
+        "$PY" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$SDIST_VERSION" -d "$CACHE/dl" >&2 \
+            || die "pip download failed (offline? set LLAMA_SRC or MLWQ_SDIST)"
+        SDIST="$CACHE/dl/$SDIST_NAME"
+    fi
+    [ "$(sha256sum "$SDIST" | cut -d' ' -f1)" = "$SDIST_SHA256" ] || die "sha256 of $SDIST is not $SDIST_SHA256"
+    tar -xzf "$SDIST" -C "$WORK" --wildcards "llama_cpp_python-$SDIST_VERSION/vendor/llama.cpp/ggml/*"
+    mv "$WORK/llama_cpp_python-$SDIST_VERSION/vendor/llama.cpp/ggml" "$T/"
+    log "ggml/ from $SDIST"
+fi
+
+# ---- the ggml/ part of our patches, then our sources ---------------------------------------
+shopt -s nullglob
+for p in "$HERE"/patches/*.patch; do
+    # keep only the file sections under ggml/ (the rest patches llama, tools and gguf-py)
+    "$PY" - "$p" > "$WORK/ggml-only.patch" <<'EOF'
+import re, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+parts = re.split(r"(?m)^(?=diff --git |--- a/)", text)
+out = []
+for part in parts:
+    m = re.search(r"(?m)^--- a/(\S+)", part)
+    if m and m.group(1).startswith("ggml/"):
+        out.append(part)
+sys.stdout.write("".join(out))
+EOF
+    if [ -s "$WORK/ggml-only.patch" ]; then
+        patch -p1 --batch --forward --no-backup-if-mismatch -d "$T" < "$WORK/ggml-only.patch" >/dev/null \
+            || die "$(basename "$p") (its ggml/ part) does not apply"
+        log "applied the ggml/ part of $(basename "$p")"
+    fi
+done
+shopt -u nullglob
+(cd "$HERE/src" && find . -type f | LC_ALL=C sort) | while read -r f; do
+    f="${f#./}"
+    case "$f" in
+        ggml-cuda/*) dest="$T/ggml/src/$f" ;;
+        ggml/*)      dest="$T/$f" ;;
+        *)           continue ;;
+    esac
+    mkdir -p "$(dirname "$dest")"
+    cp "$HERE/src/$f" "$dest"
+done
+
+# ---- compile -------------------------------------------------------------------------------
+INC=(-I"$T/ggml/include" -I"$T/ggml/src" -I"$T/ggml/src/ggml-cuda")
+if ! echo '#include <cublas_v2.h>' | "$NVCC" -x cu -E - -o /dev/null >/dev/null 2>&1; then
+    INC+=(-I"$HERE/cuda_stub")
+    log "this CUDA toolkit has no cublas_v2.h: using ggml_patch/cuda_stub (compile only)"
+fi
+# the flags ggml's CMake passes to nvcc that matter for these files
+NVFLAGS=(-std=c++17 -O3 -use_fast_math -extended-lambda -DGGML_USE_CUDA -DGGML_CUDA_USE_GRAPHS
+         -DGGML_SCHED_MAX_COPIES=4 -DNDEBUG "${INC[@]}")
+CU="$T/ggml/src/ggml-cuda"
+
+compile() { # name, then nvcc arguments
+    local name=$1; shift
+    local s=$(date +%s)
+    if "$NVCC" "${NVFLAGS[@]}" "$@" -o "$WORK/$name.o" > "$WORK/$name.log" 2>&1; then
+        # upstream headers have warnings of their own: only ours fail the check
+        if grep -E 'mlwq\.cuh?[:(][0-9]+.*warning' "$WORK/$name.log" >/dev/null; then
+            echo "FAIL $name (warnings in mlwq.cu/mlwq.cuh)" > "$WORK/$name.status"
+        else
+            echo "ok   $name ($(( $(date +%s) - s )) s)" > "$WORK/$name.status"
+        fi
+    else
+        echo "FAIL $name" > "$WORK/$name.status"
+    fi
+}
+
+JOBS_LIST=(
+    "mmvq.cu|-gencode=arch=compute_90,code=sm_90 -c $CU/mmvq.cu"
+    "mlwq.cu|-gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_87,code=sm_87 -Xcompiler=-Wall,-Wextra -c $CU/mlwq.cu"
+    "getrows.cu|-gencode=arch=compute_90,code=sm_90 -c $CU/getrows.cu"
+    "convert.cu|-gencode=arch=compute_90,code=sm_90 -c $CU/convert.cu"
+    "ggml-cuda.cu|-gencode=arch=compute_90,code=sm_90 -c $CU/ggml-cuda.cu"
+)
+log "compiling ${#JOBS_LIST[@]} CUDA files with $JOBS jobs"
+running=0
+for job in "${JOBS_LIST[@]}"; do
+    name="${job%%|*}"
+    # shellcheck disable=SC2086
+    compile "$name" ${job#*|} &
+    running=$((running + 1))
+    if [ "$running" -ge "$JOBS" ]; then
+        wait -n || true
+        running=$((running - 1))
+    fi
+done
+wait
+
+s=$(date +%s)
+if c++ -std=c++17 -fsyntax-only -Wall -Wextra -Werror -I"$T/ggml/include" "$HERE/tests/test-mlwq-cuda.cpp" > "$WORK/test.log" 2>&1; then
+    echo "ok   tests/test-mlwq-cuda.cpp syntax ($(( $(date +%s) - s )) s)" > "$WORK/test.status"
+else
+    echo "FAIL tests/test-mlwq-cuda.cpp syntax" > "$WORK/test.status"
+fi
+
+fail=0
+for st in "$WORK"/*.status; do
+    line=$(cat "$st")
+    log "$line"
+    case "$line" in
+        FAIL*) fail=1; cat "$WORK/$(basename "$st" .status).log" >&2 ;;
+    esac
+done
+log "done in $(( $(date +%s) - t0 )) s"
+[ "$fail" = 0 ] || die "compile check failed"
+echo "MLWQ CUDA compile check: OK ($(( $(date +%s) - t0 )) s)"

@@ -1,0 +1,43 @@
+// MLWQ2/MLWQ3/MLWQ4 on CUDA (project mlwq, ggml_patch/FORMAT.md is the byte format).
+//
+// A row of K = ne0/64 blocks is [K headers of 4 bytes][codes of block 0][codes of block 1]...
+// header j = fp16 d | u8 zero | u8 bits (1..8); block j's codes are 8*bits_j bytes of bit planes.
+// Block j's code offset is 8*sum_{i<j} bits_i, so kernels find it with a warp prefix sum over
+// the headers. The row has the fixed size K*(4 + 8*b); kernels never read past it, whatever the
+// headers say.
+//
+// Registration points in llama.cpp's files (ggml_patch/patches/0002-cuda.patch) call only the
+// functions below.
+#pragma once
+
+#include "common.cuh"
+#include "convert.cuh"
+
+// Quantized matrix-vector product against q8_1 activations (the mul_mat_vec_q path, MUL_MAT and
+// MUL_MAT_ID, ncols_dst <= MMVQ_MAX_BATCH_SIZE, optional bias/gate/GLU fusion).
+// Same arguments as mmvq.cu's mul_mat_vec_q_switch_type; strides of x in units of type_size bytes.
+void ggml_cuda_mlwq_mul_mat_vec_q(
+        const void * vx, ggml_type type_x, const void * vy, const int32_t * ids, const ggml_cuda_mm_fusion_args_device fusion, float * dst,
+        int ncols_x, int nrows_x, int ncols_dst,
+        int stride_row_x, int stride_col_y, int stride_col_dst,
+        int nchannels_x, int nchannels_y, int nchannels_dst,
+        int stride_channel_x, int stride_channel_y, int stride_channel_dst,
+        int nsamples_x, int nsamples_dst, int stride_sample_x, int stride_sample_y, int stride_sample_dst,
+        int ids_stride, cudaStream_t stream);
+
+// Dequantization of non-contiguous (or contiguous) tensors, for the cuBLAS path. The contiguous
+// converters of convert.cu only get an element count, which cannot locate MLWQ's row headers, so
+// the MLWQ types register only these.
+to_fp16_nc_cuda_t ggml_cuda_mlwq_get_to_fp16_nc(ggml_type type);
+to_fp32_nc_cuda_t ggml_cuda_mlwq_get_to_fp32_nc(ggml_type type);
+to_bf16_nc_cuda_t ggml_cuda_mlwq_get_to_bf16_nc(ggml_type type);
+
+// GET_ROWS with an MLWQ src0 (same arguments as getrows.cu's switch; dst_t = float, half,
+// nv_bfloat16 or int32_t).
+template <typename dst_t>
+void ggml_cuda_mlwq_get_rows(
+        const void * src0_d, ggml_type src0_type, const int32_t * src1_d, dst_t * dst_d,
+        int64_t ne00, size_t nb01, size_t nb02, size_t nb03,
+        int64_t ne10, int64_t ne11, int64_t ne12, size_t nb10, size_t nb11, size_t nb12,
+        size_t nb1, size_t nb2, size_t nb3,
+        cudaStream_t stream);

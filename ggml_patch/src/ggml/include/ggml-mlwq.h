@@ -1,0 +1,82 @@
+// MLWQ tensor types: per-layer code width b in {2, 3, 4}, per-64-column-block widths 1..8.
+// The byte layout is defined in mlwq's ggml_patch/FORMAT.md (and exporters/mlwq_format.py).
+//
+//   row of an MLWQb tensor with ne0 columns (K = ne0/64 blocks), exactly K*(4 + 8*b) bytes:
+//   [K headers: fp16 d | u8 zero | u8 bits][codes of block 0] ... [codes of block K-1][zero padding]
+//   block j codes: 8*bits_j bytes, bit planes low bits first, planes greedy 4, 2, 1
+//   w(permuted column 64*j + i) = (float) d_j * (float) ((int) q - (int) zero_j)
+//
+// Rows are not sequences of independent blocks (block j's codes start after the codes of blocks
+// 0..j-1), so every function here works on whole rows and is told ne0.
+#pragma once
+
+#include "ggml.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define GGML_MLWQ_FORMAT_VERSION 1
+#define GGML_MLWQ_KEY_FORMAT_VERSION "mlwq.format_version"
+#define GGML_MLWQ_PERM_SUFFIX "mlwq_perm"
+#define QK_MLWQ 64
+#define GGML_MLWQ_HEADER_SIZE 4
+#define GGML_MLWQ_MIN_BITS 1
+#define GGML_MLWQ_MAX_BITS 8
+
+// one block header, 4 bytes, at the start of the row (all K headers first)
+typedef struct {
+    uint16_t d;     // fp16 scale, little endian
+    uint8_t  zero;  // 0 .. 2^bits - 1
+    uint8_t  bits;  // 1 .. 8
+} ggml_mlwq_header;
+
+static inline bool ggml_mlwq_is_type(enum ggml_type type) {
+    return type == GGML_TYPE_MLWQ2 || type == GGML_TYPE_MLWQ3 || type == GGML_TYPE_MLWQ4;
+}
+
+// code width b of the type (2, 3, 4), 0 for any other type
+static inline int ggml_mlwq_type_width(enum ggml_type type) {
+    switch (type) {
+        case GGML_TYPE_MLWQ2: return 2;
+        case GGML_TYPE_MLWQ3: return 3;
+        case GGML_TYPE_MLWQ4: return 4;
+        default:              return 0;
+    }
+}
+
+// bit planes of a block of width `bits` (1..8), low bits first; returns the number of planes (<= 3)
+static inline int ggml_mlwq_planes(int bits, int planes[3]) {
+    int n = 0;
+    while (bits >= 4 && n < 3) { planes[n++] = 4; bits -= 4; }
+    if (bits >= 2 && n < 3)    { planes[n++] = 2; bits -= 2; }
+    if (bits == 1 && n < 3)    { planes[n++] = 1; }
+    return n;
+}
+
+// to_float of the type traits: x is ONE row of k elements (k % 64 == 0). Never reads past the
+// k/64*(4+8b) bytes of the row; blocks after a corrupt header (bits outside 1..8, codes past the
+// row end) dequantize to 0.
+GGML_API void dequantize_row_mlwq2(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
+GGML_API void dequantize_row_mlwq3(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
+GGML_API void dequantize_row_mlwq4(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
+
+// codes of one row (uint8 [k], permuted column order); same safety rules as dequantize_row_*
+GGML_API void ggml_mlwq_unpack_row(const void * GGML_RESTRICT x, uint8_t * GGML_RESTRICT q, int64_t k, int b);
+
+// Full check of an MLWQ tensor: nbytes == nrows * row size, and for every row: bits in 1..8,
+// zero <= 2^bits - 1, d finite, sum(bits) <= K*b, padding after the codes all zero.
+// Returns true if valid; otherwise false with a message (row, block, what) in err.
+GGML_API bool ggml_mlwq_validate_rows(enum ggml_type type, const void * data, size_t nbytes,
+                                      int64_t ne0, int64_t nrows, char * err, size_t err_size);
+
+// Check of a column permutation: n entries, each in 0..n-1, no repeats.
+GGML_API bool ggml_mlwq_validate_perm(const int32_t * perm, int64_t n, char * err, size_t err_size);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,183 @@
+// MLWQ types, core part (ggml-base): to_float, row unpacking and validation.
+// Layout: ggml/include/ggml-mlwq.h and mlwq's ggml_patch/FORMAT.md.
+#define GGML_COMMON_DECL_C
+#include "ggml-common.h"
+
+#include "ggml-mlwq.h"
+#include "ggml-impl.h"
+
+#include <assert.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static_assert(sizeof(ggml_mlwq_header) == GGML_MLWQ_HEADER_SIZE, "wrong mlwq header size/padding");
+
+// codes of one block of width `bits` (1..8) from its 8*bits bytes; q gets 64 values
+static void mlwq_decode_block(const uint8_t * GGML_RESTRICT c, int bits, uint8_t * GGML_RESTRICT q) {
+    int planes[3];
+    const int np = ggml_mlwq_planes(bits, planes);
+    memset(q, 0, QK_MLWQ);
+    int shift = 0;
+    for (int ip = 0; ip < np; ++ip) {
+        const int p      = planes[ip];
+        const int nbytes = 8*p;      // bytes of this plane
+        const int per    = 8/p;      // columns per byte: column i + kk*nbytes at bit kk*p
+        const int mask   = (1 << p) - 1;
+        for (int i = 0; i < nbytes; ++i) {
+            const int byte = c[i];
+            for (int kk = 0; kk < per; ++kk) {
+                q[i + kk*nbytes] |= (uint8_t) (((byte >> (kk*p)) & mask) << shift);
+            }
+        }
+        c     += nbytes;
+        shift += p;
+    }
+}
+
+// codes of one row; from the first corrupt header on (bits outside 1..8 or codes past the row
+// end) the blocks read as 0: never touches bytes past the row
+static void mlwq_row(const uint8_t * GGML_RESTRICT x, int64_t k, int b, uint8_t * GGML_RESTRICT q) {
+    const int64_t K         = k / QK_MLWQ;
+    const size_t  row_bytes = (size_t) K * (GGML_MLWQ_HEADER_SIZE + 8*(size_t) b);
+    size_t off = (size_t) K * GGML_MLWQ_HEADER_SIZE;
+    bool   ok  = true;
+    for (int64_t j = 0; j < K; ++j) {
+        const uint8_t * h    = x + 4*j;
+        const int       bits = h[3];
+        if (!ok || bits < GGML_MLWQ_MIN_BITS || bits > GGML_MLWQ_MAX_BITS || off + 8*(size_t) bits > row_bytes) {
+            ok = false;
+            memset(q + QK_MLWQ*j, 0, QK_MLWQ);
+            continue;
+        }
+        mlwq_decode_block(x + off, bits, q + QK_MLWQ*j);
+        off += 8*(size_t) bits;
+    }
+}
+
+void ggml_mlwq_unpack_row(const void * GGML_RESTRICT x, uint8_t * GGML_RESTRICT q, int64_t k, int b) {
+    mlwq_row((const uint8_t *) x, k, b, q);
+}
+
+static void mlwq_dequantize_row(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k, int b) {
+    assert(k % QK_MLWQ == 0);
+    const int64_t K = k / QK_MLWQ;
+    uint8_t q[QK_MLWQ];
+    size_t off = (size_t) K * GGML_MLWQ_HEADER_SIZE;
+    const size_t row_bytes = (size_t) K * (GGML_MLWQ_HEADER_SIZE + 8*(size_t) b);
+    const uint8_t * xb = (const uint8_t *) x;
+    bool ok = true;
+    for (int64_t j = 0; j < K; ++j) {
+        const uint8_t * h    = xb + 4*j;
+        const int       bits = h[3];
+        float * yj = y + QK_MLWQ*j;
+        if (!ok || bits < GGML_MLWQ_MIN_BITS || bits > GGML_MLWQ_MAX_BITS || off + 8*(size_t) bits > row_bytes) {
+            ok = false;
+            memset(yj, 0, QK_MLWQ*sizeof(float));
+            continue;
+        }
+        mlwq_decode_block(xb + off, bits, q);
+        uint16_t d16;
+        memcpy(&d16, h, sizeof(d16));
+        const float d    = GGML_FP16_TO_FP32(d16);
+        const int   zero = h[2];
+        for (int i = 0; i < QK_MLWQ; ++i) {
+            yj[i] = d * (float) ((int) q[i] - zero);
+        }
+        off += 8*(size_t) bits;
+    }
+}
+
+void dequantize_row_mlwq2(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) { mlwq_dequantize_row(x, y, k, 2); }
+void dequantize_row_mlwq3(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) { mlwq_dequantize_row(x, y, k, 3); }
+void dequantize_row_mlwq4(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) { mlwq_dequantize_row(x, y, k, 4); }
+
+bool ggml_mlwq_validate_rows(enum ggml_type type, const void * data, size_t nbytes,
+                             int64_t ne0, int64_t nrows, char * err, size_t err_size) {
+    const int b = ggml_mlwq_type_width(type);
+    if (b == 0) {
+        snprintf(err, err_size, "type %d is not an MLWQ type", (int) type);
+        return false;
+    }
+    if (ne0 <= 0 || ne0 % QK_MLWQ != 0 || nrows < 0) {
+        snprintf(err, err_size, "ne0 = %" PRId64 " is not a positive multiple of %d", ne0, QK_MLWQ);
+        return false;
+    }
+    const int64_t K         = ne0 / QK_MLWQ;
+    const size_t  row_bytes = (size_t) K * (GGML_MLWQ_HEADER_SIZE + 8*(size_t) b);
+    if (nbytes / row_bytes != (size_t) nrows || nbytes % row_bytes != 0) {
+        snprintf(err, err_size, "%zu bytes is not %" PRId64 " rows of %zu bytes", nbytes, nrows, row_bytes);
+        return false;
+    }
+    const uint8_t * x = (const uint8_t *) data;
+    for (int64_t r = 0; r < nrows; ++r) {
+        const uint8_t * row = x + (size_t) r * row_bytes;
+        int64_t sum = 0;
+        for (int64_t j = 0; j < K; ++j) {
+            const uint8_t * h = row + 4*j;
+            uint16_t d16;
+            memcpy(&d16, h, sizeof(d16));
+            const int zero = h[2];
+            const int bits = h[3];
+            if (bits < GGML_MLWQ_MIN_BITS || bits > GGML_MLWQ_MAX_BITS) {
+                snprintf(err, err_size, "row %" PRId64 " block %" PRId64 ": bits = %d, outside %d..%d",
+                         r, j, bits, GGML_MLWQ_MIN_BITS, GGML_MLWQ_MAX_BITS);
+                return false;
+            }
+            if (zero > (1 << bits) - 1) {
+                snprintf(err, err_size, "row %" PRId64 " block %" PRId64 ": zero = %d > 2^bits - 1 = %d (bits = %d)",
+                         r, j, zero, (1 << bits) - 1, bits);
+                return false;
+            }
+            if ((d16 & 0x7c00) == 0x7c00) {
+                snprintf(err, err_size, "row %" PRId64 " block %" PRId64 ": scale d is %s (fp16 0x%04x)",
+                         r, j, (d16 & 0x03ff) ? "NaN" : "infinite", d16);
+                return false;
+            }
+            sum += bits;
+        }
+        if (sum > K*b) {
+            snprintf(err, err_size, "row %" PRId64 ": sum of block bits = %" PRId64 " exceeds K*b = %" PRId64
+                     " (K = %" PRId64 ", b = %d): codes would not fit the row", r, sum, K*b, K, b);
+            return false;
+        }
+        for (size_t i = (size_t) K*GGML_MLWQ_HEADER_SIZE + 8*(size_t) sum; i < row_bytes; ++i) {
+            if (row[i] != 0) {
+                snprintf(err, err_size, "row %" PRId64 ": non-zero byte %zu in the padding after the codes", r, i);
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+bool ggml_mlwq_validate_perm(const int32_t * perm, int64_t n, char * err, size_t err_size) {
+    if (n <= 0) {
+        snprintf(err, err_size, "empty permutation");
+        return false;
+    }
+    uint8_t * seen = (uint8_t *) calloc((size_t) n, 1);
+    if (!seen) {
+        snprintf(err, err_size, "out of memory");
+        return false;
+    }
+    bool ok = true;
+    for (int64_t j = 0; j < n; ++j) {
+        int32_t v;
+        memcpy(&v, perm + j, sizeof(v));
+        if (v < 0 || v >= n) {
+            snprintf(err, err_size, "entry %" PRId64 " = %d is outside 0..%" PRId64, j, v, n - 1);
+            ok = false;
+            break;
+        }
+        if (seen[v]) {
+            snprintf(err, err_size, "entry %" PRId64 " = %d repeats an earlier entry: not a permutation", j, v);
+            ok = false;
+            break;
+        }
+        seen[v] = 1;
+    }
+    free(seen);
+    return ok;
+}

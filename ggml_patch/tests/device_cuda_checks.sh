@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# MLWQ CUDA checks on a GPU machine (the session's `device` tool), run from the repo root:
+#
+#   bash ggml_patch/tests/device_cuda_checks.sh build   # patched llama.cpp + test-mlwq-cuda (sm_90)
+#   bash ggml_patch/tests/device_cuda_checks.sh test    # op tests, compute-sanitizer, CPU-vs-CUDA KLD
+#   bash ggml_patch/tests/device_cuda_checks.sh bench   # op bandwidth, llama-bench MLWQ3 vs Q3_K_S
+#   bash ggml_patch/tests/device_cuda_checks.sh permfast  # experiment: 1-token permutation as one GET_ROWS
+#
+# Needs, carried in .cache/cuda_src/ (ignored by git): llama.cpp.tar.xz (the pristine vendored
+# llama.cpp of llama-cpp-python 0.3.36, without models/docs/tests and other backends: the machine
+# has no internet), smollm2_tokenizer.json.gz (tokenizer KV of SmolLM2), wiki.test.head.raw (the
+# first 120 kB of wikitext-2 test). Builds under build/cuda-dev/ (ignored). Logs go to $OUT.
+set -x
+set -o pipefail
+OUT=${OUT:-/tmp/mlwq-out}
+mkdir -p "$OUT"
+ROOT=$(pwd)
+W=$ROOT/build/cuda-dev
+SRC=$W/llama.cpp
+B=$W/build-cuda
+BIN=$B/bin
+C=$ROOT/.cache/cuda_src
+GGUFPY=$SRC/gguf-py
+export PYTHONUNBUFFERED=1
+
+stage_build() {
+    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv
+    nproc
+    # the tree: pristine + patches + ggml_patch/src (as build.sh maps them); files that did not
+    # change keep their mtime so that ninja rebuilds only what a patch change touches
+    rm -rf "$W/new" && mkdir -p "$W/new"
+    tar xJf "$C/llama.cpp.tar.xz" -C "$W/new" || return 1
+    for p in ggml_patch/patches/*.patch; do
+        patch -p1 --batch --forward -d "$W/new/llama.cpp" < "$p" > /dev/null || { echo "patch $p failed"; return 1; }
+    done
+    (cd ggml_patch/src && find . -type f) | while read -r f; do
+        f=${f#./}
+        case "$f" in ggml-cuda/*) d="$W/new/llama.cpp/ggml/src/$f" ;; *) d="$W/new/llama.cpp/$f" ;; esac
+        mkdir -p "$(dirname "$d")" && cp "ggml_patch/src/$f" "$d"
+    done
+    mkdir -p "$SRC"
+    (cd "$W/new/llama.cpp" && find . -type f) | while read -r f; do
+        cmp -s "$W/new/llama.cpp/$f" "$SRC/$f" || { mkdir -p "$(dirname "$SRC/$f")"; cp "$W/new/llama.cpp/$f" "$SRC/$f"; }
+    done
+    rm -rf "$W/new"
+    cmake -S "$SRC" -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
+        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
+        -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+        -DGGML_CUDA_FA_ALL_QUANTS=OFF > "$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; return 1; }
+    local t=$(date +%s)
+    ninja -C "$B" -j16 llama-bench llama-perplexity llama-completion llama-quantize > "$OUT/ninja.log" 2>&1 \
+        || { grep -B2 -A12 "error" "$OUT/ninja.log" | head -80; return 1; }
+    echo "ninja took $(( $(date +%s) - t )) s"
+    g++ -O2 -std=c++17 -I"$SRC/ggml/include" ggml_patch/tests/test-mlwq-cuda.cpp -L"$BIN" \
+        -lggml -lggml-base -lggml-cpu -lggml-cuda -Wl,-rpath,"$BIN" -o "$BIN/test-mlwq-cuda" || return 1
+    ls -la "$BIN" | head -40
+}
+
+stage_test() {
+    timeout 120 "$BIN/test-mlwq-cuda" 2>&1 | tee "$OUT/test-mlwq-cuda.log" | grep -v "^  \[ ok \]"
+    # whole model, CPU vs CUDA, same file: SmolLM2-135M shape (K = 9 blocks: odd, 4-byte aligned rows)
+    PYTHONPATH=$GGUFPY python3 ggml_patch/tests/make_synthetic_gguf.py mlwq --shape smollm2-135m \
+        --tokenizer "$C/smollm2_tokenizer.json.gz" --bits 3 -o "$W/smol-mlwq3.gguf" || return 1
+    local P="$BIN/llama-perplexity -m $W/smol-mlwq3.gguf -f $C/wiki.test.head.raw -c 512 --chunks 4 -t 16"
+    # CPU reference with no CUDA device at all (with -ngl 0 alone, big batches would still be
+    # offloaded to the GPU by the scheduler)
+    CUDA_VISIBLE_DEVICES= timeout 180 $P -ngl 0 --kl-divergence-base "$W/smol.kld" > "$OUT/ppl-cpu.log" 2>&1
+    grep -E "Final estimate|MLWQ" "$OUT/ppl-cpu.log"
+    for ub in 512 1 4; do
+        timeout 120 $P -ngl 99 -ub $ub --kl-divergence-base "$W/smol.kld" --kl-divergence > "$OUT/ppl-cuda-ub$ub.log" 2>&1
+        echo "== CUDA, ubatch $ub vs CPU"
+        grep -E "offloaded|CUDA0 model buffer|CPU_Mapped model buffer|CPU model buffer|Mean PPL|Mean    KLD|Maximum KLD|Same top|RMS Δp|Mean PPL\(Q\)|Mean PPL\(base\)" "$OUT/ppl-cuda-ub$ub.log"
+    done
+}
+
+stage_benchops() {
+    timeout 240 "$BIN/test-mlwq-cuda" --bench 2>&1 | tee "$OUT/bench-ops.log"
+}
+
+stage_sanitize() {
+    timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$BIN/test-mlwq-cuda" > "$OUT/sanitizer-memcheck.log" 2>&1
+    echo "compute-sanitizer memcheck rc=$?"
+    grep -E "ERROR SUMMARY|cases passed|Invalid" "$OUT/sanitizer-memcheck.log" | head -20
+}
+
+stage_bench() {
+    python3 - <<'EOF' 2>&1 | tee "$OUT/bandwidth.log"
+import torch, time
+x = torch.empty(2 * 1024**3 // 4, dtype=torch.float32, device="cuda")
+y = torch.empty_like(x)
+for _ in range(3): y.copy_(x)
+torch.cuda.synchronize(); t = time.perf_counter(); n = 20
+for _ in range(n): y.copy_(x)
+torch.cuda.synchronize(); dt = (time.perf_counter() - t) / n
+print(f"device-to-device copy: {2 * x.numel() * 4 / dt / 1e9:.0f} GB/s (read + write, 2 GiB buffers)")
+s = torch.empty(4 * 1024**3 // 4, dtype=torch.float32, device="cuda").uniform_()
+for _ in range(3): s.sum()
+torch.cuda.synchronize(); t = time.perf_counter()
+for _ in range(n): s.sum()
+torch.cuda.synchronize(); dt = (time.perf_counter() - t) / n
+print(f"read-only reduction: {s.numel() * 4 / dt / 1e9:.0f} GB/s (4 GiB)")
+EOF
+    # Llama-3.2-1B shape: F16 random -> llama-quantize Q3_K_S; MLWQ3 with the same token_embd bytes
+    [ -f "$W/l1b-f16.gguf" ] || PYTHONPATH=$GGUFPY python3 ggml_patch/tests/make_synthetic_gguf.py f16 \
+        --shape llama-3.2-1b --tokenizer "$C/smollm2_tokenizer.json.gz" -o "$W/l1b-f16.gguf"
+    [ -f "$W/l1b-q3ks.gguf" ] || "$BIN/llama-quantize" "$W/l1b-f16.gguf" "$W/l1b-q3ks.gguf" Q3_K_S 16 > "$OUT/quantize.log" 2>&1
+    tail -3 "$OUT/quantize.log"
+    [ -f "$W/l1b-mlwq3.gguf" ] || PYTHONPATH=$GGUFPY python3 ggml_patch/tests/make_synthetic_gguf.py mlwq \
+        --shape llama-3.2-1b --tokenizer "$C/smollm2_tokenizer.json.gz" --bits 3 --like "$W/l1b-q3ks.gguf" -o "$W/l1b-mlwq3.gguf"
+    ls -la "$W"/*.gguf
+    timeout 240 "$BIN/llama-bench" -m "$W/l1b-q3ks.gguf" -m "$W/l1b-mlwq3.gguf" -ngl 99 -p 512 -n 128 -r 5 -o md 2>&1 \
+        | tee "$OUT/llama-bench.md"
+}
+
+# Experiment (not part of the patch): the core hook's activation permutation for one token as a
+# single GET_ROWS over rows of one element (reshape [ne0,1] -> [1,ne0] is free), instead of
+# transpose-copy, get_rows, transpose-copy. Builds libllama with it, benches, restores.
+stage_permfast() {
+    local f="$SRC/src/llama-mlwq.cpp"
+    cp "$f" "$W/llama-mlwq.cpp.orig"
+    python3 ggml_patch/tests/permfast_edit.py "$f" || return 1
+    ninja -C "$B" -j16 llama-bench llama-perplexity > "$OUT/ninja-permfast.log" 2>&1 \
+        || { tail -30 "$OUT/ninja-permfast.log"; cp "$W/llama-mlwq.cpp.orig" "$f"; return 1; }
+    timeout 120 "$BIN/llama-bench" -m "$W/l1b-mlwq3.gguf" -ngl 99 -p 0 -n 128 -r 5 -o md 2>&1 | tee "$OUT/llama-bench-permfast.md"
+    timeout 120 "$BIN/llama-perplexity" -m "$W/smol-mlwq3.gguf" -f "$C/wiki.test.head.raw" -c 512 --chunks 4 -t 16 -ngl 99 -ub 1 \
+        --kl-divergence-base "$W/smol.kld" --kl-divergence 2>&1 | grep -E "Mean    KLD|Same top" | tee -a "$OUT/llama-bench-permfast.md"
+    cp "$W/llama-mlwq.cpp.orig" "$f"
+    ninja -C "$B" -j16 llama-bench llama-perplexity > /dev/null 2>&1
+}
+
+case "${1:-all}" in
+    build) stage_build ;;
+    test)  stage_test ;;
+    bench) stage_bench ;;
+    permfast) stage_permfast ;;
+    sanitize) stage_sanitize ;;
+    benchops) stage_benchops ;;
+    all)   # most important first; each later stage only if the call has time left (10 min limit)
+           T0=$(date +%s)
+           left() { [ $(( $(date +%s) - T0 )) -lt "$1" ]; }
+           stage_build > "$OUT/build-stage.log" 2>&1 || { tail -40 "$OUT/build-stage.log"; exit 1; }
+           grep -E "ninja took" "$OUT/build-stage.log"
+           left 480 && stage_test
+           left 430 && stage_bench
+           left 480 && stage_benchops
+           left 500 && stage_sanitize
+           left 520 && stage_permfast
+           echo "all: $(( $(date +%s) - T0 )) s"
+           # at most 8 files come back from the device tool: one archive of every log, plus the key ones
+           (cd "$OUT" && tar czf /tmp/mlwq-logs.tar.gz --exclude='*.tar.gz' . && mkdir -p /tmp/keep \
+               && for f in test-mlwq-cuda.log llama-bench.md bench-ops.log llama-bench-permfast.md bandwidth.log; do \
+                    [ -f "$f" ] && cp "$f" /tmp/keep/; done \
+               && rm -f ./* && cp /tmp/keep/* . 2>/dev/null; mv /tmp/mlwq-logs.tar.gz .) ;;
+    *)     echo "usage: $0 build|test|bench|benchops|sanitize|permfast|all"; exit 2 ;;
+esac

@@ -1,0 +1,514 @@
+// test-mlwq-cuda: the MLWQ CUDA kernels against references, and their speed.
+//
+//   test-mlwq-cuda            correctness: every case below on the CUDA backend, compared with
+//                             (a) the CPU's to_float of the same bytes and double-precision
+//                             products, and (b) the CPU backend running the same graph
+//   test-mlwq-cuda --bench    mat-vec speed on Llama-3.2-1B shapes, MLWQ3 vs Q3_K/Q4_0/Q8_0
+//
+// MLWQ rows are packed here by an independent writer of ggml_patch/FORMAT.md (random widths 1..8,
+// random codes, scales and zero points), so the test also checks the C and CUDA readers against
+// the written format. Ends with "test-mlwq-cuda: N/M cases passed" (exit 0 only if all pass).
+
+#include "ggml.h"
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+#include "ggml-cpu.h"
+#include "ggml-cuda.h"
+#include "ggml-mlwq.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+static std::mt19937_64 g_rng(1234);
+
+static int   rnd_int(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(g_rng); }
+static float rnd_f(float lo, float hi) { return std::uniform_real_distribution<float>(lo, hi)(g_rng); }
+
+// ---- an independent MLWQ writer (FORMAT.md) ----
+
+static void pack_block(uint8_t * out, int bits, const uint8_t * q) {
+    int shift = 0;
+    int rest  = bits;
+    while (rest > 0) {
+        const int p      = rest >= 4 ? 4 : rest >= 2 ? 2 : 1;
+        const int nbytes = 8*p;
+        const int per    = 8/p;
+        for (int i = 0; i < nbytes; ++i) {
+            int byte = 0;
+            for (int kk = 0; kk < per; ++kk) {
+                byte |= ((q[i + kk*nbytes] >> shift) & ((1 << p) - 1)) << (kk*p);
+            }
+            out[i] = (uint8_t) byte;
+        }
+        out   += nbytes;
+        shift += p;
+        rest  -= p;
+    }
+}
+
+enum width_mode { WIDTHS_TIERS, WIDTHS_WILD };
+
+// widths of one row's K blocks, sum <= K*b: tiers (b-1, b, b+1 in runs, as the exporter makes
+// them) or wild (any of 1..8)
+static std::vector<int> make_widths(int K, int b, width_mode mode) {
+    std::vector<int> w(K);
+    if (mode == WIDTHS_TIERS) {
+        const int n_lo = K/3, n_hi = K/3;
+        for (int j = 0; j < K; ++j) {
+            w[j] = j < n_lo ? b - 1 : j < K - n_hi ? b : b + 1;
+        }
+    } else {
+        for (int j = 0; j < K; ++j) {
+            w[j] = rnd_int(1, 8);
+        }
+        int sum = 0;
+        for (int x : w) sum += x;
+        while (sum > K*b) {
+            const int j = rnd_int(0, K - 1);
+            if (w[j] > 1) { w[j]--; sum--; }
+        }
+    }
+    return w;
+}
+
+// nrows rows of MLWQb with ne0 columns
+static std::vector<uint8_t> make_mlwq(int b, int64_t ne0, int64_t nrows, width_mode mode) {
+    const int64_t K  = ne0/QK_MLWQ;
+    const size_t  rb = (size_t) K*(GGML_MLWQ_HEADER_SIZE + 8*b);
+    std::vector<uint8_t> data(rb*nrows, 0);
+    std::vector<int> w = make_widths((int) K, b, mode);
+    uint8_t q[QK_MLWQ];
+    for (int64_t r = 0; r < nrows; ++r) {
+        if (mode == WIDTHS_WILD && r % 3 == 0) {
+            w = make_widths((int) K, b, mode); // rows need not share widths
+        }
+        uint8_t * row = data.data() + r*rb;
+        size_t off = (size_t) K*GGML_MLWQ_HEADER_SIZE;
+        for (int64_t j = 0; j < K; ++j) {
+            const int bits = w[j];
+            const ggml_fp16_t d = ggml_fp32_to_fp16(rnd_f(0.002f, 0.05f) / (float) (1 << (bits - 1)));
+            const int zero = rnd_int(0, (1 << bits) - 1);
+            memcpy(row + 4*j, &d, 2);
+            row[4*j + 2] = (uint8_t) zero;
+            row[4*j + 3] = (uint8_t) bits;
+            for (int i = 0; i < QK_MLWQ; ++i) {
+                q[i] = (uint8_t) rnd_int(0, (1 << bits) - 1);
+            }
+            pack_block(row + off, bits, q);
+            off += 8*(size_t) bits;
+        }
+    }
+    return data;
+}
+
+static ggml_type mlwq_type(int b) {
+    return b == 2 ? GGML_TYPE_MLWQ2 : b == 3 ? GGML_TYPE_MLWQ3 : GGML_TYPE_MLWQ4;
+}
+
+// weights as floats through the CPU's to_float, one row at a time
+static std::vector<float> dequant(ggml_type type, const std::vector<uint8_t> & data, int64_t ne0, int64_t nrows) {
+    std::vector<float> out(ne0*nrows);
+    const size_t rb = ggml_row_size(type, ne0);
+    for (int64_t r = 0; r < nrows; ++r) {
+        ggml_get_type_traits(type)->to_float(data.data() + r*rb, out.data() + r*ne0, ne0);
+    }
+    return out;
+}
+
+static std::vector<float> rand_vec(size_t n, float scale = 1.0f) {
+    std::vector<float> v(n);
+    for (auto & x : v) x = rnd_f(-scale, scale);
+    return v;
+}
+
+// ---- graph running ----
+
+struct input { ggml_tensor * t; const void * data; };
+using builder = std::function<ggml_tensor * (ggml_context *, std::vector<input> &)>;
+
+static std::vector<float> run(ggml_backend_t be, const builder & build, bool check_support, bool & supported) {
+    ggml_init_params ip = { 512*ggml_tensor_overhead() + ggml_graph_overhead(), nullptr, true };
+    ggml_context * ctx = ggml_init(ip);
+    std::vector<input> ins;
+    ggml_tensor * out = build(ctx, ins);
+    ggml_cgraph * gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, out);
+    supported = true;
+    if (check_support) {
+        for (int i = 0; i < ggml_graph_n_nodes(gf); ++i) {
+            ggml_tensor * node = ggml_graph_node(gf, i);
+            if (!ggml_backend_supports_op(be, node)) {
+                printf("    %s does not support %s (%s)\n", ggml_backend_name(be), ggml_op_desc(node), node->name);
+                supported = false;
+            }
+        }
+    }
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, be);
+    for (auto & in : ins) {
+        ggml_backend_tensor_set(in.t, in.data, 0, ggml_nbytes(in.t));
+    }
+    ggml_backend_graph_compute(be, gf);
+    std::vector<float> res(ggml_nelements(out));
+    GGML_ASSERT(out->type == GGML_TYPE_F32 && ggml_is_contiguous(out));
+    ggml_backend_tensor_get(out, res.data(), 0, ggml_nbytes(out));
+    ggml_backend_buffer_free(buf);
+    ggml_free(ctx);
+    return res;
+}
+
+static double nmse(const std::vector<float> & a, const std::vector<double> & ref) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+        if (!std::isfinite(a[i])) return INFINITY;
+        num += (a[i] - ref[i])*(a[i] - ref[i]);
+        den += ref[i]*ref[i];
+    }
+    return den > 0 ? num/den : num;
+}
+
+static ggml_backend_t g_cuda = nullptr;
+static ggml_backend_t g_cpu  = nullptr;
+static int g_pass = 0, g_total = 0;
+
+// run on CUDA and CPU, compare both with ref
+static void check(const std::string & name, const builder & build, const std::vector<double> & ref,
+                  double tol_ref, double tol_cpu) {
+    bool sup_cuda = false, sup_cpu = false;
+    const std::vector<float> r_cuda = run(g_cuda, build, true,  sup_cuda);
+    const std::vector<float> r_cpu  = run(g_cpu,  build, false, sup_cpu);
+    std::vector<double> cpu_d(r_cpu.begin(), r_cpu.end());
+    const double e_ref = nmse(r_cuda, ref);
+    const double e_cpu = nmse(r_cuda, cpu_d);
+    const bool ok = sup_cuda && e_ref <= tol_ref && e_cpu <= tol_cpu;
+    g_total++;
+    g_pass += ok;
+    printf("  [%s] %-58s nmse(ref) %.2e (tol %.0e)  nmse(cpu) %.2e (tol %.0e)%s\n", ok ? " ok " : "FAIL",
+           name.c_str(), e_ref, tol_ref, e_cpu, tol_cpu, sup_cuda ? "" : "  NOT SUPPORTED");
+}
+
+// ref[c, i] = sum_k w[i, k] * x[c, k]
+static std::vector<double> ref_mm(const std::vector<float> & w, const std::vector<float> & x, int64_t ne0, int64_t nr, int64_t nc) {
+    std::vector<double> out(nr*nc);
+    for (int64_t c = 0; c < nc; ++c) {
+        for (int64_t i = 0; i < nr; ++i) {
+            double s = 0;
+            for (int64_t k = 0; k < ne0; ++k) s += (double) w[i*ne0 + k]*x[c*ne0 + k];
+            out[c*nr + i] = s;
+        }
+    }
+    return out;
+}
+
+static void test_mul_mat(int b, int64_t ne0, int64_t nr, int64_t nc, width_mode mode) {
+    const ggml_type type = mlwq_type(b);
+    const auto wq = make_mlwq(b, ne0, nr, mode);
+    const auto w  = dequant(type, wq, ne0, nr);
+    const auto x  = rand_vec(ne0*nc);
+    const auto ref = ref_mm(w, x, ne0, nr, nc);
+    builder bld = [&](ggml_context * ctx, std::vector<input> & ins) {
+        ggml_tensor * tw = ggml_new_tensor_2d(ctx, type, ne0, nr);
+        ggml_tensor * tx = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, nc);
+        ins.push_back({tw, wq.data()});
+        ins.push_back({tx, x.data()});
+        return ggml_mul_mat(ctx, tw, tx);
+    };
+    char name[128];
+    snprintf(name, sizeof(name), "mul_mat %s %lldx%lld x %lld cols (%s)", ggml_type_name(type),
+             (long long) nr, (long long) ne0, (long long) nc, mode == WIDTHS_TIERS ? "tiers" : "widths 1..8");
+    // q8_1 activations on both sides for <= 8 columns; f16 cuBLAS beyond
+    check(name, bld, ref, nc <= 8 ? 2e-4 : 2e-5, nc <= 8 ? 1e-6 : 2e-5);
+}
+
+// 4-D broadcast: w [ne0, nr, 2, 1], x [ne0, nc, 4, 2]
+static void test_mul_mat_batched(int b, int64_t ne0, int64_t nr, int64_t nc) {
+    const ggml_type type = mlwq_type(b);
+    const int64_t ne02 = 2, ne12 = 4, ne13 = 2;
+    const auto wq = make_mlwq(b, ne0, nr*ne02, WIDTHS_WILD);
+    const auto w  = dequant(type, wq, ne0, nr*ne02);
+    const auto x  = rand_vec(ne0*nc*ne12*ne13);
+    std::vector<double> ref(nr*nc*ne12*ne13);
+    for (int64_t i3 = 0; i3 < ne13; ++i3) {
+        for (int64_t i2 = 0; i2 < ne12; ++i2) {
+            const int64_t wch = i2/(ne12/ne02);
+            std::vector<float> ws(w.begin() + wch*nr*ne0, w.begin() + (wch + 1)*nr*ne0);
+            std::vector<float> xs(x.begin() + ((i3*ne12 + i2)*nc)*ne0, x.begin() + ((i3*ne12 + i2 + 1)*nc)*ne0);
+            const auto r = ref_mm(ws, xs, ne0, nr, nc);
+            std::copy(r.begin(), r.end(), ref.begin() + (i3*ne12 + i2)*nr*nc);
+        }
+    }
+    builder bld = [&](ggml_context * ctx, std::vector<input> & ins) {
+        ggml_tensor * tw = ggml_new_tensor_3d(ctx, type, ne0, nr, ne02);
+        ggml_tensor * tx = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, ne0, nc, ne12, ne13);
+        ins.push_back({tw, wq.data()});
+        ins.push_back({tx, x.data()});
+        return ggml_mul_mat(ctx, tw, tx);
+    };
+    char name[128];
+    snprintf(name, sizeof(name), "mul_mat batched %s [%lld,%lld,2] x [%lld,4,2]", ggml_type_name(type),
+             (long long) nr, (long long) ne0, (long long) nc);
+    check(name, bld, ref, nc <= 8 ? 2e-4 : 2e-5, nc <= 8 ? 1e-6 : 2e-5);
+}
+
+// a non-contiguous weight: every other row of a larger tensor (cuBLAS nc dequantization, mmvq strides)
+static void test_mul_mat_view(int b, int64_t ne0, int64_t nr, int64_t nc) {
+    const ggml_type type = mlwq_type(b);
+    const auto wq = make_mlwq(b, ne0, 2*nr, WIDTHS_WILD);
+    const auto wall = dequant(type, wq, ne0, 2*nr);
+    std::vector<float> w(nr*ne0);
+    for (int64_t i = 0; i < nr; ++i) std::copy(wall.begin() + 2*i*ne0, wall.begin() + (2*i + 1)*ne0, w.begin() + i*ne0);
+    const auto x = rand_vec(ne0*nc);
+    const auto ref = ref_mm(w, x, ne0, nr, nc);
+    builder bld = [&](ggml_context * ctx, std::vector<input> & ins) {
+        ggml_tensor * tw = ggml_new_tensor_2d(ctx, type, ne0, 2*nr);
+        ggml_tensor * tx = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, nc);
+        ins.push_back({tw, wq.data()});
+        ins.push_back({tx, x.data()});
+        ggml_tensor * v = ggml_view_2d(ctx, tw, ne0, nr, 2*tw->nb[1], 0);
+        return ggml_mul_mat(ctx, v, tx);
+    };
+    char name[128];
+    snprintf(name, sizeof(name), "mul_mat strided view %s %lldx%lld x %lld cols", ggml_type_name(type),
+             (long long) nr, (long long) ne0, (long long) nc);
+    check(name, bld, ref, nc <= 8 ? 2e-4 : 2e-5, nc <= 8 ? 1e-6 : 2e-5);
+}
+
+static void test_get_rows(int b, int64_t ne0, int64_t nr, int64_t n_idx, bool corrupt) {
+    const ggml_type type = mlwq_type(b);
+    auto wq = make_mlwq(b, ne0, nr, WIDTHS_WILD);
+    if (corrupt) {
+        const size_t rb = ggml_row_size(type, ne0);
+        wq[1*rb + 4*2 + 3] = 9;    // row 1, block 2: width 9
+        wq[2*rb + 4*1 + 3] = 0;    // row 2, block 1: width 0
+        for (int64_t j = 0; j < ne0/QK_MLWQ; ++j) wq[3*rb + 4*j + 3] = 8;  // row 3: codes past the row end
+    }
+    const auto w = dequant(type, wq, ne0, nr);
+    std::vector<int32_t> idx(n_idx);
+    for (auto & i : idx) i = rnd_int(0, (int) nr - 1);
+    if (corrupt) { idx[0] = 1; idx[1] = 2; idx[2] = 3; }
+    std::vector<double> ref(n_idx*ne0);
+    for (int64_t r = 0; r < n_idx; ++r) for (int64_t k = 0; k < ne0; ++k) ref[r*ne0 + k] = w[idx[r]*ne0 + k];
+    builder bld = [&](ggml_context * ctx, std::vector<input> & ins) {
+        ggml_tensor * tw = ggml_new_tensor_2d(ctx, type, ne0, nr);
+        ggml_tensor * ti = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_idx);
+        ins.push_back({tw, wq.data()});
+        ins.push_back({ti, idx.data()});
+        return ggml_get_rows(ctx, tw, ti);
+    };
+    char name[128];
+    snprintf(name, sizeof(name), "get_rows %s %lld of %lldx%lld%s", ggml_type_name(type), (long long) n_idx,
+             (long long) nr, (long long) ne0, corrupt ? " (corrupt headers)" : "");
+    check(name, bld, ref, 1e-12, 1e-12);
+}
+
+static void test_corrupt_mul_mat(int b, int64_t ne0, int64_t nr, int64_t nc) {
+    const ggml_type type = mlwq_type(b);
+    auto wq = make_mlwq(b, ne0, nr, WIDTHS_WILD);
+    const size_t rb = ggml_row_size(type, ne0);
+    const int64_t K = ne0/QK_MLWQ;
+    for (int64_t r = 0; r < nr; r += 5) {
+        switch ((r/5) % 3) {
+            case 0: wq[r*rb + 4*(r % K) + 3] = (uint8_t) (9 + r % 200); break; // width > 8
+            case 1: wq[r*rb + 4*(r % K) + 3] = 0; break;                       // width 0
+            case 2: for (int64_t j = 0; j < K; ++j) wq[r*rb + 4*j + 3] = 8; break; // codes past the row end
+        }
+    }
+    const auto w = dequant(type, wq, ne0, nr);
+    const auto x = rand_vec(ne0*nc);
+    const auto ref = ref_mm(w, x, ne0, nr, nc);
+    builder bld = [&](ggml_context * ctx, std::vector<input> & ins) {
+        ggml_tensor * tw = ggml_new_tensor_2d(ctx, type, ne0, nr);
+        ggml_tensor * tx = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, nc);
+        ins.push_back({tw, wq.data()});
+        ins.push_back({tx, x.data()});
+        return ggml_mul_mat(ctx, tw, tx);
+    };
+    char name[128];
+    snprintf(name, sizeof(name), "mul_mat %s %lldx%lld x %lld cols, corrupt headers", ggml_type_name(type),
+             (long long) nr, (long long) ne0, (long long) nc);
+    check(name, bld, ref, nc <= 8 ? 2e-4 : 2e-5, nc <= 8 ? 1e-6 : 2e-5);
+}
+
+// mul_mat_id: w [ne0, nr, n_exp], x [ne0, n_used, n_tok], ids [n_used, n_tok]
+static void test_mul_mat_id(int b, int64_t ne0, int64_t nr, int n_exp, int n_used, int n_tok) {
+    const ggml_type type = mlwq_type(b);
+    const auto wq = make_mlwq(b, ne0, nr*n_exp, WIDTHS_TIERS);
+    const auto w  = dequant(type, wq, ne0, nr*n_exp);
+    const auto x  = rand_vec(ne0*n_used*n_tok);
+    std::vector<int32_t> ids(n_used*n_tok);
+    for (int t = 0; t < n_tok; ++t) {
+        std::vector<int> e(n_exp);
+        for (int i = 0; i < n_exp; ++i) e[i] = i;
+        std::shuffle(e.begin(), e.end(), g_rng);
+        for (int u = 0; u < n_used; ++u) ids[t*n_used + u] = e[u];
+    }
+    std::vector<double> ref(nr*n_used*n_tok);
+    for (int t = 0; t < n_tok; ++t) for (int u = 0; u < n_used; ++u) {
+        const int e = ids[t*n_used + u];
+        for (int64_t i = 0; i < nr; ++i) {
+            double s = 0;
+            for (int64_t k = 0; k < ne0; ++k) s += (double) w[(e*nr + i)*ne0 + k]*x[(t*n_used + u)*ne0 + k];
+            ref[(t*n_used + u)*nr + i] = s;
+        }
+    }
+    builder bld = [&](ggml_context * ctx, std::vector<input> & ins) {
+        ggml_tensor * tw = ggml_new_tensor_3d(ctx, type, ne0, nr, n_exp);
+        ggml_tensor * tx = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, ne0, n_used, n_tok);
+        ggml_tensor * ti = ggml_new_tensor_2d(ctx, GGML_TYPE_I32, n_used, n_tok);
+        ins.push_back({tw, wq.data()});
+        ins.push_back({tx, x.data()});
+        ins.push_back({ti, ids.data()});
+        return ggml_mul_mat_id(ctx, tw, tx, ti);
+    };
+    char name[128];
+    snprintf(name, sizeof(name), "mul_mat_id %s %d experts, %d used, %d tokens", ggml_type_name(type), n_exp, n_used, n_tok);
+    check(name, bld, ref, n_tok <= 8 ? 2e-4 : 2e-5, n_tok <= 8 ? 1e-6 : 2e-5);
+}
+
+// fused epilogues of the mat-vec path: + bias, and swiglu(gate, up)
+static void test_fusion(int b, int64_t ne0, int64_t nr) {
+    const ggml_type type = mlwq_type(b);
+    const auto uq = make_mlwq(b, ne0, nr, WIDTHS_TIERS);
+    const auto gq = make_mlwq(b, ne0, nr, WIDTHS_WILD);
+    const auto u  = dequant(type, uq, ne0, nr);
+    const auto g  = dequant(type, gq, ne0, nr);
+    const auto x  = rand_vec(ne0);
+    const auto bias = rand_vec(nr);
+    const auto ru = ref_mm(u, x, ne0, nr, 1);
+    const auto rg = ref_mm(g, x, ne0, nr, 1);
+    std::vector<double> ref_bias(nr), ref_glu(nr);
+    for (int64_t i = 0; i < nr; ++i) {
+        ref_bias[i] = ru[i] + bias[i];
+        ref_glu[i]  = rg[i]/(1.0 + std::exp(-rg[i]))*ru[i];
+    }
+    builder bld_bias = [&](ggml_context * ctx, std::vector<input> & ins) {
+        ggml_tensor * tw = ggml_new_tensor_2d(ctx, type, ne0, nr);
+        ggml_tensor * tx = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, 1);
+        ggml_tensor * tb = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, nr);
+        ins.push_back({tw, uq.data()});
+        ins.push_back({tx, x.data()});
+        ins.push_back({tb, bias.data()});
+        return ggml_add(ctx, ggml_mul_mat(ctx, tw, tx), tb);
+    };
+    builder bld_glu = [&](ggml_context * ctx, std::vector<input> & ins) {
+        ggml_tensor * tu = ggml_new_tensor_2d(ctx, type, ne0, nr);
+        ggml_tensor * tg = ggml_new_tensor_2d(ctx, type, ne0, nr);
+        ggml_tensor * tx = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, 1);
+        ins.push_back({tu, uq.data()});
+        ins.push_back({tg, gq.data()});
+        ins.push_back({tx, x.data()});
+        return ggml_swiglu_split(ctx, ggml_mul_mat(ctx, tg, tx), ggml_mul_mat(ctx, tu, tx));
+    };
+    check(std::string("mul_mat + bias (fusable) ") + ggml_type_name(type), bld_bias, ref_bias, 2e-4, 1e-6);
+    check(std::string("swiglu(gate, up) (fusable) ") + ggml_type_name(type), bld_glu, ref_glu, 2e-4, 1e-6);
+}
+
+// ---- speed ----
+
+static double bench_mv(ggml_type type, const std::vector<uint8_t> & one, int64_t ne0, int64_t nr, int copies, int iters, int ncols) {
+    std::vector<float> x = rand_vec(ne0*ncols);
+    ggml_init_params ip = { (size_t) (4*copies + 16)*ggml_tensor_overhead() + ggml_graph_overhead_custom(4*copies + 16, false), nullptr, true };
+    ggml_context * ctx = ggml_init(ip);
+    std::vector<ggml_tensor *> ws(copies);
+    ggml_tensor * tx = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, ncols);
+    ggml_cgraph * gf = ggml_new_graph_custom(ctx, 4*copies + 16, false);
+    for (int c = 0; c < copies; ++c) {
+        ws[c] = ggml_new_tensor_2d(ctx, type, ne0, nr);
+        ggml_build_forward_expand(gf, ggml_mul_mat(ctx, ws[c], tx));
+    }
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, g_cuda);
+    for (int c = 0; c < copies; ++c) ggml_backend_tensor_set(ws[c], one.data(), 0, one.size());
+    ggml_backend_tensor_set(tx, x.data(), 0, ggml_nbytes(tx));
+    for (int i = 0; i < 3; ++i) ggml_backend_graph_compute(g_cuda, gf);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < iters; ++i) ggml_backend_graph_compute(g_cuda, gf);
+    ggml_backend_synchronize(g_cuda);
+    const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count()/iters/copies;
+    ggml_backend_buffer_free(buf);
+    ggml_free(ctx);
+    return us;
+}
+
+static void run_bench() {
+    struct shape { const char * name; int64_t ne0, nr; };
+    const shape shapes[] = {
+        {"attn_q/o 2048x2048",   2048, 2048},
+        {"attn_k/v 512x2048",    2048,  512},
+        {"ffn_gate/up 8192x2048", 2048, 8192},
+        {"ffn_down 2048x8192",   8192, 2048},
+    };
+    const ggml_type types[] = { GGML_TYPE_MLWQ3, GGML_TYPE_Q3_K, GGML_TYPE_Q4_0, GGML_TYPE_Q8_0 };
+    printf("\nmat-vec speed (CUDA0; each figure: one MUL_MAT of a weight that is not in L2, in a graph of\n"
+           "many such; us per product incl. its q8_1 activation quantization; GB/s = weight bytes / time)\n");
+    for (int ncols : {1, 4}) {
+        printf("\n  batch %d\n  %-24s", ncols, "shape");
+        for (ggml_type t : types) printf(" %20s", ggml_type_name(t));
+        printf("\n");
+        for (const shape & s : shapes) {
+            printf("  %-24s", s.name);
+            for (ggml_type t : types) {
+                std::vector<uint8_t> one;
+                if (t == GGML_TYPE_MLWQ3) {
+                    one = make_mlwq(3, s.ne0, s.nr, WIDTHS_TIERS);
+                } else {
+                    const auto f = rand_vec(s.ne0*s.nr, 0.05f);
+                    one.resize(ggml_row_size(t, s.ne0)*s.nr);
+                    ggml_quantize_chunk(t, f.data(), one.data(), 0, s.nr, s.ne0, nullptr);
+                }
+                const int copies = (int) std::max<int64_t>(8, (int64_t) (400e6/one.size()));
+                const double us = bench_mv(t, one, s.ne0, s.nr, copies, 20, ncols);
+                printf("   %7.2f us %6.0f GB/s", us, one.size()/us*1e-3);
+                fflush(stdout);
+            }
+            printf("\n");
+        }
+    }
+}
+
+int main(int argc, char ** argv) {
+    const bool bench = argc > 1 && std::string(argv[1]) == "--bench";
+    g_cuda = ggml_backend_cuda_init(0);
+    g_cpu  = ggml_backend_cpu_init();
+    if (!g_cuda) { fprintf(stderr, "no CUDA device\n"); return 1; }
+    ggml_backend_cpu_set_n_threads(g_cpu, 8);
+
+    if (bench) {
+        run_bench();
+        return 0;
+    }
+
+    printf("test-mlwq-cuda: %s vs reference and %s\n", ggml_backend_name(g_cuda), ggml_backend_name(g_cpu));
+    for (int b : {2, 3, 4}) {
+        for (int nc : {1, 2, 3, 4, 5, 8, 9, 33}) {
+            test_mul_mat(b, 576, 192, nc, WIDTHS_WILD);       // K = 9: odd, rows only 4-byte aligned
+        }
+        test_mul_mat(b, 2048, 256, 1, WIDTHS_TIERS);
+        test_mul_mat(b, 64*70, 130, 1, WIDTHS_WILD);          // K = 70: three rounds of 32 blocks
+        test_mul_mat(b, 64*70, 130, 7, WIDTHS_WILD);
+        test_mul_mat(b, 64*70, 130, 64, WIDTHS_WILD);
+        test_mul_mat(b, 64, 33, 1, WIDTHS_WILD);              // K = 1
+        test_mul_mat_batched(b, 320, 48, 1);
+        test_mul_mat_batched(b, 320, 48, 3);
+        test_mul_mat_batched(b, 320, 48, 17);
+        test_mul_mat_view(b, 512, 40, 1);
+        test_mul_mat_view(b, 512, 40, 20);
+        test_get_rows(b, 576, 50, 17, false);
+        test_get_rows(b, 576, 50, 5, true);
+        test_corrupt_mul_mat(b, 64*40, 64, 1);
+        test_corrupt_mul_mat(b, 64*40, 64, 16);
+        test_mul_mat_id(b, 512, 96, 4, 2, 1);
+        test_mul_mat_id(b, 512, 96, 4, 2, 5);
+        test_mul_mat_id(b, 512, 96, 4, 2, 12);
+        test_fusion(b, 576, 300);
+    }
+    printf("test-mlwq-cuda: %d/%d cases passed\n", g_pass, g_total);
+    ggml_backend_free(g_cuda);
+    ggml_backend_free(g_cpu);
+    return g_pass == g_total ? 0 : 1;
+}

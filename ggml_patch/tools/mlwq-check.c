@@ -1,0 +1,119 @@
+// mlwq-check: drives the C side of the MLWQ types from the tests (built by ggml_patch/build.sh).
+//
+//   mlwq-check dequant  TYPE NE0 NROWS rows.bin out.f32        to_float of every row (fp32 [NROWS, NE0])
+//   mlwq-check dot      TYPE NE0 NROWS rows.bin x.f32 NCOL out  activations x fp32 [NCOL, NE0] quantized
+//                       to q8_1 by ggml, then vec_dot of every row with every column, by the type's
+//                       CPU kernel and by the portable loop: out.simd.f32, out.generic.f32 [NCOL, NROWS],
+//                       out.q8_1 (the q8_1 activations, raw blocks)
+//   mlwq-check validate TYPE NE0 NROWS rows.bin                 ggml_mlwq_validate_rows
+//   mlwq-check perm     N perm.i32                              ggml_mlwq_validate_perm
+//
+// TYPE is the ggml type name (mlwq2, mlwq3, mlwq4). Exit status 0 = ok / valid, 1 = invalid data
+// (message on stdout), 2 = usage or I/O error.
+#include "ggml.h"
+#include "ggml-cpu.h"
+#include "ggml-mlwq.h"
+#include "mlwq-cpu.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void * read_file(const char * path, size_t * size) {
+    FILE * f = fopen(path, "rb");
+    if (!f) { fprintf(stderr, "cannot open %s\n", path); exit(2); }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void * buf = malloc(n > 0 ? (size_t) n : 1);
+    if (n > 0 && fread(buf, 1, (size_t) n, f) != (size_t) n) { fprintf(stderr, "cannot read %s\n", path); exit(2); }
+    fclose(f);
+    *size = (size_t) n;
+    return buf;
+}
+
+static void write_file(const char * path, const void * data, size_t size) {
+    FILE * f = fopen(path, "wb");
+    if (!f || fwrite(data, 1, size, f) != size) { fprintf(stderr, "cannot write %s\n", path); exit(2); }
+    fclose(f);
+}
+
+static enum ggml_type parse_type(const char * name) {
+    for (int t = 0; t < GGML_TYPE_COUNT; ++t) {
+        const char * n = ggml_type_name((enum ggml_type) t);
+        if (n && strcmp(n, name) == 0 && ggml_mlwq_is_type((enum ggml_type) t)) {
+            return (enum ggml_type) t;
+        }
+    }
+    fprintf(stderr, "not an MLWQ type: %s\n", name);
+    exit(2);
+}
+
+int main(int argc, char ** argv) {
+    if (argc < 2) { fprintf(stderr, "usage: see the head of mlwq-check.c\n"); return 2; }
+    ggml_cpu_init();
+    const char * cmd = argv[1];
+    char err[512];
+
+    if (strcmp(cmd, "perm") == 0 && argc == 4) {
+        const int64_t n = atoll(argv[2]);
+        size_t size;
+        int32_t * perm = (int32_t *) read_file(argv[3], &size);
+        if (size != (size_t) n * sizeof(int32_t)) { printf("invalid: %zu bytes for %lld entries\n", size, (long long) n); return 1; }
+        if (!ggml_mlwq_validate_perm(perm, n, err, sizeof(err))) { printf("invalid: %s\n", err); return 1; }
+        printf("ok\n");
+        return 0;
+    }
+    if (argc < 6) { fprintf(stderr, "usage: see the head of mlwq-check.c\n"); return 2; }
+    const enum ggml_type type = parse_type(argv[2]);
+    const int64_t ne0   = atoll(argv[3]);
+    const int64_t nrows = atoll(argv[4]);
+    size_t size;
+    const uint8_t * rows = (const uint8_t *) read_file(argv[5], &size);
+    const size_t row_size = ggml_row_size(type, ne0);
+
+    if (strcmp(cmd, "validate") == 0) {
+        if (!ggml_mlwq_validate_rows(type, rows, size, ne0, nrows, err, sizeof(err))) { printf("invalid: %s\n", err); return 1; }
+        printf("ok\n");
+        return 0;
+    }
+    if (size != row_size * (size_t) nrows) { fprintf(stderr, "%zu bytes is not %lld rows of %zu\n", size, (long long) nrows, row_size); return 2; }
+
+    if (strcmp(cmd, "dequant") == 0 && argc == 7) {
+        const struct ggml_type_traits * tr = ggml_get_type_traits(type);
+        float * y = (float *) malloc(sizeof(float) * (size_t) (ne0 * nrows));
+        for (int64_t r = 0; r < nrows; ++r) {
+            tr->to_float(rows + r*row_size, y + r*ne0, ne0);
+        }
+        write_file(argv[6], y, sizeof(float) * (size_t) (ne0 * nrows));
+        return 0;
+    }
+    if (strcmp(cmd, "dot") == 0 && argc == 9) {
+        size_t xsize;
+        const float * x = (const float *) read_file(argv[6], &xsize);
+        const int64_t ncol = atoll(argv[7]);
+        if (xsize != sizeof(float) * (size_t) (ncol * ne0)) { fprintf(stderr, "x has %zu bytes, expected %lld x %lld floats\n", xsize, (long long) ncol, (long long) ne0); return 2; }
+        const struct ggml_type_traits_cpu * tc = ggml_get_type_traits_cpu(type);
+        const struct ggml_type_traits_cpu * tq = ggml_get_type_traits_cpu(tc->vec_dot_type);
+        const size_t qrow = ggml_row_size(tc->vec_dot_type, ne0);
+        uint8_t * xq = (uint8_t *) malloc(qrow * (size_t) ncol);
+        float * simd = (float *) malloc(sizeof(float) * (size_t) (ncol * nrows));
+        float * gen  = (float *) malloc(sizeof(float) * (size_t) (ncol * nrows));
+        const int b = ggml_mlwq_type_width(type);
+        for (int64_t c = 0; c < ncol; ++c) {
+            tq->from_float(x + c*ne0, xq + c*qrow, ne0);
+            for (int64_t r = 0; r < nrows; ++r) {
+                tc->vec_dot((int) ne0, simd + c*nrows + r, 0, rows + r*row_size, 0, xq + c*qrow, 0, 1);
+                ggml_vec_dot_mlwq_q8_1_generic((int) ne0, gen + c*nrows + r, b, rows + r*row_size, xq + c*qrow);
+            }
+        }
+        char path[4096];
+        snprintf(path, sizeof(path), "%s.simd.f32", argv[8]);    write_file(path, simd, sizeof(float) * (size_t) (ncol * nrows));
+        snprintf(path, sizeof(path), "%s.generic.f32", argv[8]); write_file(path, gen, sizeof(float) * (size_t) (ncol * nrows));
+        snprintf(path, sizeof(path), "%s.q8_1", argv[8]);        write_file(path, xq, qrow * (size_t) ncol);
+        printf("vec_dot_type %s\n", ggml_type_name(tc->vec_dot_type));
+        return 0;
+    }
+    fprintf(stderr, "usage: see the head of mlwq-check.c\n");
+    return 2;
+}

@@ -1,0 +1,147 @@
+"""The MLWQ tensor format in Python (exporters/mlwq_format.py): round trips and refusals."""
+
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exporters import mlwq_format as F
+
+
+def random_layer(rng, rows, K, bits, b):
+    bits = np.asarray(bits, dtype=np.uint8)
+    maxq = (1 << bits.astype(np.int64)) - 1
+    codes = (rng.integers(0, 256, (rows, K * F.QK)) & np.repeat(maxq, F.QK)).astype(np.uint8)
+    scale = rng.standard_normal((rows, K)).astype(np.float16)
+    zero = (rng.integers(0, 256, (rows, K)) & maxq).astype(np.uint8)
+    return codes, scale, zero, bits
+
+
+def test_constants_match_format_md():
+    assert [F.type_size(b) for b in (2, 3, 4)] == [20, 28, 36]
+    assert F.GGML_TYPE_ID == {2: 140, 3: 141, 4: 142}
+    assert F.planes(1) == [1] and F.planes(3) == [2, 1] and F.planes(7) == [4, 2, 1] and F.planes(8) == [4, 4]
+    assert F.perm_name("blk.0.attn_q.weight") == "blk.0.attn_q.mlwq_perm"
+
+
+def test_byte_layout_by_hand():
+    # one row, one block of width 3 (planes 2 + 1), b = 3: header + 16 + 8 bytes = 28
+    codes = np.arange(64, dtype=np.uint8)[None, :] % 8
+    scale = np.array([[1.5]], np.float16)
+    data = F.pack_rows(codes, scale, np.array([[5]], np.uint8), np.array([3], np.uint8), 3)
+    assert data.shape == (1, 28)
+    assert bytes(data[0, :4]) == np.float16(1.5).tobytes() + bytes([5, 3])
+    q = codes[0].astype(int)
+    for i in range(16):   # 2-bit plane: columns i, i+16, i+32, i+48
+        assert data[0, 4 + i] == sum((q[i + 16 * k] & 3) << (2 * k) for k in range(4))
+    for i in range(8):    # 1-bit plane: bit 2 of columns i, i+8, ..., i+56
+        assert data[0, 20 + i] == sum(((q[i + 8 * k] >> 2) & 1) << k for k in range(8))
+
+
+@pytest.mark.parametrize("b,bits", [(2, [1, 3, 2, 2]), (3, [4, 2, 3, 3, 6, 1, 3, 2, 3]), (4, [4] * 5 + [3, 8, 1]),
+                                    (3, [2, 3, 4])])
+def test_round_trip(b, bits):
+    rng = np.random.default_rng(1)
+    codes, scale, zero, bits = random_layer(rng, 7, len(bits), bits, b)
+    data = F.pack_rows(codes, scale, zero, bits, b)
+    assert data.shape == (7, len(bits) * F.type_size(b))
+    c2, s2, z2, b2 = F.unpack_rows(data, codes.shape[1], b)
+    assert (c2 == codes).all() and (z2 == zero).all() and (b2 == bits).all()
+    assert (s2.view(np.uint16) == scale.view(np.uint16)).all()
+    w = F.dequantize_rows(data, codes.shape[1], b)
+    ref = np.repeat(scale.astype(np.float32), 64, 1) * (codes.astype(np.float32) - np.repeat(zero, 64, 1))
+    assert w.dtype == np.float32 and (w.view(np.uint32) == ref.view(np.uint32)).all()
+
+
+def test_padding_when_the_split_does_not_fill_the_row():
+    rng = np.random.default_rng(2)
+    codes, scale, zero, bits = random_layer(rng, 3, 3, [2, 4, 2], 3)   # sum 8 < K*b = 9
+    data = F.pack_rows(codes, scale, zero, bits, 3)
+    assert (data[:, 3 * 4 + 8 * 8:] == 0).all() and data.shape[1] == 3 * 28
+    data[1, -1] = 1
+    with pytest.raises(ValueError, match="padding"):
+        F.unpack_rows(data, 192, 3)
+
+
+def test_speed_of_a_real_matrix():
+    rng = np.random.default_rng(3)
+    bits = np.array([4, 4, 4, 4, 4, 4, 2, 2, 2, 2, 2, 2] + [3] * 12, np.uint8)
+    codes, scale, zero, bits = random_layer(rng, 576, 24, bits, 3)      # ffn_down of SmolLM2-135M: 576 x 1536
+    t = time.perf_counter()
+    data = F.pack_rows(codes, scale, zero, bits, 3)
+    F.unpack_rows(data, 1536, 3)
+    assert time.perf_counter() - t < 1.0
+
+
+@pytest.mark.parametrize("mutate,msg", [
+    (lambda c, s, z, b: (c, s, z, np.array([0, 3, 3], np.uint8)), "outside 1..8"),
+    (lambda c, s, z, b: (c, s, z, np.array([9, 3, 3], np.uint8)), "outside 1..8"),
+    (lambda c, s, z, b: (c, s, np.full_like(z, 8), b), "zero=8 > 2"),
+    (lambda c, s, z, b: (c, s, z, np.array([4, 3, 3], np.uint8)), "exceeds K"),
+    (lambda c, s, z, b: (c, s, z, np.array([2, 2, 2], np.uint8)), "narrowest type"),
+    (lambda c, s, z, b: (np.full_like(c, 8), s, z, b), "code 8 >= 2\\^bits=8"),
+    (lambda c, s, z, b: (c, np.full_like(s, np.inf), z, b), "not finite"),
+    (lambda c, s, z, b: (c, np.full_like(s, np.nan), z, b), "not finite"),
+    (lambda c, s, z, b: (c[:, :100], s, z, b), "multiple of the MLWQ block"),
+    (lambda c, s, z, b: (c, s.astype(np.float32), z, b), "float16"),
+])
+def test_refusals(mutate, msg):
+    rng = np.random.default_rng(4)
+    args = mutate(*random_layer(rng, 2, 3, [3, 3, 3], 3))
+    with pytest.raises(ValueError, match=msg):
+        F.pack_rows(*args, 3)
+
+
+def test_width_and_perm_refusals():
+    rng = np.random.default_rng(5)
+    with pytest.raises(ValueError, match="not one of"):
+        F.pack_rows(*random_layer(rng, 2, 1, [5], 5), 5)
+    F.validate_perm(np.arange(64, dtype=np.int32)[::-1].copy(), 64)
+    with pytest.raises(ValueError, match="repeated"):
+        F.validate_perm(np.zeros(64, np.int32), 64)
+    with pytest.raises(ValueError, match="in 0..63"):
+        F.validate_perm(np.arange(1, 65, dtype=np.int32), 64)
+    with pytest.raises(ValueError, match="int32"):
+        F.validate_perm(np.arange(64, dtype=np.int64), 64)
+
+
+def test_unpack_refuses_bad_headers():
+    rng = np.random.default_rng(6)
+    data = F.pack_rows(*random_layer(rng, 2, 2, [3, 3], 3), 3)
+    bad = data.copy(); bad[0, 3] = 0
+    with pytest.raises(ValueError):
+        F.unpack_rows(bad, 128, 3)
+    bad = data.copy(); bad[1, 3] = 2; bad[1, 7] = 4
+    with pytest.raises(ValueError, match="different from row 0"):
+        F.unpack_rows(bad, 128, 3)
+    with pytest.raises(ValueError, match="uint8"):
+        F.unpack_rows(data[:, :-1], 128, 3)
+
+
+@st.composite
+def layers(draw):
+    b = draw(st.sampled_from(F.WIDTHS))
+    K = draw(st.integers(1, 6))
+    rows = draw(st.integers(1, 5))
+    # widths 1..8 with b = ceil(mean): draw, then keep only those that fit this b exactly
+    bits = draw(st.lists(st.integers(1, 8), min_size=K, max_size=K).filter(
+        lambda v: -(-sum(v) // len(v)) == b))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return b, rows, bits, seed
+
+
+@settings(max_examples=150, deadline=None)
+@given(layers())
+def test_pack_unpack_identity(layer):
+    b, rows, bits, seed = layer
+    rng = np.random.default_rng(seed)
+    codes, scale, zero, bits = random_layer(rng, rows, len(bits), bits, b)
+    scale[~np.isfinite(scale)] = 1
+    data = F.pack_rows(codes, scale, zero, bits, b)
+    assert data.shape == (rows, F.row_bytes(codes.shape[1], b))
+    c2, s2, z2, b2 = F.unpack_rows(data, codes.shape[1], b)
+    assert (c2 == codes).all() and (z2 == zero).all() and (b2 == bits).all()
+    assert (s2.view(np.uint16) == scale.view(np.uint16)).all()
+    assert (F.pack_rows(c2, s2, z2, b2, b) == data).all()

@@ -1,0 +1,134 @@
+"""The GGUF exporter on a reduced real model (the default SmolLM2-135M, first 2 blocks)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import gguf
+from exporters import mlwq_format as F
+from exporters.cli import main as cli_main
+from exporters.gguf_export import ExportError, export_gguf, read_mlwq_tensor, rope_row_order
+from mlwq_testutil import HF_LINEARS, GGUF_OF, gguf_float_weights
+
+
+def test_exported_file_structure(exported, reduced_gguf):
+    path, report = exported
+    assert path.is_file() and not path.with_name(path.name + ".part").exists()
+    src, out = gguf.GGUFReader(str(reduced_gguf)), gguf.GGUFReader(str(path))
+    f = out.fields
+    assert f[F.KEY_FORMAT_VERSION].contents() == F.FORMAT_VERSION
+    assert f["general.file_type"].contents() == F.LLAMA_FTYPE[3]
+    assert f["llama.block_count"].contents() == 2
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.chat_template", "llama.rope.freq_base"):
+        assert f[key].contents() == src.fields[key].contents()
+    types = {t.name: t.tensor_type for t in out.tensors}
+    assert types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.MLWQ2
+    assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.MLWQ4
+    assert types["blk.0.attn_v.weight"] == gguf.GGMLQuantizationType.MLWQ3
+    assert types["token_embd.weight"] == gguf.GGMLQuantizationType.Q8_0        # kept as in the source
+    by_name = {t.name: t for t in out.tensors}
+    src_by = {t.name: t for t in src.tensors}
+    for name in ("token_embd.weight", "blk.0.attn_norm.weight", "output_norm.weight"):
+        assert bytes(np.asarray(by_name[name].data).data) == bytes(np.asarray(src_by[name].data).data)
+    for i in range(2):
+        for lin in HF_LINEARS:
+            w = by_name[f"blk.{i}.{GGUF_OF[lin]}.weight"]
+            p = by_name[f"blk.{i}.{GGUF_OF[lin]}.{F.PERM_SUFFIX}"]
+            assert p.tensor_type == gguf.GGMLQuantizationType.I32 and int(p.shape[0]) == int(w.shape[0])
+    # bit accounting from the real bytes
+    mlwq_bytes = sum(int(t.n_bytes) for t in out.tensors if F.width_of_type_id(int(t.tensor_type)) or
+                     t.name.endswith(F.PERM_SUFFIX))
+    assert report.mlwq_bytes == mlwq_bytes
+    assert report.file_bytes == os.path.getsize(path)
+    code_bits = sum(int(t.n_elements) * w for t in out.tensors if (w := F.width_of_type_id(int(t.tensor_type))))
+    assert 2.5 < report.code_bpw_mlwq < 3.5 and code_bits / report.mlwq_params == pytest.approx(
+        report.code_bpw_mlwq, abs=1e-9)        # tiers sum exactly to each type's width: no padding here
+    assert 0.5 < report.bpw_mlwq - report.code_bpw_mlwq < 0.6   # 32-bit header per 64 weights + permutations
+
+
+def test_dequantized_export_equals_checkpoint(exported, rtn_checkpoint, reduced_gguf):
+    """Bit-exact: the exported tensor, dequantized and unpermuted, is the checkpoint's weight with
+    q/k rows in llama.cpp's rope order."""
+    path, _ = exported
+    _, deq = rtn_checkpoint
+    hp, _ = gguf_float_weights(str(reduced_gguf))
+    for i in range(2):
+        for lin in HF_LINEARS:
+            W, b = read_mlwq_tensor(path, f"blk.{i}.{GGUF_OF[lin]}.weight")
+            ref = deq[f"model.layers.{i}.{lin}"]
+            if lin.endswith("q_proj"):
+                ref = ref[rope_row_order(ref.shape[0], int(hp["attention.head_count"]))]
+            elif lin.endswith("k_proj"):
+                ref = ref[rope_row_order(ref.shape[0], int(hp["attention.head_count_kv"]))]
+            assert (W.view(np.uint32) == ref.view(np.uint32)).all(), lin
+
+
+def test_qk_rows_in_llamacpp_order_match_the_source(exported, reduced_gguf):
+    """Against the real model: the exported q/k are close to the source tensors (RTN error), and far
+    from them without the row permutation (so the permutation is the right one)."""
+    path, _ = exported
+    _, src = gguf_float_weights(str(reduced_gguf))
+    for name in ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.1.attn_q.weight", "blk.1.attn_k.weight",
+                 "blk.1.ffn_gate.weight"):
+        W, b = read_mlwq_tensor(path, name)
+        ref = src[name]
+        err = np.linalg.norm(W - ref) / np.linalg.norm(ref)
+        assert err < {2: 0.7, 3: 0.35, 4: 0.2}[b], (name, err)       # RTN error at mean width b
+        if "attn_q" in name or "attn_k" in name:
+            n_head = 9 if "attn_q" in name else 3
+            wrong = W[np.argsort(rope_row_order(W.shape[0], n_head))]     # rows left in HF order
+            assert np.linalg.norm(wrong - ref) / np.linalg.norm(ref) > max(1.2, 2 * err)   # ~sqrt(2): unrelated rows
+
+
+def test_cli(rtn_checkpoint, tmp_path, capsys):
+    out = tmp_path / "m.gguf"
+    assert cli_main([str(rtn_checkpoint[0]), "--to", "gguf", "--out", str(out)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"file={out} bytes={out.stat().st_size} mlwq_layers=14 mlwq_bpw=")
+    assert cli_main([str(tmp_path), "--to", "gguf"]) == 1
+    assert "not an mlwq checkpoint" in capsys.readouterr().err
+
+
+def test_refuses_a_bad_checkpoint(rtn_checkpoint, tmp_path):
+    from safetensors.numpy import load_file, save_file
+    import shutil
+
+    ckpt = tmp_path / "bad"
+    shutil.copytree(rtn_checkpoint[0], ckpt)
+    t = load_file(str(ckpt / "quantized.safetensors"))
+    t["model.layers.1.mlp.down_proj.zero"][0, 0] = 200
+    save_file(t, str(ckpt / "quantized.safetensors"))
+    with pytest.raises(ExportError, match="model.layers.1.mlp.down_proj: row 0 block 0: zero=200"):
+        export_gguf(ckpt, tmp_path / "x.gguf", log=lambda m: None)
+    assert not (tmp_path / "x.gguf").exists()
+    meta = json.loads((ckpt / "mlwq_checkpoint.json").read_text())
+    meta["version"] = 9
+    (ckpt / "mlwq_checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(ExportError, match="version"):
+        export_gguf(ckpt, tmp_path / "x.gguf", log=lambda m: None)
+
+
+def test_whole_chain_mlwq_quantize_export_and_run(tmp_path):
+    """`mlwq-export MODEL --to gguf`: the real MLWQ pipeline (BPLL + MQSA + TQP + GPTQ) on the
+    first block of the default model, exported, loaded and run by llama-cpp-python."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "chain.gguf"
+    proc = subprocess.run([sys.executable, "-m", "exporters.cli", "default", "--to", "gguf", "--out", str(out),
+                           "--bits", "2.5", "--max-blocks", "1", "--nsamples", "2", "--seqlen", "64",
+                           "--tqp-steps", "3"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.is_file() and not out.with_name(out.name + ".part").exists()
+    assert "mlwq_bpw=" in proc.stdout.splitlines()[-1]
+    meta = json.loads((tmp_path / "chain.checkpoint" / "mlwq_checkpoint.json").read_text())
+    widths = {v["type_width"] for v in meta["layers"].values()}
+    assert widths <= {2, 3, 4} and meta["summary"]["code_bits_per_weight"] <= 2.5
+
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(out), n_ctx=64, n_threads=2, verbose=False)
+    result = llm("The capital of France is", max_tokens=4, temperature=0.0)
+    assert isinstance(result["choices"][0]["text"], str)
