@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-bpll", action="store_true", help="ablation: every layer at --bits")
     q.add_argument("--no-mqsa", action="store_true", help="ablation: one tier per layer")
     q.add_argument("--no-tqp", action="store_true", help="ablation: plain min/max scales and zeros")
-    q.add_argument("--bpll-loss", choices=("dist", "dist-rel", "kl"), default="dist",
+    q.add_argument("--bpll-loss", choices=("dist", "dist-rel", "kl"), default="dist-rel",
                    help="BPLL layer loss: channel-wise distribution loss (eq. 3), the same relative to the "
                         "float outputs' scale, or KL (ablation)")
     q.add_argument("--no-compensation", action="store_true",

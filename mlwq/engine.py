@@ -40,7 +40,7 @@ class QuantConfig:
     mqsa: bool = True
     tqp: bool = True
     tqp_steps: int = 50                     # Adam steps of TQP per group
-    bpll_loss: str = "dist"
+    bpll_loss: str = "dist-rel"             # see docs/DESIGN.md: eq. 3 relative to the output scale
     compensate: bool = True                 # GPTQ error compensation inside the tiers (mlwq)
     percdamp: float = 0.01
     bpll_tokens: int = 4096                 # input rows per layer kept for BPLL's losses

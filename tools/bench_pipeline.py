@@ -28,10 +28,11 @@ CONFIGS: dict[str, tuple[str, QuantConfig | None]] = {
     "rtn3": ("RTN 3-bit g64", QuantConfig(method="rtn", bits=3)),
     "gptq3": ("GPTQ 3-bit g128", QuantConfig(method="gptq", bits=3, group_size=128)),
     "gptq3_g64": ("GPTQ 3-bit g64", QuantConfig(method="gptq", bits=3, group_size=64)),
-    "mlwq3": ("MLWQ 3.0 (BPLL+MQSA+TQP, GPTQ compensation)", QuantConfig(method="mlwq", bits=3)),
-    "mlwq3_nocomp": ("MLWQ 3.0 without GPTQ compensation", QuantConfig(method="mlwq", bits=3, compensate=False)),
-    "abl_bpll_mqsa": ("ablation BPLL+MQSA (no TQP)", QuantConfig(method="mlwq", bits=3, tqp=False)),
-    "abl_bpll_tqp": ("ablation BPLL+TQP (no MQSA)", QuantConfig(method="mlwq", bits=3, mqsa=False)),
+    "mlwq3": ("MLWQ 3.0 (BPLL+MQSA+TQP, GPTQ compensation), BPLL with Dist (eq. 3)",
+              QuantConfig(method="mlwq", bits=3, bpll_loss="dist")),
+    "mlwq3_nocomp": ("MLWQ 3.0 without GPTQ compensation", QuantConfig(method="mlwq", bits=3, compensate=False, bpll_loss="dist")),
+    "abl_bpll_mqsa": ("ablation BPLL+MQSA (no TQP)", QuantConfig(method="mlwq", bits=3, tqp=False, bpll_loss="dist")),
+    "abl_bpll_tqp": ("ablation BPLL+TQP (no MQSA)", QuantConfig(method="mlwq", bits=3, mqsa=False, bpll_loss="dist")),
     "abl_mqsa_tqp": ("ablation MQSA+TQP (no BPLL)", QuantConfig(method="mlwq", bits=3, bpll=False)),
     "abl_kl": ("ablation KL loss instead of Dist in BPLL", QuantConfig(method="mlwq", bits=3, bpll_loss="kl")),
     "mlwq3_rel": ("MLWQ 3.0, BPLL with relative Dist", QuantConfig(method="mlwq", bits=3, bpll_loss="dist-rel")),
@@ -43,10 +44,10 @@ CONFIGS: dict[str, tuple[str, QuantConfig | None]] = {
                                                                     tiers=(-2, -1, 0, 1, 2), protect_fraction=0.25)),
     "mlwq2.5_rel": ("MLWQ 2.5, BPLL with relative Dist", QuantConfig(method="mlwq", bits=2.5, bpll_loss="dist-rel")),
     "mlwq2.5_kl": ("MLWQ 2.5, BPLL with KL", QuantConfig(method="mlwq", bits=2.5, bpll_loss="kl")),
-    "mlwq2.5": ("MLWQ 2.5 (BPLL+MQSA+TQP)", QuantConfig(method="mlwq", bits=2.5)),
+    "mlwq2.5": ("MLWQ 2.5 (BPLL+MQSA+TQP), BPLL with Dist", QuantConfig(method="mlwq", bits=2.5, bpll_loss="dist")),
     "rtn4": ("RTN 4-bit g64", QuantConfig(method="rtn", bits=4)),
     "gptq4": ("GPTQ 4-bit g128", QuantConfig(method="gptq", bits=4, group_size=128)),
-    "mlwq4": ("MLWQ 4.0 (BPLL+MQSA+TQP)", QuantConfig(method="mlwq", bits=4)),
+    "mlwq4": ("MLWQ 4.0 (BPLL+MQSA+TQP), BPLL with Dist", QuantConfig(method="mlwq", bits=4, bpll_loss="dist")),
 }
 
 
