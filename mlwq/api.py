@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from .calibration import calibration_windows
 from .engine import QuantConfig, quantize_model
 from .evaluate import eval_tokens, perplexity
 from .model_io import load_model
+from .resume import Progress
 
 
 def default_device() -> str:
@@ -24,10 +26,13 @@ def default_device() -> str:
 
 def quantize(source: str, out_dir: str | Path, cfg: QuantConfig, *, nsamples: int = 128, seqlen: int = 2048,
              calib_path: str | Path = CALIBRATION_TEXT, device: str | None = None,
-             max_blocks: int | None = None, progress: bool = True, model_and_tokenizer=None) -> dict:
+             max_blocks: int | None = None, progress: bool = True, model_and_tokenizer=None,
+             resume: bool = False) -> dict:
     """Quantize `source` and write the checkpoint to out_dir; returns its metadata.
 
-    max_blocks keeps only the first blocks of the model (reduced copies for tests).
+    max_blocks keeps only the first blocks of the model (reduced copies for tests). Finished
+    blocks are kept in OUT.progress/ until the checkpoint is written; resume=True continues
+    from them (mlwq/resume.py).
     """
     cfg.validate()
     device = device or default_device()
@@ -36,12 +41,24 @@ def quantize(source: str, out_dir: str | Path, cfg: QuantConfig, *, nsamples: in
     if max_blocks is not None:
         model = truncate_blocks(model, max_blocks)
     calib = calibration_windows(tokenizer, calib_path, nsamples, seqlen, cfg.seed)
+    store = Progress(out_dir, {"source": str(source), "config": asdict(cfg), "nsamples": nsamples,
+                               "seqlen": seqlen, "calibration": str(calib_path), "max_blocks": max_blocks})
+    done, results_before, reports_before, rng_state = store.start(resume)
+    for name, res in results_before.items():        # restore the finished blocks' weights
+        layer = model.get_submodule(name)
+        layer.weight.data = res.dequantized_weight().to(layer.weight.dtype)
     t0 = time.time()
-    results, reports = quantize_model(model, calib, cfg, device=device, progress=progress)
+    results, reports = quantize_model(model, calib, cfg, device=device, progress=progress, done_blocks=done,
+                                      rng_state=rng_state, on_block_done=lambda i, r, rep, g: store.save_block(i, r, rep, g))
+    results = {**results_before, **results}
+    reports = reports_before + reports
     seconds = time.time() - t0
     meta = checkpoint.save(out_dir, results, reports, cfg, source, extra={
         "calibration": {"file": str(calib_path), "nsamples": nsamples, "seqlen": seqlen, "seed": cfg.seed},
-        "max_blocks": max_blocks, "quantize_seconds": seconds, "device": str(device)})
+        "max_blocks": max_blocks})
+    store.clear()
+    # not in the saved metadata, which must be byte-identical from run to run
+    meta["quantize_seconds"], meta["device"] = seconds, str(device)
     meta["_model"], meta["_tokenizer"] = model, tokenizer     # fake-quant model, for evaluation
     return meta
 

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--percdamp", type=float, default=0.01, help="Hessian damping, fraction of mean diagonal")
     q.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     q.add_argument("--max-blocks", type=int, default=None, help="keep only the first N blocks (reduced model)")
+    q.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last finished block (kept in OUT.progress/)")
     q.add_argument("--eval", action="store_true", help="also measure WikiText-2 perplexity of the result")
     q.add_argument("--eval-windows", type=int, default=None, help="limit perplexity to N windows")
     q.add_argument("--json", default=None, help="write the summary to this JSON file")
@@ -93,7 +95,7 @@ def cmd_quantize(args) -> int:
     cfg.validate()
     source = _resolve_model(args.model)
     meta = api.quantize(source, args.out, cfg, nsamples=args.nsamples, seqlen=args.seqlen, calib_path=args.calib,
-                        device=args.device, max_blocks=args.max_blocks)
+                        device=args.device, max_blocks=args.max_blocks, resume=args.resume)
     model, tokenizer = meta.pop("_model"), meta.pop("_tokenizer")
     ppl = None
     if args.eval:
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlwq: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("mlwq: interrupted; no checkpoint was written under the final name", file=sys.stderr)
+        print("mlwq: interrupted; no checkpoint was written under the final name "
+              "(rerun with --resume to continue from the last finished block)", file=sys.stderr)
         return 130
 
 

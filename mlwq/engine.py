@@ -146,8 +146,15 @@ def _plan_for(cfg: QuantConfig, gptq: GPTQ, delta: torch.Tensor | None, width: i
 
 @torch.no_grad()
 def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | torch.device = "cpu",
-                   progress: bool = True) -> tuple[dict[str, QuantResult], list[LayerReport]]:
-    """Quantize every block's linear layers in place (fake-quant) and return the packed results."""
+                   progress: bool = True, done_blocks: int = 0, rng_state: torch.Tensor | None = None,
+                   on_block_done=None) -> tuple[dict[str, QuantResult], list[LayerReport]]:
+    """Quantize every block's linear layers in place (fake-quant) and return the packed results.
+
+    Resuming: the first `done_blocks` blocks already hold their quantized weights (the caller
+    restored them); they are only run forward to rebuild the next block's inputs, and the
+    sampling generator restarts from `rng_state`, so the result is the uninterrupted run's.
+    on_block_done(i, results_of_block, reports_of_block, rng_state) is called after each block.
+    """
     cfg.validate()
     device = torch.device(device)
     spec = arch_of(model)
@@ -157,12 +164,18 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
             if get_module(b, name) is None:
                 raise MLWQError(f"block has no layer {name!r}: the architecture table does not match the model")
     gen = torch.Generator().manual_seed(cfg.seed)
+    if rng_state is not None:
+        gen.set_state(rng_state)
     inps, kwargs = _capture_block0_inputs(model, calib, device)
     results: dict[str, QuantResult] = {}
     reports: list[LayerReport] = []
     bar = tqdm(range(len(blocks)), desc=f"{cfg.method} {cfg.bits:g}-bit", unit="block", disable=not progress)
     for i in bar:
         block = blocks[i].to(device)
+        if i < done_blocks:                      # resumed: already quantized, only its outputs
+            inps = _block_forward(block, inps, kwargs)
+            blocks[i] = block.cpu()
+            continue
         layers = {name: get_module(block, name) for name in spec.linears}
         gptq = {name: GPTQ(layer) for name, layer in layers.items()}
         samples: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
@@ -200,6 +213,10 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
         del gptq, samples
         inps = _block_forward(block, inps, kwargs)
         blocks[i] = block.cpu()
+        if on_block_done is not None:
+            prefix = f"{spec.blocks}.{i}."
+            on_block_done(i, {k: v for k, v in results.items() if k.startswith(prefix)},
+                          [r for r in reports if r.name.startswith(prefix)], gen.get_state())
         bar.set_postfix(widths="/".join(str(widths[n].width) for n in spec.linears))
     return results, reports
 

@@ -42,6 +42,15 @@ class QuantResult:
     group_size: int
     loss: float                 # GPTQ's weighted error sum (0 without compensation)
 
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float weight in the original column order, from the codes (FORMAT.md formula)."""
+        cols = self.codes.shape[1]
+        d = self.scale.float().repeat_interleave(self.group_size, dim=1)[:, :cols]
+        z = self.zero.float().repeat_interleave(self.group_size, dim=1)[:, :cols]
+        weight = torch.empty(self.codes.shape, dtype=torch.float32)
+        weight[:, self.perm.long()] = d * (self.codes.float() - z)
+        return weight
+
 
 def uniform_plan(cols: int, bits: int, group_size: int = GROUP_SIZE, perm: torch.Tensor | None = None,
                  **kw) -> QuantPlan:

@@ -63,7 +63,7 @@ def test_same_seed_gives_identical_checkpoint(default_model, tmp_path):
         small = api.truncate_blocks(copy.deepcopy(model), 1)
         api.quantize("reduced", tmp_path / f"r{run}", QuantConfig(method="mlwq", bits=2.5, tqp_steps=3),
                      model_and_tokenizer=(small, tok), **FAST)
-        outs.append((tmp_path / f"r{run}" / checkpoint.CHECKPOINT_TENSORS).read_bytes())
+        outs.append([(tmp_path / f"r{run}" / n).read_bytes() for n in (checkpoint.CHECKPOINT_TENSORS, checkpoint.CHECKPOINT_JSON)])
     assert outs[0] == outs[1]
 
 
@@ -106,3 +106,42 @@ def test_walker_table_covers_opt_and_phi(arch, calib_path, default_model, tmp_pa
     meta = api.quantize("tiny", tmp_path / arch, QuantConfig(method="mlwq", bits=3, tqp_steps=2),
                         model_and_tokenizer=(model, tok), **FAST)
     assert len(meta["layers"]) == 2 * (6 if arch in ("opt", "phi") else 7)
+
+
+def test_killed_run_resumes_to_identical_bytes(tmp_path):
+    """SIGKILL `mlwq quantize` after its first block; --resume finishes with the bytes of an
+    uninterrupted run, and nothing ever appears under the final name before the end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "mlwq", "quantize", "default", "--bits", "2.5", "--max-blocks", "2",
+            "--nsamples", "2", "--seqlen", "64", "--tqp-steps", "3", "--device", "cpu"]
+    subprocess.run(args + ["--out", str(tmp_path / "full")], check=True, capture_output=True)
+
+    out = tmp_path / "resumed"
+    proc = subprocess.Popen(args + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    block0 = tmp_path / "resumed.progress" / "block_0000.safetensors"
+    deadline = time.time() + 300
+    while not block0.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    res = subprocess.run(args + ["--out", str(out), "--resume"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for name in (checkpoint.CHECKPOINT_TENSORS, checkpoint.CHECKPOINT_JSON):
+        assert (out / name).read_bytes() == (tmp_path / "full" / name).read_bytes()
+    assert not (tmp_path / "resumed.progress").exists()
+
+
+def test_resume_with_other_settings_is_refused(reduced_model, tmp_path):
+    from mlwq.errors import MLWQError
+    from mlwq.resume import Progress
+
+    Progress(tmp_path / "o", {"a": 1}).start(resume=False)
+    with pytest.raises(MLWQError, match="other settings"):
+        Progress(tmp_path / "o", {"a": 2}).start(resume=True)
