@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tqp-steps", type=int, default=50, help="whole-chain mode: TQP Adam steps per group")
     p.add_argument("--seed", type=int, default=0, help="whole-chain mode: calibration seed")
     p.add_argument("--max-blocks", type=int, default=None, help="whole-chain mode: keep the first N blocks")
+    p.add_argument("--resume", action="store_true",
+                   help="whole-chain mode: continue an interrupted quantization from its last finished block")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
@@ -56,7 +58,7 @@ def quantize_then_export(args) -> Path:
     cfg = QuantConfig(method=args.method, bits=args.bits, tqp_steps=args.tqp_steps, seed=args.seed)
     try:
         meta = api.quantize(source, ckpt, cfg, nsamples=args.nsamples, seqlen=args.seqlen,
-                            max_blocks=args.max_blocks)
+                            max_blocks=args.max_blocks, resume=args.resume)
     except MLWQError as e:
         raise ExportError(str(e)) from None
     meta.pop("_model"), meta.pop("_tokenizer")
@@ -85,6 +87,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mlwq-export: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:                # disk full, unwritable path: nothing under the final name
+        if args.debug:
+            raise
+        print(f"mlwq-export: error: cannot write {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mlwq-export: interrupted; nothing was written under the final name "
+              "(rerun with --resume to continue the quantization)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -278,11 +278,15 @@ def export_gguf(ckpt_dir: str | os.PathLike, out: str | os.PathLike, source: str
     writer.add_float32("mlwq.code_bits_per_weight", float(report.code_bpw_mlwq))
     writer.add_float32("mlwq.bits_per_weight", float(report.bpw_mlwq))
 
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    _fsync_replace(tmp, out)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        _fsync_replace(tmp, out)
+    except BaseException:              # disk full, interrupt: no partial file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
     report.file_bytes = out.stat().st_size
     log(report.summary())
     return report

@@ -58,6 +58,18 @@ def to_blocks(res: QuantResult) -> dict[str, torch.Tensor]:
     }
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' save_file, with its write errors (disk full...) raised as OSError."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except OSError:
+        raise
+    except Exception as e:  # safetensors reports I/O failures as SafetensorError
+        if "I/O error" not in str(e):
+            raise
+        raise OSError(None, str(e).split("I/O error: ")[-1], str(path)) from None
+
+
 def save(out_dir: str | os.PathLike, results: dict[str, QuantResult], reports, config, source: str,
          extra: dict | None = None) -> dict:
     """Write the checkpoint atomically: into DIR.part, then renamed to DIR."""
@@ -96,8 +108,12 @@ def save(out_dir: str | os.PathLike, results: dict[str, QuantResult], reports, c
                     "bits_per_weight": 8 * total_bytes / max(total_params, 1)},
         **(extra or {}),
     }
-    save_file(tensors, str(tmp / CHECKPOINT_TENSORS), metadata={"format": "mlwq-checkpoint"})
-    (tmp / CHECKPOINT_JSON).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    try:
+        save_tensors(tensors, tmp / CHECKPOINT_TENSORS, {"format": "mlwq-checkpoint"})
+        (tmp / CHECKPOINT_JSON).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    except BaseException:              # disk full, interrupt: nothing half-written stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

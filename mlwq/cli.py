@@ -147,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mlwq: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:                # disk full, unwritable path: the .part folder is left, never the final name
+        if args.debug:
+            raise
+        print(f"mlwq: error: cannot write {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mlwq: interrupted; no checkpoint was written under the final name "
               "(rerun with --resume to continue from the last finished block)", file=sys.stderr)

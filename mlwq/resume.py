@@ -14,8 +14,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from .checkpoint import save_tensors
 from .engine import LayerReport
 from .errors import MLWQError
 from .gptq import QuantResult
@@ -49,7 +50,7 @@ class Progress:
         extra = {name: {"group_size": res.group_size, "loss": res.loss} for name, res in results.items()}
         info = {"layers": extra, "reports": [vars(r) for r in reports]}
         tmp = self.dir / f"block_{i:04d}.safetensors.tmp"
-        save_file(tensors, str(tmp), metadata={"info": json.dumps(info)})
+        save_tensors(tensors, tmp, {"info": json.dumps(info)})
         os.replace(tmp, self.dir / f"block_{i:04d}.safetensors")
 
     def _load(self):

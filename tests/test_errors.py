@@ -69,3 +69,23 @@ def test_cli_help_lists_every_option():
     for opt in ("--method", "--bits", "--out", "--tiers", "--no-bpll", "--no-mqsa", "--no-tqp", "--bpll-loss",
                 "--act-order", "--group-size", "--nsamples", "--seqlen", "--no-compensation"):
         assert opt in proc.stdout
+
+
+def test_write_failure_is_one_line_and_keeps_nothing_under_the_final_name(tmp_path):
+    """A write that fails (file size limit standing in for a full disk)."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    out = tmp_path / "ck"
+    proc = subprocess.run([sys.executable, "-m", "mlwq", "quantize", "default", "--method", "rtn", "--bits", "3",
+                           "--max-blocks", "1", "--nsamples", "2", "--seqlen", "64", "--device", "cpu",
+                           "--out", str(out)], capture_output=True, text=True, preexec_fn=limit)
+    assert proc.returncode == 1
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("mlwq:")]
+    assert len(lines) == 1 and lines[0].startswith("mlwq: error: cannot write"), proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and not (tmp_path / "ck.part").exists()

@@ -132,3 +132,32 @@ def test_whole_chain_mlwq_quantize_export_and_run(tmp_path):
     llm = Llama(model_path=str(out), n_ctx=64, n_threads=2, verbose=False)
     result = llm("The capital of France is", max_tokens=4, temperature=0.0)
     assert isinstance(result["choices"][0]["text"], str)
+
+
+def test_same_inputs_give_byte_identical_gguf(rtn_checkpoint, tmp_path):
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    export_gguf(rtn_checkpoint[0], a, log=lambda m: None)
+    export_gguf(rtn_checkpoint[0], b, log=lambda m: None)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_failed_write_leaves_nothing_and_says_so_on_one_line(rtn_checkpoint, tmp_path):
+    """A write that fails half way (file size limit standing in for a full disk)."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "big.gguf"
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)          # get EFBIG instead of a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    proc = subprocess.run([sys.executable, "-m", "exporters.cli", str(rtn_checkpoint[0]), "--to", "gguf",
+                           "--out", str(out)], capture_output=True, text=True, preexec_fn=limit)
+    assert proc.returncode == 1
+    errors = [l for l in proc.stderr.splitlines() if "error" in l]
+    assert len(errors) == 1 and errors[0].startswith("mlwq-export: error: cannot write"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and not out.with_name(out.name + ".part").exists()
