@@ -28,9 +28,7 @@ import numpy as np
 
 from . import mlwq_format as F
 
-CHECKPOINT_JSON = "mlwq_checkpoint.json"
-CHECKPOINT_TENSORS = "quantized.safetensors"
-CHECKPOINT_VERSION = 1
+from mlwq.checkpoint import CHECKPOINT_JSON, CHECKPOINT_TENSORS  # noqa: E402  (the checkpoint contract)
 
 # HF linear module name -> GGUF tensor base name
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)$")
@@ -114,24 +112,17 @@ def _gguf():
 
 
 def load_checkpoint(ckpt_dir: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
-    from safetensors.numpy import load_file
+    """The checkpoint as numpy arrays; reading and version checks are mlwq.checkpoint's."""
+    from mlwq.checkpoint import load
+    from mlwq.errors import MLWQError
 
-    ckpt_dir = Path(ckpt_dir)
-    meta_path, tensor_path = ckpt_dir / CHECKPOINT_JSON, ckpt_dir / CHECKPOINT_TENSORS
-    if not meta_path.is_file() or not tensor_path.is_file():
-        raise ExportError(f"{ckpt_dir} is not an mlwq checkpoint (needs {CHECKPOINT_JSON} and {CHECKPOINT_TENSORS}; "
-                          f"write one with `mlwq quantize`)")
     try:
-        meta = json.loads(meta_path.read_text())
-        tensors = load_file(str(tensor_path))
-    except Exception as e:
-        raise ExportError(f"corrupt checkpoint {ckpt_dir}: {e}") from None
-    if meta.get("format") != "mlwq-checkpoint" or meta.get("version") != CHECKPOINT_VERSION:
-        raise ExportError(f"{ckpt_dir}: checkpoint format/version {meta.get('format')}/{meta.get('version')}, "
-                          f"this exporter reads mlwq-checkpoint/{CHECKPOINT_VERSION}")
+        meta, tensors = load(ckpt_dir)
+    except MLWQError as e:
+        raise ExportError(f"{e} (write one with `mlwq quantize`)") from None
     if int(meta.get("group_size", F.QK)) % F.QK:
         raise ExportError(f"group_size {meta.get('group_size')} is not a multiple of the MLWQ block ({F.QK})")
-    return meta, tensors
+    return meta, {name: t.numpy() for name, t in tensors.items()}
 
 
 def layer_tensors(tensors: dict[str, np.ndarray], name: str):

@@ -2,14 +2,18 @@
 # MLWQ CUDA checks on a GPU machine (the session's `device` tool), run from the repo root:
 #
 #   bash ggml_patch/tests/device_cuda_checks.sh build   # patched llama.cpp + test-mlwq-cuda (sm_90)
-#   bash ggml_patch/tests/device_cuda_checks.sh test    # op tests, compute-sanitizer, CPU-vs-CUDA KLD
-#   bash ggml_patch/tests/device_cuda_checks.sh bench   # op bandwidth, llama-bench MLWQ3 vs Q3_K_S
+#   bash ggml_patch/tests/device_cuda_checks.sh test    # op tests, CPU-vs-CUDA KLD of a whole model
+#   bash ggml_patch/tests/device_cuda_checks.sh sanitize  # compute-sanitizer memcheck of the op tests
+#   bash ggml_patch/tests/device_cuda_checks.sh benchops  # mat-vec speed, MLWQ3 vs Q3_K/Q4_0/Q8_0
+#   bash ggml_patch/tests/device_cuda_checks.sh bench   # copy bandwidth, llama-bench MLWQ3 vs Q3_K_S (1B shape)
+#   bash ggml_patch/tests/device_cuda_checks.sh all     # all of them, most important first, within MLWQ_DEV_LIMIT s
 #   bash ggml_patch/tests/device_cuda_checks.sh permfast  # experiment: 1-token permutation as one GET_ROWS
 #
 # Needs, carried in .cache/cuda_src/ (ignored by git): llama.cpp.tar.xz (the pristine vendored
 # llama.cpp of llama-cpp-python 0.3.36, without models/docs/tests and other backends: the machine
 # has no internet), smollm2_tokenizer.json.gz (tokenizer KV of SmolLM2), wiki.test.head.raw (the
-# first 120 kB of wikitext-2 test). Builds under build/cuda-dev/ (ignored). Logs go to $OUT.
+# first 120 kB of wikitext-2 test), made by ggml_patch/tests/prepare_cuda_src.sh. Builds under
+# build/cuda-dev/ (ignored). Logs go to $OUT.
 set -x
 set -o pipefail
 OUT=${OUT:-/tmp/mlwq-out}
@@ -140,11 +144,12 @@ case "${1:-all}" in
            left() { [ $(( $(date +%s) - T0 )) -lt "$1" ]; }
            stage_build > "$OUT/build-stage.log" 2>&1 || { tail -40 "$OUT/build-stage.log"; exit 1; }
            grep -E "ninja took" "$OUT/build-stage.log"
-           left 480 && stage_test
-           left 430 && stage_bench
-           left 480 && stage_benchops
-           left 500 && stage_sanitize
-           left 520 && stage_permfast
+           LIM=${MLWQ_DEV_LIMIT:-540}   # seconds this call may take
+           left $(( LIM - 150 )) && stage_test
+           left $(( LIM - 170 )) && stage_bench
+           left $(( LIM - 100 )) && stage_benchops
+           left $(( LIM - 90 )) && stage_sanitize
+           left $(( LIM - 80 )) && stage_permfast
            echo "all: $(( $(date +%s) - T0 )) s"
            # at most 8 files come back from the device tool: one archive of every log, plus the key ones
            (cd "$OUT" && tar czf /tmp/mlwq-logs.tar.gz --exclude='*.tar.gz' . && mkdir -p /tmp/keep \

@@ -173,6 +173,16 @@ static double nmse(const std::vector<float> & a, const std::vector<double> & ref
     return den > 0 ? num/den : num;
 }
 
+// Tolerances (NMSE). Mat-vec (<= 8 columns) quantizes the activations to q8_1 on both backends:
+// about 1e-5 from the exact product each, and the two differ by as much, because the CPU takes
+// the zero-point term from the sum of the quantized activations and CUDA from q8_1's stored sum
+// of the floats (first H100 run: up to 1.8e-4 from ref, 2.0e-4 from CPU, for SwiGLU). 5e-4 is
+// test-backend-ops' tolerance for MUL_MAT. Wider products dequantize to f16 for cuBLAS on CUDA
+// (observed <= 1e-6 from ref), while the CPU still uses q8_1 (observed <= 1.8e-5 between them).
+// MUL_MAT_ID above the mat-vec batch splits tokens per expert, which can land on the mat-vec path.
+static const double TOL_Q8_REF  = 5e-4, TOL_Q8_CPU  = 1e-3;
+static const double TOL_F16_REF = 2e-5, TOL_F16_CPU = 1e-4;
+
 static ggml_backend_t g_cuda = nullptr;
 static ggml_backend_t g_cpu  = nullptr;
 static int g_pass = 0, g_total = 0;
@@ -223,7 +233,7 @@ static void test_mul_mat(int b, int64_t ne0, int64_t nr, int64_t nc, width_mode 
     snprintf(name, sizeof(name), "mul_mat %s %lldx%lld x %lld cols (%s)", ggml_type_name(type),
              (long long) nr, (long long) ne0, (long long) nc, mode == WIDTHS_TIERS ? "tiers" : "widths 1..8");
     // q8_1 activations on both sides for <= 8 columns; f16 cuBLAS beyond
-    check(name, bld, ref, nc <= 8 ? 2e-4 : 2e-5, nc <= 8 ? 1e-6 : 2e-5);
+    check(name, bld, ref, nc <= 8 ? TOL_Q8_REF : TOL_F16_REF, nc <= 8 ? TOL_Q8_CPU : TOL_F16_CPU);
 }
 
 // 4-D broadcast: w [ne0, nr, 2, 1], x [ne0, nc, 4, 2]
@@ -253,7 +263,7 @@ static void test_mul_mat_batched(int b, int64_t ne0, int64_t nr, int64_t nc) {
     char name[128];
     snprintf(name, sizeof(name), "mul_mat batched %s [%lld,%lld,2] x [%lld,4,2]", ggml_type_name(type),
              (long long) nr, (long long) ne0, (long long) nc);
-    check(name, bld, ref, nc <= 8 ? 2e-4 : 2e-5, nc <= 8 ? 1e-6 : 2e-5);
+    check(name, bld, ref, nc <= 8 ? TOL_Q8_REF : TOL_F16_REF, nc <= 8 ? TOL_Q8_CPU : TOL_F16_CPU);
 }
 
 // a non-contiguous weight: every other row of a larger tensor (cuBLAS nc dequantization, mmvq strides)
@@ -276,7 +286,7 @@ static void test_mul_mat_view(int b, int64_t ne0, int64_t nr, int64_t nc) {
     char name[128];
     snprintf(name, sizeof(name), "mul_mat strided view %s %lldx%lld x %lld cols", ggml_type_name(type),
              (long long) nr, (long long) ne0, (long long) nc);
-    check(name, bld, ref, nc <= 8 ? 2e-4 : 2e-5, nc <= 8 ? 1e-6 : 2e-5);
+    check(name, bld, ref, nc <= 8 ? TOL_Q8_REF : TOL_F16_REF, nc <= 8 ? TOL_Q8_CPU : TOL_F16_CPU);
 }
 
 static void test_get_rows(int b, int64_t ne0, int64_t nr, int64_t n_idx, bool corrupt) {
@@ -332,7 +342,7 @@ static void test_corrupt_mul_mat(int b, int64_t ne0, int64_t nr, int64_t nc) {
     char name[128];
     snprintf(name, sizeof(name), "mul_mat %s %lldx%lld x %lld cols, corrupt headers", ggml_type_name(type),
              (long long) nr, (long long) ne0, (long long) nc);
-    check(name, bld, ref, nc <= 8 ? 2e-4 : 2e-5, nc <= 8 ? 1e-6 : 2e-5);
+    check(name, bld, ref, nc <= 8 ? TOL_Q8_REF : TOL_F16_REF, nc <= 8 ? TOL_Q8_CPU : TOL_F16_CPU);
 }
 
 // mul_mat_id: w [ne0, nr, n_exp], x [ne0, n_used, n_tok], ids [n_used, n_tok]
@@ -368,7 +378,7 @@ static void test_mul_mat_id(int b, int64_t ne0, int64_t nr, int n_exp, int n_use
     };
     char name[128];
     snprintf(name, sizeof(name), "mul_mat_id %s %d experts, %d used, %d tokens", ggml_type_name(type), n_exp, n_used, n_tok);
-    check(name, bld, ref, n_tok <= 8 ? 2e-4 : 2e-5, n_tok <= 8 ? 1e-6 : 2e-5);
+    check(name, bld, ref, TOL_Q8_REF, TOL_Q8_CPU);
 }
 
 // fused epilogues of the mat-vec path: + bias, and swiglu(gate, up)
@@ -405,8 +415,8 @@ static void test_fusion(int b, int64_t ne0, int64_t nr) {
         ins.push_back({tx, x.data()});
         return ggml_swiglu_split(ctx, ggml_mul_mat(ctx, tg, tx), ggml_mul_mat(ctx, tu, tx));
     };
-    check(std::string("mul_mat + bias (fusable) ") + ggml_type_name(type), bld_bias, ref_bias, 2e-4, 1e-6);
-    check(std::string("swiglu(gate, up) (fusable) ") + ggml_type_name(type), bld_glu, ref_glu, 2e-4, 1e-6);
+    check(std::string("mul_mat + bias (fusable) ") + ggml_type_name(type), bld_bias, ref_bias, TOL_Q8_REF, TOL_Q8_CPU);
+    check(std::string("swiglu(gate, up) (fusable) ") + ggml_type_name(type), bld_glu, ref_glu, TOL_Q8_REF, TOL_Q8_CPU);
 }
 
 // ---- speed ----
