@@ -15,6 +15,15 @@ fi
     || .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e ".[dev]"
 .venv/bin/python -m mlwq.assets fetch
+# clang with libFuzzer, for the fuzz harness (ggml_patch/fuzz/run_fuzz.sh); only when missing
+if ! command -v clang >/dev/null; then
+    echo "[setup] installing clang (ggml_patch/fuzz)"
+    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+    $SUDO apt-get update && $SUDO apt-get install -y clang
+    # libFuzzer's runtime: recommended by clang on Debian, a separate package when recommends are off
+    echo 'int LLVMFuzzerTestOneInput(const char *d, long n) { return 0; }' \
+        | clang -x c -fsanitize=fuzzer - -o /dev/null 2>/dev/null || $SUDO apt-get install -y libclang-rt-dev
+fi
 if [ "${MLWQ_SKIP_LLAMA_BUILD:-0}" != "1" ]; then
     bash ggml_patch/build.sh
 fi

@@ -160,6 +160,12 @@ ggml_tensor * llama_mlwq_permute_input(ggml_context * ctx, const ggml_tensor * w
     // x_perm[j] = x[perm[j]] along ne0: as rows, gather with ggml_get_rows and turn back
     const bool is_2d = cur->ne[2] == 1 && cur->ne[3] == 1;
     ggml_tensor * x = ggml_is_contiguous(cur) ? cur : ggml_cont(ctx, cur);
+    if (ggml_nelements(cur) == cur->ne[0]) {
+        // one token (generation): the column is already a row in memory, so one gather
+        // suffices, with views on both sides instead of two transposing copies
+        x = ggml_get_rows(ctx, ggml_reshape_2d(ctx, x, 1, cur->ne[0]), perm);   // [1, ne0]
+        return ggml_reshape_4d(ctx, x, cur->ne[0], cur->ne[1], cur->ne[2], cur->ne[3]);
+    }
     if (!is_2d) {
         x = ggml_reshape_2d(ctx, x, cur->ne[0], ggml_nelements(cur)/cur->ne[0]);
     }

@@ -123,13 +123,10 @@ static inline void mlwq_decode_block_avx2(const uint8_t * GGML_RESTRICT c, int b
     *hi = h;
 }
 
-// 8 int32 partial sums of q*qy over 32 columns; q <= 255 (bits == 8) is split in nibbles so that
-// maddubs (u8*s8 pairs into s16) cannot saturate
-static inline __m256i mlwq_dot32(__m256i q, __m256i qy, bool wide) {
+// 8 int32 partial sums of q*qy over 32 columns for 8-bit codes: q <= 255 is split in nibbles so
+// that maddubs (u8*s8 pairs into s16) cannot saturate
+static inline __m256i mlwq_dot32_wide(__m256i q, __m256i qy) {
     const __m256i ones16 = _mm256_set1_epi16(1);
-    if (!wide) {
-        return _mm256_madd_epi16(_mm256_maddubs_epi16(q, qy), ones16);
-    }
     const __m256i m  = _mm256_set1_epi8(0x0f);
     const __m256i lo = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(q, m), qy), ones16);
     const __m256i hi = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m), qy), ones16);
@@ -162,10 +159,21 @@ static float mlwq_vec_dot_avx2(int n, const uint8_t * GGML_RESTRICT x, const blo
         const block_q8_1 * y1 = y0 + 1;
         const __m256i qy0 = _mm256_loadu_si256((const __m256i *) y0->qs);
         const __m256i qy1 = _mm256_loadu_si256((const __m256i *) y1->qs);
-        const __m256i sy0 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, qy0), ones16);
-        const __m256i sy1 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, qy1), ones16);
-        const __m256i i0  = _mm256_sub_epi32(mlwq_dot32(qlo, qy0, wide), _mm256_mullo_epi32(zero, sy0));
-        const __m256i i1  = _mm256_sub_epi32(mlwq_dot32(qhi, qy1, wide), _mm256_mullo_epi32(zero, sy1));
+        __m256i i0, i1;
+        if (!wide) {
+            // bits <= 7: q - zero fits in int8, so the zero point folds into the codes and the
+            // product is |q - z| * sign(qy, q - z) as in Q4_0 (pairs <= 2*127*127: no saturation)
+            const __m256i z8 = _mm256_set1_epi8((char) h[2]);
+            const __m256i a0 = _mm256_sub_epi8(qlo, z8);
+            const __m256i a1 = _mm256_sub_epi8(qhi, z8);
+            i0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(a0, a0), _mm256_sign_epi8(qy0, a0)), ones16);
+            i1 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(a1, a1), _mm256_sign_epi8(qy1, a1)), ones16);
+        } else {
+            const __m256i sy0 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, qy0), ones16);
+            const __m256i sy1 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, qy1), ones16);
+            i0 = _mm256_sub_epi32(mlwq_dot32_wide(qlo, qy0), _mm256_mullo_epi32(zero, sy0));
+            i1 = _mm256_sub_epi32(mlwq_dot32_wide(qhi, qy1), _mm256_mullo_epi32(zero, sy1));
+        }
         const __m256  s0  = _mm256_set1_ps(d * GGML_CPU_FP16_TO_FP32(y0->d));
         const __m256  s1  = _mm256_set1_ps(d * GGML_CPU_FP16_TO_FP32(y1->d));
         acc = _mm256_add_ps(acc, _mm256_mul_ps(s0, _mm256_cvtepi32_ps(i0)));

@@ -1,0 +1,379 @@
+"""Seed corpus of the MLWQ fuzz targets (ggml_patch/fuzz/run_fuzz.sh runs it).
+
+    python ggml_patch/fuzz/make_seeds.py OUTDIR      # writes OUTDIR/gguf/* and OUTDIR/rows/*
+
+gguf/: files named valid-* must load (the loader's MLWQ checks accept them), all others must be
+refused. Real exported files, small: a synthetic llama source GGUF (1 block, tiny tensors) and a
+synthetic mlwq checkpoint go through the project's exporter (exporters.gguf_export.export_gguf,
+packing by exporters.mlwq_format), giving two valid MLWQ GGUFs: `tiny` (one 64-column block per
+weight, one weight of each type) and `mixed` (mixed tiers 1..8 bits, padded rows, 2 and 3 blocks).
+Then targeted mutations of `mixed`, each one fault: header bits/zero/scale, sum of widths, padding,
+permutation range and repeats, truncations, wrong shapes and sizes, wrong and unused type ids,
+missing and orphan permutations, the format_version key (missing, wrong value, other value types),
+3-D and token_embd MLWQ tensors, duplicate names; and valid edge cases (a weight with no rows,
+format_version as int32 / uint64, zero = 255 in an 8-bit block).
+
+rows/: inputs of fuzz_mlwq_rows (layout in fuzz_mlwq_rows.c): rows packed by
+exporters.mlwq_format.pack_rows for every type and many width mixes, each also with one fault,
+plus permutations, shape mismatches and foreign type ids.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from exporters import mlwq_format as F  # noqa: E402
+from exporters.gguf_export import _copy_kvs, export_gguf  # noqa: E402
+
+ARCH = "llama"
+Q8_1_BLOCK = 36            # fp16 d, fp16 s, 32 x int8
+
+
+# ---- valid files through the exporter --------------------------------------------------------
+
+def _layers(kind: str) -> dict[str, tuple[int, int, list[int]]]:
+    """HF linear name -> (rows, ne0, block widths). ceil(sum/K) picks the type (2, 3 or 4)."""
+    if kind == "tiny":
+        return {"model.layers.0.self_attn.q_proj": (2, 64, [2]),
+                "model.layers.0.self_attn.k_proj": (2, 64, [3]),
+                "model.layers.0.self_attn.v_proj": (1, 64, [4])}
+    return {"model.layers.0.self_attn.q_proj": (2, 128, [1, 3]),        # MLWQ2
+            "model.layers.0.self_attn.k_proj": (2, 128, [2, 4]),        # MLWQ3
+            "model.layers.0.self_attn.v_proj": (2, 128, [7, 1]),        # MLWQ4, 7 bits = planes 4,2,1
+            "model.layers.0.self_attn.o_proj": (1, 192, [8, 2, 2]),     # MLWQ4, 8 bits (nibble split)
+            "model.layers.0.mlp.down_proj": (1, 192, [2, 3, 3])}        # MLWQ3, 8 bytes of padding
+
+
+GGUF_BASE = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+             "down_proj": "ffn_down"}
+
+
+def _source_gguf(path: Path, layers: dict) -> None:
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), ARCH)
+    w.add_block_count(1)
+    w.add_head_count(1)
+    w.add_head_count_kv(1)
+    w.add_embedding_length(64)
+    w.add_tensor("output_norm.weight", np.ones(8, dtype=np.float32))
+    for name, (rows, ne0, _) in layers.items():
+        base = GGUF_BASE[name.split(".")[-1]]
+        w.add_tensor(f"blk.0.{base}.weight", np.zeros((rows, ne0), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def _checkpoint(d: Path, source: Path, layers: dict, rng: np.random.Generator) -> None:
+    from safetensors.numpy import save_file
+
+    d.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, (rows, ne0, bits) in layers.items():
+        bits = np.array(bits, dtype=np.uint8)
+        maxq = (1 << bits.astype(np.int64)) - 1
+        tensors[f"{name}.qcodes"] = (rng.integers(0, 256, (rows, ne0)) & np.repeat(maxq, 64)).astype(np.uint8)
+        tensors[f"{name}.perm"] = rng.permutation(ne0).astype(np.int32)
+        tensors[f"{name}.scale"] = (rng.standard_normal((rows, bits.size)) * 0.05).astype(np.float16)
+        tensors[f"{name}.zero"] = (rng.integers(0, 256, (rows, bits.size)) & maxq).astype(np.uint8)
+        tensors[f"{name}.group_bits"] = bits
+    save_file(tensors, str(d / "quantized.safetensors"))
+    meta = {"format": "mlwq-checkpoint", "version": 1, "source": str(source), "group_size": 64,
+            "layers": {name: {} for name in layers}, "config": {"seed": "fuzz"}}
+    (d / "mlwq_checkpoint.json").write_text(json.dumps(meta))
+
+
+def exported_file(tmp: Path, kind: str, seed: int) -> Path:
+    layers = _layers(kind)
+    src = tmp / f"{kind}-source.gguf"
+    _source_gguf(src, layers)
+    _checkpoint(tmp / f"{kind}-ckpt", src, layers, np.random.default_rng(seed))
+    out = tmp / f"{kind}.gguf"
+    export_gguf(tmp / f"{kind}-ckpt", out, source=src, log=lambda m: None)
+    return out
+
+
+# ---- byte-level mutations --------------------------------------------------------------------
+
+def tensor_info(raw: bytes, name: str) -> tuple[int, int, int]:
+    """(offset of n_dims, offset of the type id, offset of the data offset) in the header."""
+    key = struct.pack("<Q", len(name)) + name.encode()
+    pos = raw.index(key) + len(key)
+    n_dims = struct.unpack_from("<I", raw, pos)[0]
+    return pos, pos + 4 + 8 * n_dims, pos + 8 + 8 * n_dims
+
+
+def kv_value(raw: bytes, key: str) -> int:
+    """Offset of the u32 value type of a key (the value follows)."""
+    k = struct.pack("<Q", len(key)) + key.encode()
+    return raw.index(k) + len(k)
+
+
+def edit(raw: bytes, *edits: tuple[int, bytes]) -> bytes:
+    b = bytearray(raw)
+    for off, data in edits:
+        b[off: off + len(data)] = data
+    return bytes(b)
+
+
+def data_offsets(path: Path) -> dict[str, tuple[int, int]]:
+    import gguf
+
+    return {t.name: (int(t.data_offset), int(t.n_bytes)) for t in gguf.GGUFReader(str(path)).tensors}
+
+
+def rewritten(src: Path, dst: Path, change) -> Path:
+    """Copy of src through GGUFWriter; change(name, data, type) -> list of (name, data, type), or
+    the string "kv" hook: change("kv", writer, None) may add keys; keys named in change.skip are dropped."""
+    import gguf
+
+    r = gguf.GGUFReader(str(src))
+    w = gguf.GGUFWriter(str(dst), ARCH)
+    _copy_kvs(r, w, gguf, skip=set(getattr(change, "skip", ())))
+    if hasattr(change, "kv"):
+        change.kv(w, gguf)
+    for t in r.tensors:
+        for name, data, ttype in change(t.name, np.asarray(t.data), t.tensor_type):
+            w.add_tensor(name, data, raw_dtype=ttype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst
+
+
+def gguf_seeds(out: Path, tmp: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    tiny = exported_file(tmp, "tiny", 1)
+    mixed = exported_file(tmp, "mixed", 2)
+    seeds: dict[str, bytes] = {"valid-tiny": tiny.read_bytes(), "valid-mixed": mixed.read_bytes()}
+    raw = seeds["valid-mixed"]
+    offs = data_offsets(mixed)
+
+    W2, W3, W4, W8, WPAD = ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight",
+                            "blk.0.attn_output.weight", "blk.0.ffn_down.weight")
+    for w in (W2, W3, W4, W8):
+        d, _ = offs[w]
+        tag = w.split(".")[2]
+        seeds[f"{tag}-bits0"] = edit(raw, (d + 3, b"\x00"))
+        seeds[f"{tag}-bits9"] = edit(raw, (d + 3, b"\x09"))
+        seeds[f"{tag}-bits255"] = edit(raw, (d + 3, b"\xff"))
+        if raw[d + 3] < 8:
+            seeds[f"{tag}-zero-too-big"] = edit(raw, (d + 2, bytes([1 << raw[d + 3]])))
+        else:
+            seeds[f"valid-{tag}-zero-255-bits8"] = edit(raw, (d + 2, b"\xff"))
+        seeds[f"{tag}-scale-nan"] = edit(raw, (d, b"\x00\x7e"))
+        seeds[f"{tag}-scale-inf"] = edit(raw, (d, b"\x00\xfc"))
+        seeds[f"{tag}-sum-too-big"] = edit(raw, (d + 3, b"\x08"), (d + 7, b"\x08"))
+        seeds[f"{tag}-second-header-bits0"] = edit(raw, (d + 7, b"\x00"))
+    d, n = offs[WPAD]
+    seeds["padding-nonzero"] = edit(raw, (d + n - 1, b"\x01"))
+    seeds["padding-first-byte"] = edit(raw, (d + n - 8, b"\x80"))
+
+    for w, ne0 in ((W2, 128), (W8, 192)):
+        p, _ = offs[F.perm_name(w)]
+        tag = w.split(".")[2]
+        seeds[f"{tag}-perm-out-of-range"] = edit(raw, (p, struct.pack("<i", ne0)))
+        seeds[f"{tag}-perm-negative"] = edit(raw, (p + 4, struct.pack("<i", -1)))
+        seeds[f"{tag}-perm-int-max"] = edit(raw, (p + 8, struct.pack("<i", 2**31 - 1)))
+        seeds[f"{tag}-perm-repeated"] = edit(raw, (p + 4, raw[p: p + 4]))
+
+    # truncations: in the KV section, the tensor infos, an MLWQ weight, a permutation, the last byte
+    d2, n2 = offs[W2]
+    p8, _ = offs[F.perm_name(W8)]
+    for tag, cut in (("kv", 40), ("infos", tensor_info(raw, W4)[0]), ("weight", d2 + n2 // 2),
+                     ("perm", p8 + 10), ("last-byte", len(raw) - 1)):
+        seeds[f"truncated-{tag}"] = raw[:cut]
+
+    # shapes and type ids in the tensor infos
+    dims, tid, _ = tensor_info(raw, W3)
+    seeds["ne0-64"] = edit(raw, (dims + 4, struct.pack("<q", 64)))
+    seeds["ne0-100"] = edit(raw, (dims + 4, struct.pack("<q", 100)))
+    seeds["ne0-0"] = edit(raw, (dims + 4, struct.pack("<q", 0)))
+    seeds["ne1-huge"] = edit(raw, (dims + 12, struct.pack("<q", 1 << 40)))
+    seeds["ne1-0"] = edit(raw, (dims + 12, struct.pack("<q", 0)))
+    seeds["ne1-3-out-of-file"] = edit(raw, (dims + 12, struct.pack("<q", 3)))
+    # ggml_nbytes wraps: ne0 * 36 overflows before the division by 64 and gives 144 bytes, the size of
+    # the 2x128 MLWQ4 tensor it replaces (gguf and the bounds check pass; the MLWQ checks must refuse)
+    d4, _, _ = tensor_info(raw, W4)
+    seeds["ne0-wraps-nbytes"] = edit(raw, (d4 + 4, struct.pack("<qq", 2**62 + 256, 1)))
+    for t in (139, 143, 1000, -1, 140, 142, 26, 0):
+        seeds[f"type-{t}"] = edit(raw, (tid, struct.pack("<i", t)))
+    pdims, ptid, _ = tensor_info(raw, F.perm_name(W3))
+    seeds["perm-type-f32"] = edit(raw, (ptid, struct.pack("<i", 0)))
+    seeds["perm-type-mlwq3"] = edit(raw, (ptid, struct.pack("<i", 141)))
+    seeds["perm-ne0-64"] = edit(raw, (pdims + 4, struct.pack("<q", 64)))
+    seeds["perm-2d"] = edit(raw, (pdims, struct.pack("<I", 2)))
+
+    # names: missing permutation, weight not '.weight', a duplicate name
+    pn = F.perm_name(W3).encode()
+    at = raw.index(pn)
+    seeds["perm-renamed"] = edit(raw, (at + len(pn) - 1, b"X"))
+    at = raw.index(W3.encode())
+    seeds["weight-renamed"] = edit(raw, (at + len(W3) - 1, b"X"))
+    seeds["duplicate-name"] = edit(raw, (at, W2.encode()))
+
+    # format_version: value, key name, value type
+    k = kv_value(raw, F.KEY_FORMAT_VERSION)
+    seeds["format-version-0"] = edit(raw, (k + 4, struct.pack("<I", 0)))
+    seeds["format-version-2"] = edit(raw, (k + 4, struct.pack("<I", 2)))
+    seeds["valid-format-version-int32"] = edit(raw, (k, struct.pack("<I", 5)))   # GGUF_TYPE_INT32, value 1
+    seeds["format-version-float"] = edit(raw, (k, struct.pack("<I", 6)))         # GGUF_TYPE_FLOAT32
+    seeds["format-version-key-renamed"] = edit(raw, (k - 1, b"X"))
+
+    # structural variants, rewritten with GGUFWriter
+    def drop_perm(name, data, ttype):
+        return [] if name == F.perm_name(W4) else [(name, data, ttype)]
+
+    def drop_weight(name, data, ttype):
+        return [] if name == W4 else [(name, data, ttype)]
+
+    def three_d(name, data, ttype):
+        return [(name, data.reshape(2, 1, -1) if name == W2 else data, ttype)]
+
+    def embd(name, data, ttype):
+        if name in (W4, F.perm_name(W4)):
+            name = name.replace("blk.0.attn_v", "token_embd")
+        return [(name, data, ttype)]
+
+    def no_rows(name, data, ttype):
+        return [(name, data[:0] if name == W3 else data, ttype)]
+
+    def perm_short(name, data, ttype):
+        return [(name, data[:64] if name == F.perm_name(W2) else data, ttype)]
+
+    def reshaped(name, data, ttype):                 # 2 rows of 128 columns read as 4 rows of 64
+        return [(name, data.reshape(4, -1) if name == W2 else data, ttype)]
+
+    def keep(name, data, ttype):
+        return [(name, data, ttype)]
+
+    def as_u64(name, data, ttype):
+        return keep(name, data, ttype)
+    as_u64.skip = (F.KEY_FORMAT_VERSION,)
+    as_u64.kv = lambda w, gguf: w.add_uint64(F.KEY_FORMAT_VERSION, 1)
+
+    def as_str(name, data, ttype):
+        return keep(name, data, ttype)
+    as_str.skip = (F.KEY_FORMAT_VERSION,)
+    as_str.kv = lambda w, gguf: w.add_string(F.KEY_FORMAT_VERSION, "1")
+
+    def no_key(name, data, ttype):
+        return keep(name, data, ttype)
+    no_key.skip = (F.KEY_FORMAT_VERSION,)
+
+    for tag, fn in (("missing-perm", drop_perm), ("orphan-perm", drop_weight), ("mlwq-3d", three_d),
+                    ("token-embd-mlwq", embd), ("valid-no-rows", no_rows), ("valid-format-version-uint64", as_u64),
+                    ("format-version-string", as_str), ("format-version-missing", no_key),
+                    ("perm-shorter-than-ne0", perm_short), ("weight-read-as-64-columns", reshaped)):
+        try:
+            seeds[tag] = rewritten(mixed, tmp / f"{tag}.gguf", fn).read_bytes()
+        except Exception as e:      # a variant gguf-py cannot write is left out, with a note
+            print(f"make_seeds: variant {tag} not written: {e}", file=sys.stderr)
+
+    for name, data in seeds.items():
+        (out / f"{name}.gguf").write_bytes(data)
+    return len(seeds)
+
+
+# ---- row inputs ------------------------------------------------------------------------------
+
+def q8_1_blocks(rng: np.random.Generator, n: int) -> bytes:
+    out = bytearray()
+    for _ in range(n):
+        d = np.float16(rng.uniform(0.001, 0.05))
+        qs = rng.integers(-128, 128, 32).astype(np.int8)
+        out += d.tobytes() + np.float16(float(d) * int(qs.astype(np.int64).sum())).tobytes() + qs.tobytes()
+    return bytes(out)
+
+
+def rows_input(b: int, rows: np.ndarray, act: bytes) -> bytes:
+    nrows, row_bytes = rows.shape
+    K = row_bytes // F.type_size(b)
+    return bytes([0, b - 2, K - 1, nrows]) + rows.tobytes() + act
+
+
+def packed(rng: np.random.Generator, b: int, bits: list[int], nrows: int) -> np.ndarray:
+    bits = np.array(bits, dtype=np.uint8)
+    maxq = (1 << bits.astype(np.int64)) - 1
+    codes = (rng.integers(0, 256, (nrows, bits.size * 64)) & np.repeat(maxq, 64)).astype(np.uint8)
+    scale = (rng.standard_normal((nrows, bits.size)) * 0.05).astype(np.float16)
+    zero = (rng.integers(0, 256, (nrows, bits.size)) & maxq).astype(np.uint8)
+    return F.pack_rows(codes, scale, zero, bits, b)
+
+
+def row_seeds(out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(6)
+    seeds: dict[str, bytes] = {}
+    mixes = {2: [[2], [1, 3], [3, 1, 2], [1, 1, 4], [8, 1, 1, 1, 1, 1, 1, 2]],
+             3: [[3], [2, 4], [5, 1, 3], [3, 3, 2], [1, 5]],
+             4: [[4], [8, 8, 1, 1, 1, 1], [7, 1], [6, 2], [5, 3], [4, 4, 3]]}
+    for b, ms in mixes.items():
+        for i, bits in enumerate(ms):
+            rows = packed(rng, b, bits, 2)
+            act = q8_1_blocks(rng, 2 * len(bits))
+            seeds[f"mlwq{b}-{i}"] = rows_input(b, rows, act)
+            K = len(bits)
+            faults = {"bits0": (3, 0), "bits9": (3, 9), "zero": (2, 255), "nan": (1, 0x7e),
+                      "wide": (3 + 4 * (K - 1), 8)}
+            for tag, (off, val) in faults.items():
+                bad = rows.copy()
+                bad[1, off] = val
+                seeds[f"mlwq{b}-{i}-{tag}"] = rows_input(b, bad, act)
+            if int(sum(bits)) < K * b:
+                bad = rows.copy()
+                bad[0, -1] = 1
+                seeds[f"mlwq{b}-{i}-padding"] = rows_input(b, bad, act)
+    seeds["no-rows"] = bytes([0, 1, 1, 0])
+    # shapes (mode 1): type, ne0 int16, nrows int8, data
+    r = packed(rng, 3, [3, 3], 2)
+    for tag, ne0, nrows, data in (("ok", 128, 2, r.tobytes()), ("short", 128, 2, r.tobytes()[:-1]),
+                                  ("ne0-100", 100, 2, r.tobytes()), ("ne0-neg", -128, 2, r.tobytes()),
+                                  ("nrows-neg", 128, -2, r.tobytes()), ("nrows-0", 128, 0, b"")):
+        seeds[f"shape-{tag}"] = bytes([1, 1]) + struct.pack("<hb", ne0, nrows) + data
+    # permutations (mode 2)
+    p = rng.permutation(64).astype(np.int32)
+    seeds["perm-ok"] = b"\x02" + p.tobytes()
+    for tag, idx, val in (("range", 0, 64), ("neg", 1, -1), ("repeat", 2, int(p[3]))):
+        q = p.copy()
+        q[idx] = val
+        seeds[f"perm-{tag}"] = b"\x02" + q.tobytes()
+    seeds["perm-empty"] = b"\x02"
+    # foreign type ids (mode 3)
+    for t in (139, 143, 26, 0, -1, 2**31 - 1):
+        seeds[f"type-{t & 0xffffffff}"] = b"\x03" + struct.pack("<ih", t, 64) + bytes(20)
+    for name, data in seeds.items():
+        (out / f"{name}.bin").write_bytes(data)
+    return len(seeds)
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    out = Path(sys.argv[1])
+    tmp = Path(tempfile.mkdtemp(prefix="mlwq-seeds-"))
+    try:
+        n_gguf = gguf_seeds(out / "gguf", tmp)
+        n_rows = row_seeds(out / "rows")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"make_seeds: {n_gguf} gguf seeds, {n_rows} row seeds in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

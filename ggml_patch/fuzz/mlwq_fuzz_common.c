@@ -1,0 +1,322 @@
+// Reference of ggml_patch/FORMAT.md and the checks shared by the MLWQ fuzz targets (see the header).
+#define GGML_COMMON_DECL_C
+#include "ggml-common.h"
+
+#include "mlwq_fuzz_common.h"
+
+#include "ggml.h"
+#include "ggml-backend.h"
+#include "ggml-mlwq.h"
+#include "mlwq-cpu.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define QK 64
+
+// ---- process setup ---------------------------------------------------------------------------
+
+// The CPU backend's fp16 table (ggml-cpu.c defines it and fills it in ggml_cpu_init); the kernels
+// of mlwq-cpu.c read it through GGML_CPU_FP16_TO_FP32. Only those kernels are linked here.
+float ggml_table_f32_f16[1 << 16];
+
+// ggml.c and gguf.cpp refer to these backend functions on paths the targets never take (tensors
+// on a backend buffer); linking ggml-backend.cpp would pull in the backend registry.
+void ggml_backend_tensor_set(struct ggml_tensor * tensor, const void * data, size_t offset, size_t size) {
+    (void) tensor; (void) data; (void) offset; (void) size; abort();
+}
+void ggml_backend_tensor_get(const struct ggml_tensor * tensor, void * data, size_t offset, size_t size) {
+    (void) tensor; (void) data; (void) offset; (void) size; abort();
+}
+void ggml_backend_tensor_memset(struct ggml_tensor * tensor, uint8_t value, size_t offset, size_t size) {
+    (void) tensor; (void) value; (void) offset; (void) size; abort();
+}
+enum ggml_backend_buffer_usage ggml_backend_buffer_get_usage(ggml_backend_buffer_t buffer) {
+    (void) buffer; abort();
+}
+
+static FILE * report = NULL;
+bool mlwq_fuzz_selftest = false;
+static bool verbose = false;
+int64_t mlwq_fuzz_max_rows = INT64_MAX;
+
+static void log_nothing(enum ggml_log_level level, const char * text, void * user_data) {
+    (void) level; (void) text; (void) user_data;
+}
+
+void mlwq_fuzz_init(void) {
+    if (report != NULL) {
+        return;
+    }
+    const int fd = dup(2);
+    report = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (report == NULL) {
+        report = stderr;
+    }
+    for (int i = 0; i < (1 << 16); ++i) {
+        ggml_table_f32_f16[i] = ggml_fp16_to_fp32((ggml_fp16_t) i);
+    }
+    ggml_log_set(log_nothing, NULL);
+    const char * st = getenv("MLWQ_FUZZ_SELFTEST");
+    mlwq_fuzz_selftest = st != NULL && strcmp(st, "1") == 0;
+    const char * vb = getenv("MLWQ_FUZZ_VERBOSE");
+    verbose = vb != NULL && strcmp(vb, "1") == 0;
+    const char * mr = getenv("MLWQ_FUZZ_MAX_ROWS");
+    if (mr != NULL && atoll(mr) > 0) {
+        mlwq_fuzz_max_rows = atoll(mr);
+    }
+}
+
+void mlwq_fuzz_verdict(const char * what) {
+    if (verbose) {
+        fprintf(report, "mlwq-fuzz verdict: %s\n", what);
+        fflush(report);
+    }
+}
+
+void mlwq_fuzz_fail(const char * file, int line, const char * fmt, ...) {
+    FILE * f = report ? report : stderr;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(f, "\nMLWQ FUZZ CHECK FAILED (%s:%d): ", file, line);
+    vfprintf(f, fmt, ap);
+    fprintf(f, "\n");
+    fflush(f);
+    va_end(ap);
+    abort();
+}
+
+// ---- reference -------------------------------------------------------------------------------
+
+int mlwq_ref_width(int type) {
+    return type == 140 ? 2 : type == 141 ? 3 : type == 142 ? 4 : 0;
+}
+
+float mlwq_ref_fp16(uint16_t h) {
+    const uint32_t sign = (uint32_t) (h >> 15) << 31;
+    const uint32_t e    = (h >> 10) & 0x1f;
+    const uint32_t m    = h & 0x3ff;
+    uint32_t bits;
+    if (e == 0) {                     // zero or subnormal: m * 2^-24, exact in float
+        const float f = (float) m * 0x1p-24f;
+        memcpy(&bits, &f, sizeof(bits));
+        bits |= sign;
+    } else if (e == 31) {             // inf or NaN
+        bits = sign | 0x7f800000u | (m << 13);
+    } else {
+        bits = sign | ((e - 15 + 127) << 23) | (m << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof(f));
+    return f;
+}
+
+// FORMAT.md: planes greedy 4, 2, 1, low bits first; a plane of width p has 8p bytes and byte i holds
+// column i + k*8p at bit offset k*p. So column c of a plane: byte c % 8p, bit offset (c / 8p) * p.
+static int ref_code(const uint8_t * codes, int w, int c) {
+    int q = 0, shift = 0, rest = w;
+    const uint8_t * plane = codes;
+    while (rest > 0) {
+        const int p = rest >= 4 ? 4 : rest >= 2 ? 2 : 1;
+        const int v = (plane[c % (8*p)] >> ((c / (8*p)) * p)) & ((1 << p) - 1);
+        q |= v << shift;
+        shift += p;
+        plane += 8*p;
+        rest  -= p;
+    }
+    return q;
+}
+
+int64_t mlwq_ref_decode_row(const uint8_t * row, int64_t ne0, int b, uint8_t * q) {
+    const int64_t K         = ne0 / QK;
+    const int64_t row_bytes = K * (4 + 8*b);
+    int64_t off = 4*K, decoded = 0;
+    memset(q, 0, (size_t) ne0);
+    for (int64_t j = 0; j < K; ++j) {
+        const int w = row[4*j + 3];
+        if (w < 1 || w > 8 || off + 8*w > row_bytes) {
+            break;
+        }
+        for (int c = 0; c < QK; ++c) {
+            q[QK*j + c] = (uint8_t) ref_code(row + off, w, c);
+        }
+        off += 8*w;
+        decoded++;
+    }
+    return decoded;
+}
+
+bool mlwq_ref_validate_rows(int type, const uint8_t * data, size_t nbytes, int64_t ne0, int64_t nrows) {
+    const int b = mlwq_ref_width(type);
+    if (b == 0 || ne0 <= 0 || ne0 % QK != 0 || nrows < 0) {
+        return false;
+    }
+    const int64_t K         = ne0 / QK;
+    const uint64_t row_bytes = (uint64_t) K * (uint64_t) (4 + 8*b);
+    if ((unsigned __int128) row_bytes * (uint64_t) nrows != (unsigned __int128) nbytes) {
+        return false;
+    }
+    for (int64_t r = 0; r < nrows; ++r) {
+        const uint8_t * row = data + (size_t) r * row_bytes;
+        int64_t sum = 0;
+        for (int64_t j = 0; j < K; ++j) {
+            const uint16_t d = (uint16_t) (row[4*j] | (row[4*j + 1] << 8));
+            const int zero = row[4*j + 2], w = row[4*j + 3];
+            if (w < 1 || w > 8 || zero >= (1 << w) || ((d >> 10) & 0x1f) == 0x1f) {
+                return false;
+            }
+            sum += w;
+        }
+        if (sum > K*b) {
+            return false;
+        }
+        for (uint64_t i = (uint64_t) (4*K + 8*sum); i < row_bytes; ++i) {
+            if (row[i] != 0) {
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+bool mlwq_ref_validate_perm(const uint8_t * perm_le, int64_t n) {
+    if (n <= 0) {
+        return false;
+    }
+    uint8_t * seen = (uint8_t *) calloc((size_t) n, 1);
+    bool ok = seen != NULL;
+    for (int64_t j = 0; ok && j < n; ++j) {
+        const uint8_t * p = perm_le + 4*j;
+        const int64_t v = (int32_t) ((uint32_t) p[0] | ((uint32_t) p[1] << 8) | ((uint32_t) p[2] << 16) | ((uint32_t) p[3] << 24));
+        ok = v >= 0 && v < n && !seen[v];
+        if (ok) {
+            seen[v] = 1;
+        }
+    }
+    free(seen);
+    return ok;
+}
+
+// ---- checks against ggml ---------------------------------------------------------------------
+
+bool mlwq_fuzz_check_validate(enum ggml_type type, const uint8_t * data, size_t nbytes, int64_t ne0, int64_t nrows) {
+    char err[512];
+    err[0] = 0;
+    const bool got  = ggml_mlwq_validate_rows(type, data, nbytes, ne0, nrows, err, sizeof(err));
+    const bool want = mlwq_ref_validate_rows((int) type, data, nbytes, ne0, nrows);
+    FUZZ_CHECK(got == want, "ggml_mlwq_validate_rows(type %d, %zu bytes, ne0 %lld, nrows %lld) = %d, reference says %d (%s)",
+               (int) type, nbytes, (long long) ne0, (long long) nrows, got, want, err);
+    FUZZ_CHECK(got || (err[0] != 0 && strlen(err) < sizeof(err)), "refusal without a message");
+    return got;
+}
+
+bool mlwq_fuzz_check_perm(const uint8_t * perm, int64_t n) {
+    char err[512];
+    err[0] = 0;
+    const bool got  = ggml_mlwq_validate_perm((const int32_t *) perm, n, err, sizeof(err));
+    const bool want = mlwq_ref_validate_perm(perm, n);
+    FUZZ_CHECK(got == want, "ggml_mlwq_validate_perm(n %lld) = %d, reference says %d (%s)", (long long) n, got, want, err);
+    FUZZ_CHECK(got || err[0] != 0, "refusal without a message");
+    return got;
+}
+
+static bool same_float(float a, float b) {
+    uint32_t ua, ub;
+    memcpy(&ua, &a, 4);
+    memcpy(&ub, &b, 4);
+    return ua == ub || (isnan(a) && isnan(b));
+}
+
+typedef void (*vec_dot_fn)(int, float *, size_t, const void *, size_t, const void *, size_t, int);
+
+void mlwq_fuzz_check_row(enum ggml_type type, const uint8_t * row_in, int64_t ne0, const void * y_q8_1) {
+    const int b = mlwq_ref_width((int) type);
+    FUZZ_CHECK(b != 0 && ne0 > 0 && ne0 % QK == 0, "bad call");
+    const int64_t K         = ne0 / QK;
+    const size_t  row_bytes = (size_t) K * (4 + 8*(size_t) b);
+    const block_q8_1 * y    = (const block_q8_1 *) y_q8_1;
+
+    // exactly the row: any read past it is a heap-buffer-overflow for ASan
+    uint8_t * row  = (uint8_t *) malloc(row_bytes);
+    uint8_t * qref = (uint8_t *) malloc((size_t) ne0);
+    uint8_t * qgot = (uint8_t *) malloc((size_t) ne0);
+    float   * deq  = (float *)   malloc((size_t) ne0 * sizeof(float));
+    memcpy(row, row_in, row_bytes);
+    const int64_t decoded = mlwq_ref_decode_row(row, ne0, b, qref);
+
+    // codes
+    ggml_mlwq_unpack_row(row, qgot, ne0, b);
+    for (int64_t i = 0; i < ne0; ++i) {
+        FUZZ_CHECK(qgot[i] == qref[i], "mlwq%d unpack_row: column %lld = %d, reference %d (K %lld, %lld blocks decodable)",
+                   b, (long long) i, qgot[i], qref[i], (long long) K, (long long) decoded);
+    }
+
+    // Values are specified for blocks whose header is valid apart from the scale (bits in 1..8,
+    // codes inside the row, zero <= 2^bits - 1); a zero point out of range is refused by the
+    // validator and the kernels need not agree on it (only never read outside the row).
+    bool zeros_ok = true;
+    for (int64_t j = 0; j < decoded; ++j) {
+        zeros_ok = zeros_ok && row[4*j + 2] < (1 << row[4*j + 3]);
+    }
+
+    // to_float (the type traits' entry, as get_rows calls it)
+    const ggml_to_float_t to_float = ggml_get_type_traits(type)->to_float;
+    FUZZ_CHECK(to_float != NULL, "mlwq%d has no to_float", b);
+    to_float(row, deq, ne0);
+    for (int64_t i = 0; i < ne0; ++i) {
+        const int64_t j = i / QK;
+        if (j >= decoded) {
+            FUZZ_CHECK(deq[i] == 0.0f, "mlwq%d to_float: column %lld = %a after the first corrupt header (block %lld), not 0",
+                       b, (long long) i, (double) deq[i], (long long) decoded);
+        } else if (row[4*j + 2] < (1 << row[4*j + 3])) {
+            const uint16_t d16 = (uint16_t) (row[4*j] | (row[4*j + 1] << 8));
+            const float want = mlwq_ref_fp16(d16) * (float) ((int) qref[i] - (int) row[4*j + 2]);
+            FUZZ_CHECK(same_float(deq[i], want), "mlwq%d to_float: column %lld = %a, reference %a",
+                       b, (long long) i, (double) deq[i], (double) want);
+        }
+    }
+
+    // vec_dot with q8_1 activations: float64 reference over the decodable blocks
+    double ref = 0.0, mag = 0.0;
+    bool finite = true;
+    for (int64_t j = 0; j < decoded; ++j) {
+        const double d = mlwq_ref_fp16((uint16_t) (row[4*j] | (row[4*j + 1] << 8)));
+        const int zero = row[4*j + 2];
+        for (int h = 0; h < 2; ++h) {
+            const block_q8_1 * yb = y + 2*j + h;
+            const double dy = mlwq_ref_fp16(yb->d);
+            int64_t s = 0, sabs = 0;
+            for (int i = 0; i < 32; ++i) {
+                const int64_t p = ((int64_t) qref[QK*j + 32*h + i] - zero) * yb->qs[i];
+                s    += p;
+                sabs += p < 0 ? -p : p;
+            }
+            finite = finite && isfinite(d) && isfinite(dy);
+            ref += d * dy * (double) s;
+            mag += fabs(d * dy) * (double) sabs;
+        }
+    }
+    static const vec_dot_fn simd[3] = { ggml_vec_dot_mlwq2_q8_1, ggml_vec_dot_mlwq3_q8_1, ggml_vec_dot_mlwq4_q8_1 };
+    float got_simd = 0.0f, got_generic = 0.0f;
+    simd[b - 2]((int) ne0, &got_simd, 0, row, 0, y, 0, 1);
+    ggml_vec_dot_mlwq_q8_1_generic((int) ne0, &got_generic, b, row, y);
+    if (finite && zeros_ok) {
+        // Float rounding in any summation order (the SIMD path sums 8 lanes per block in float,
+        // so lanes may cancel): at most ~(2K + 16) roundings of 2^-24 of the sum of |products|.
+        // A wrong code or column moves the result by ~1e-4 of that or more.
+        const double tol = (double) (2*K + 16) * 0x1p-23 * mag;
+        FUZZ_CHECK(fabs((double) got_simd - ref) <= tol, "mlwq%d vec_dot (SIMD build): %.9g, reference %.9g (tolerance %.3g)",
+                   b, (double) got_simd, ref, tol);
+        FUZZ_CHECK(fabs((double) got_generic - ref) <= tol, "mlwq%d vec_dot (portable): %.9g, reference %.9g (tolerance %.3g)",
+                   b, (double) got_generic, ref, tol);
+    }
+
+    free(row);
+    free(qref);
+    free(qgot);
+    free(deq);
+}

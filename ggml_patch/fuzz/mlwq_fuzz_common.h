@@ -1,0 +1,53 @@
+// Shared part of the MLWQ fuzz targets (fuzz_mlwq_rows.c, fuzz_mlwq_gguf.cpp): an independent
+// reference of ggml_patch/FORMAT.md (header rules, bit planes, dequantization, dot product), and
+// the checks that run ggml's MLWQ functions on fuzzed bytes and compare them with it.
+//
+// Any disagreement, and any sanitizer report, is a crash: FUZZ_FAIL prints what differs and aborts.
+#pragma once
+
+#include "ggml.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// once per process: the CPU fp16 table the kernels read (what ggml_cpu_init does), logs off,
+// reports to the stderr that libFuzzer had at start (-close_fd_mask=2 hides ggml's own prints)
+void mlwq_fuzz_init(void);
+// MLWQ_FUZZ_SELFTEST=1 in the environment: every input fails a check (tests that failures are caught)
+extern bool mlwq_fuzz_selftest;
+// MLWQ_FUZZ_VERBOSE=1: the targets print "mlwq-fuzz verdict: ..." for each input (tests read it)
+void mlwq_fuzz_verdict(const char * what);
+// MLWQ_FUZZ_MAX_ROWS=N: the gguf target runs the kernels on at most N rows per tensor (default: all)
+extern int64_t mlwq_fuzz_max_rows;
+
+void mlwq_fuzz_fail(const char * file, int line, const char * fmt, ...) __attribute__((noreturn, format(printf, 3, 4)));
+#define FUZZ_FAIL(...) mlwq_fuzz_fail(__FILE__, __LINE__, __VA_ARGS__)
+#define FUZZ_CHECK(cond, ...) do { if (!(cond)) { FUZZ_FAIL(__VA_ARGS__); } } while (0)
+
+// ---- reference (FORMAT.md, written without looking at ggml-mlwq.c) ------------------------------
+int    mlwq_ref_width(int type);                               // 2, 3, 4 for MLWQ2/3/4, else 0
+float  mlwq_ref_fp16(uint16_t h);                              // exact IEEE half -> float
+// codes of one row (uint8 [ne0]); returns the number of blocks decoded: decoding stops at the first
+// header with bits outside 1..8 or codes that end past the row; later blocks get code 0
+int64_t mlwq_ref_decode_row(const uint8_t * row, int64_t ne0, int b, uint8_t * q);
+bool   mlwq_ref_validate_rows(int type, const uint8_t * data, size_t nbytes, int64_t ne0, int64_t nrows);
+bool   mlwq_ref_validate_perm(const uint8_t * perm_le, int64_t n);
+
+// ---- checks against ggml ---------------------------------------------------------------------
+// ggml_mlwq_validate_rows == reference verdict (returns it). data holds exactly nbytes.
+bool mlwq_fuzz_check_validate(enum ggml_type type, const uint8_t * data, size_t nbytes, int64_t ne0, int64_t nrows);
+// ggml_mlwq_validate_perm == reference verdict (returns it). perm holds exactly 4*n bytes.
+bool mlwq_fuzz_check_perm(const uint8_t * perm, int64_t n);
+// One row of an MLWQ type (any bytes, valid or not), copied to a buffer of exactly its size:
+// dequantize_row_mlwq<b> (bit exact), ggml_mlwq_unpack_row (exact), the CPU vec_dot (SIMD build
+// and portable loop, against a float64 sum) against the reference. y: 2*ne0/64 q8_1 blocks.
+void mlwq_fuzz_check_row(enum ggml_type type, const uint8_t * row, int64_t ne0, const void * y_q8_1);
+
+#ifdef __cplusplus
+}
+#endif
