@@ -118,7 +118,7 @@ def short_cmd(cmd: list) -> str:
 
 # ---------------------------------------------------------------- baselines
 
-def make_baselines(ref: Path, work: Path, res: dict) -> dict[str, Path]:
+def make_baselines(ref: Path, work: Path, logs: Path, res: dict) -> dict[str, Path]:
     work.mkdir(parents=True, exist_ok=True)
     out = {q: work / f"smollm2-{q.lower()}.gguf" for q in BASELINES}
     steps = [("F16", ref, ["--allow-requantize"]), ("Q3_K_S", out["F16"], []), ("Q4_K_M", out["F16"], [])]
@@ -131,14 +131,23 @@ def make_baselines(ref: Path, work: Path, res: dict) -> dict[str, Path]:
             continue
         entry = info[q] = {"command": short_cmd(cmd)}
         t0 = time.time()
-        proc = run_tool(cmd, work / f"quantize-{q.lower()}.log")
+        proc = run_tool(cmd, logs / f"quantize-{q.lower()}.log")
         text = proc.stdout + proc.stderr
         lines = text.splitlines()
-        entry.update(reused=False, seconds=round(time.time() - t0, 1),
+        entry.update(reused=False, seconds=round(time.time() - t0, 1), sha256=sha256(out[q]),
                      fallback_tensors=sum("falling back to" in ln for ln in lines),
                      fallback_example=next((ln.strip() for ln in lines if "falling back to" in ln), None),
                      fallback_summary=[ln.strip() for ln in lines if "required fallback" in ln])
     return out
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- sizes
@@ -150,6 +159,7 @@ def gguf_sizes(path: Path) -> dict:
     n_weights = tensor_bytes = lin_bytes = lin_weights = perm_bytes = 0
     types: dict[str, collections.Counter] = {k: collections.Counter() for k in LINEAR}
     all_types = collections.Counter()
+    embd = None
     for t in r.tensors:
         tensor_bytes += int(t.n_bytes)
         if t.name.endswith(".mlwq_perm"):
@@ -458,7 +468,7 @@ def main(argv=None) -> int:
 
     base = {q: work / f"smollm2-{q.lower()}.gguf" for q in BASELINES}
     if "baselines" in steps:
-        base = make_baselines(ref, work, res)
+        base = make_baselines(ref, work, out, res)
         save()
     four = {"F16": base["F16"], "Q3_K_S": base["Q3_K_S"], "Q4_K_M": base["Q4_K_M"], "MLWQ": mlwq}
     everything = {"reference (Q4_1 source)": ref, **four}
