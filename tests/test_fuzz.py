@@ -50,7 +50,8 @@ def verdicts(output: str) -> dict[str, str]:
 
 
 def test_short_fuzz_run_finds_nothing():
-    r = run_fuzz(30)
+    # from the seeds alone (not the corpus that long runs keep in the cache): the same start each time
+    r = run_fuzz(30, env={"MLWQ_FUZZ_FRESH": "1"})
     lines = r.stdout.strip().splitlines()
     m = LAST_LINE.match(lines[-1]) if lines else None
     assert m, f"no result line; stdout: {r.stdout[-2000:]} stderr: {r.stderr[-3000:]}"
@@ -65,7 +66,7 @@ def test_short_fuzz_run_finds_nothing():
 def test_a_failing_check_is_reported_as_a_crash():
     """MLWQ_FUZZ_SELFTEST=1 makes every input fail a check: the run must end with exit 1,
     crashes=1 and the check's message (so a real failure could not pass unnoticed)."""
-    r = run_fuzz(2, "rows", env={"MLWQ_FUZZ_SELFTEST": "1"})
+    r = run_fuzz(2, "rows", env={"MLWQ_FUZZ_SELFTEST": "1", "MLWQ_FUZZ_FRESH": "1"})
     kept = re.findall(r"crash input kept: (\S+)", r.stderr)
     for f in kept:                    # not a finding: do not leave it among the real ones
         shutil.rmtree(Path(f).parent.parent, ignore_errors=True)

@@ -10,7 +10,7 @@ weight, one weight of each type) and `mixed` (mixed tiers 1..8 bits, padded rows
 Then targeted mutations of `mixed`, each one fault: header bits/zero/scale, sum of widths, padding,
 permutation range and repeats, truncations, wrong shapes and sizes, wrong and unused type ids,
 missing and orphan permutations, the format_version key (missing, wrong value, other value types),
-3-D and token_embd MLWQ tensors, duplicate names; and valid edge cases (a weight with no rows,
+3-D and token_embd MLWQ tensors, duplicate names (also equal only up to a NUL); and valid edge cases (a weight with no rows,
 format_version as int32 / uint64, zero = 255 in an 8-bit block).
 
 rows/: inputs of fuzz_mlwq_rows (layout in fuzz_mlwq_rows.c): rows packed by
@@ -224,6 +224,9 @@ def gguf_seeds(out: Path, tmp: Path) -> int:
     at = raw.index(W3.encode())
     seeds["weight-renamed"] = edit(raw, (at + len(W3) - 1, b"X"))
     seeds["duplicate-name"] = edit(raw, (at, W2.encode()))
+    # names that differ only after a NUL: distinct for gguf, both '' for ggml (llama refuses them)
+    seeds["duplicate-name-after-nul"] = edit(raw, (raw.index(F.perm_name(W8).encode()), b"\x00"),
+                                             (raw.index(F.perm_name(WPAD).encode()), b"\x00"))
 
     # format_version: value, key name, value type
     k = kv_value(raw, F.KEY_FORMAT_VERSION)

@@ -17,8 +17,9 @@
 # here with clang; nothing else of llama.cpp is built. All compiling and fuzzing runs under nice -n 19.
 #
 # Cache: $MLWQ_CACHE/mlwq-fuzz (default ~/.cache/mlwq): build-<key>/ (key: tree, harness sources, flags),
-# seeds-<key>/ (make_seeds.py output), corpus/<target>/ (grows from run to run; MLWQ_FUZZ_FRESH=1 starts
-# an empty one in a temporary directory), artifacts/<date>/ (crash inputs of a run).
+# seeds-<key>/ (make_seeds.py output), corpus/<target>/ (grows from run to run, shared by every checkout
+# using this cache; MLWQ_FUZZ_FRESH=1 starts an empty one in a temporary directory, as the tests do),
+# artifacts/<date>/ (crash inputs of a run).
 # Environment: MLWQ_PYTHON (default .venv/bin/python), MLWQ_JOBS (compile jobs, default 2),
 # MLWQ_NATIVE=0 (-mavx2 -mfma -mf16c instead of -march=native, as build.sh), MLWQ_LLAMA_TREE (a patched
 # vendor/llama.cpp to use instead of the current build's).
@@ -49,7 +50,7 @@ case "${1:-}" in
     --run)      MODE=run; WHICH="${2:-}"; shift 2 || true; RUN_PATHS=("$@")
                 case "$WHICH" in rows|gguf) ;; *) die "--run needs rows or gguf, then inputs" ;; esac ;;
     --seeds)    MODE=seeds ;;
-    ''|-h|--help) sed -n '2,30p' "$0" >&2; exit 2 ;;
+    ''|-h|--help) awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0" >&2; exit 2 ;;
     *)
         SECONDS_TOTAL="$1"
         WHICH="${2:-all}"
@@ -89,6 +90,17 @@ COV_FLAGS="-O0 -fprofile-instr-generate -fcoverage-mapping"
 LIB_SRCS=(ggml.c ggml-quants.c ggml-mlwq.c gguf.cpp ggml-threading.cpp ggml.cpp ggml-cpu/mlwq-cpu.c)
 HARNESS=(mlwq_fuzz_common.c fuzz_mlwq_rows.c fuzz_mlwq_gguf.cpp)
 
+# prune PREFIX KEEP: remove PREFIX-<key> directories beyond the 3 newest (other checkouts sharing
+# the cache may use the others), never KEEP nor a build in progress
+prune() {
+    local d
+    ls -dt "$1"-* 2>/dev/null | grep -v '\.part\.[0-9]*$' | tail -n +4 | while read -r d; do
+        if [ "$d" != "$2" ]; then rm -rf "$d"; fi
+    done || true
+    # builds left half-done by a failed or killed run
+    find "$(dirname "$1")" -maxdepth 1 -name '*.part.*' -mmin +120 -exec rm -rf {} + 2>/dev/null || true
+}
+
 # build_targets KIND FLAGS: both fuzz targets into $FUZZ_DIR/<KIND>-<key>/, cached by the key
 build_targets() {
     local kind="$1" flags="$2" key dir
@@ -106,14 +118,15 @@ build_targets() {
         return 0
     fi
     log "building the fuzz targets ($kind, clang $(clang -dumpversion)) in $dir"
-    rm -rf "$dir.part"
-    mkdir -p "$dir.part"
-    printf '#pragma once\n#define GGML_VERSION "mlwq-fuzz"\n#define GGML_COMMIT "mlwq-fuzz"\n' > "$dir.part/ggml-version.h"
-    local inc="-I$dir.part -I$G/include -I$G/src -I$G/src/ggml-cpu"
+    local part="$dir.part.$$"     # per process: two checkouts sharing the cache may build one key at once
+    rm -rf "$part"
+    mkdir -p "$part"
+    printf '#pragma once\n#define GGML_VERSION "mlwq-fuzz"\n#define GGML_COMMIT "mlwq-fuzz"\n' > "$part/ggml-version.h"
+    local inc="-I$part -I$G/include -I$G/src -I$G/src/ggml-cpu"
     local t0; t0=$(date +%s)
     local jobs=()
     for s in "${LIB_SRCS[@]}"; do
-        local src="$G/src/$s" obj; obj="$dir.part/$(echo "$s" | tr / _).o"
+        local src="$G/src/$s" obj; obj="$part/$(echo "$s" | tr / _).o"
         case "$s" in
             # gguf.cpp reads a tensor's type id into enum ggml_type before range-checking it:
             # -fsanitize=enum (part of undefined) reports that upstream pattern, so not there
@@ -122,18 +135,23 @@ build_targets() {
             *)     jobs+=("clang -std=gnu11 $COMMON_FLAGS $flags -fsanitize=fuzzer-no-link $inc -c $src -o $obj") ;;
         esac
     done
-    jobs+=("clang -std=gnu11 $COMMON_FLAGS $flags -fsanitize=fuzzer-no-link $inc -c $HERE/mlwq_fuzz_common.c -o $dir.part/common.o")
-    jobs+=("clang -std=gnu11 $COMMON_FLAGS $flags -fsanitize=fuzzer $inc -c $HERE/fuzz_mlwq_rows.c -o $dir.part/rows.o")
-    jobs+=("clang++ -std=gnu++17 $COMMON_FLAGS $flags -fsanitize=fuzzer $inc -c $HERE/fuzz_mlwq_gguf.cpp -o $dir.part/gguf.o")
+    jobs+=("clang -std=gnu11 $COMMON_FLAGS $flags -fsanitize=fuzzer-no-link $inc -c $HERE/mlwq_fuzz_common.c -o $part/common.o")
+    jobs+=("clang -std=gnu11 $COMMON_FLAGS $flags -fsanitize=fuzzer $inc -c $HERE/fuzz_mlwq_rows.c -o $part/rows.o")
+    jobs+=("clang++ -std=gnu++17 $COMMON_FLAGS $flags -fsanitize=fuzzer $inc -c $HERE/fuzz_mlwq_gguf.cpp -o $part/gguf.o")
     printf '%s\n' "${jobs[@]}" | nice -n 19 xargs -P "$JOBS" -I{} sh -c '{}' \
         || die "compiling the fuzz targets failed (see above)"
-    local libs=("$dir.part"/ggml*.o "$dir.part"/gguf.cpp.o "$dir.part/common.o")
+    local libs=("$part"/ggml*.o "$part"/gguf.cpp.o "$part/common.o")
     for t in rows gguf; do
-        nice -n 19 clang++ $flags -fsanitize=fuzzer "$dir.part/$t.o" "${libs[@]}" -lm -lpthread -o "$dir.part/fuzz_mlwq_$t" \
+        nice -n 19 clang++ $flags -fsanitize=fuzzer "$part/$t.o" "${libs[@]}" -lm -lpthread -o "$part/fuzz_mlwq_$t" \
             || die "linking fuzz_mlwq_$t failed: clang needs libFuzzer (Debian: libclang-rt-dev); run scripts/setup.sh"
     done
-    rm -rf "$dir"
-    mv "$dir.part" "$dir"
+    if [ -x "$dir/fuzz_mlwq_rows" ] && [ -x "$dir/fuzz_mlwq_gguf" ]; then
+        rm -rf "$part"            # another run finished the same build first
+    else
+        rm -rf "$dir"
+        mv "$part" "$dir"
+    fi
+    prune "$FUZZ_DIR/$kind" "$dir"
     log "built in $(( $(date +%s) - t0 )) s"
 }
 
@@ -148,10 +166,16 @@ make_seeds() {
     if [ -d "$SEEDS/gguf" ] && [ -d "$SEEDS/rows" ]; then
         return 0
     fi
-    rm -rf "$SEEDS.part"
-    (cd "$ROOT" && nice -n 19 "$PY" "$HERE/make_seeds.py" "$SEEDS.part") >&2 || die "make_seeds.py failed (see above)"
-    rm -rf "$SEEDS"
-    mv "$SEEDS.part" "$SEEDS"
+    local part="$SEEDS.part.$$"
+    rm -rf "$part"
+    (cd "$ROOT" && nice -n 19 "$PY" "$HERE/make_seeds.py" "$part") >&2 || die "make_seeds.py failed (see above)"
+    if [ -d "$SEEDS/gguf" ] && [ -d "$SEEDS/rows" ]; then
+        rm -rf "$part"
+    else
+        rm -rf "$SEEDS"
+        mv "$part" "$SEEDS"
+    fi
+    prune "$FUZZ_DIR/seeds" "$SEEDS"
 }
 
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:symbolize=1}"
@@ -270,6 +294,10 @@ for t in "${TARGETS[@]}"; do
 done
 [ "${MLWQ_FUZZ_FRESH:-0}" = "1" ] && rm -rf "$CORPUS_ROOT"
 [ "$TOT_CRASH" -eq 0 ] && find "$ART" -mindepth 1 -type d -empty -delete
+# logs of the 5 newest runs are kept; a run directory holding a crash input is kept until removed by hand
+ls -dt "$FUZZ_DIR"/artifacts/*/ 2>/dev/null | tail -n +6 | while read -r d; do
+    if [ -z "$(find "$d" -mindepth 2 -type f 2>/dev/null | head -1)" ]; then rm -rf "$d"; fi
+done || true
 RATE=$(( TOT_EXEC / (PER * ${#TARGETS[@]}) ))
 echo "fuzz: seconds=$(( PER * ${#TARGETS[@]} )) executions=$TOT_EXEC exec_per_s=$RATE corpus=$TOT_CORP cov=$TOT_COV crashes=$TOT_CRASH"
 [ "$TOT_CRASH" -eq 0 ] || exit 1
