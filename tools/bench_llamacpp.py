@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from mlwq.assets import sha256_of
+
 ROOT = Path(__file__).resolve().parent.parent
 LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 STEPS = ("baselines", "sizes", "bench", "ppl", "gptq", "tokens", "table")
@@ -134,20 +136,11 @@ def make_baselines(ref: Path, work: Path, logs: Path, res: dict) -> dict[str, Pa
         proc = run_tool(cmd, logs / f"quantize-{q.lower()}.log")
         text = proc.stdout + proc.stderr
         lines = text.splitlines()
-        entry.update(reused=False, seconds=round(time.time() - t0, 1), sha256=sha256(out[q]),
+        entry.update(reused=False, seconds=round(time.time() - t0, 1), sha256=sha256_of(out[q]),
                      fallback_tensors=sum("falling back to" in ln for ln in lines),
                      fallback_example=next((ln.strip() for ln in lines if "falling back to" in ln), None),
                      fallback_summary=[ln.strip() for ln in lines if "required fallback" in ln])
     return out
-
-
-def sha256(path: Path) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- sizes
