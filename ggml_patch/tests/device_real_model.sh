@@ -9,11 +9,12 @@
 #   2. quantize  (carry .device/p2, .device/data)     the source GGUF; `mlwq-export default --to gguf`
 #                                                     (MLWQ 3-bit, 128 x 2048 calibration) on the GPU,
 #                                                     in the background, timed alone on the GPU
-#   3. run                                            waits for both; llama.cpp baselines from the same
+#   3. wait                                           until the build and the export are done (<= 560 s)
+#   4. run                                            waits for both; llama.cpp baselines from the same
 #                                                     source (F16, imatrix, Q3_K_S, IQ3_XXS, Q4_K_M);
 #                                                     CPU-vs-CUDA perplexity of the MLWQ file; ONE
 #                                                     llama-bench run of all five files (-ngl 99)
-#   4. bench1b                                        device_cuda_checks.sh bench (copy bandwidth,
+#   5. bench1b                                        device_cuda_checks.sh bench (copy bandwidth,
 #                                                     Llama-3.2-1B-shaped random Q3_K_S vs MLWQ3)
 #
 # Logs and tables go to $OUT. Builds with device_cuda_checks.sh (build/cuda-dev/, sm_90).
@@ -53,6 +54,10 @@ quantize)
         /usr/bin/time -v python3 -m exporters.cli default --to gguf --out '$W/smollm2-mlwq3.gguf' --bits 3 \
         > '$W/export.log' 2>&1; echo \$? > '$W/export.rc'" > /dev/null 2>&1 < /dev/null &
     echo "export started" ;;
+wait)
+    wait_for "$W/build.rc" 560; wait_for "$W/export.rc" $(( 560 - SECONDS ))
+    echo "build rc $(cat "$W/build.rc" 2>/dev/null), export rc $(cat "$W/export.rc" 2>/dev/null) after $SECONDS s"
+    grep "ninja took" "$W/build.log"; tr '\r' '\n' < "$W/export.log" | tail -5 ;;
 run)
     wait_for "$W/build.rc" 400 && [ "$(cat "$W/build.rc")" = 0 ] || { echo "build failed or not done"; tail -30 "$W/build.log"; exit 1; }
     grep "ninja took" "$W/build.log"
@@ -106,5 +111,5 @@ EOF
 bench1b)
     bash ggml_patch/tests/device_cuda_checks.sh bench ;;
 *)
-    echo "usage: $0 start|quantize|run|bench1b"; exit 2 ;;
+    echo "usage: $0 start|quantize|wait|run|bench1b"; exit 2 ;;
 esac
