@@ -110,6 +110,31 @@ EOF
     ;;
 bench1b)
     bash ggml_patch/tests/device_cuda_checks.sh bench ;;
+# A kernel change checked on an exported file made here (runs/llamacpp/smollm2-mlwq3.gguf, `split -b
+# 40M` into .device/m1 and .device/m2): start2 (carry .device/m1) builds, recheck (carry .device/m2)
+# reruns the op tests, the CPU-vs-CUDA perplexity of that file, and the mat-vec timings.
+start2)
+    cp .device/m1/* "$W/" || exit 1
+    setsid nohup bash -c "bash ggml_patch/tests/device_cuda_checks.sh build > '$W/build.log' 2>&1; echo \$? > '$W/build.rc'" \
+        > /dev/null 2>&1 < /dev/null &
+    echo "build started" ;;
+recheck)
+    cat "$W"/mlwqpart.aa .device/m2/mlwqpart.ab > "$W/mlwq-cpu-calib.gguf"
+    sha256sum "$W/mlwq-cpu-calib.gguf"
+    wait_for "$W/build.rc" 420 && [ "$(cat "$W/build.rc")" = 0 ] || { echo "build failed or not done"; tail -30 "$W/build.log"; exit 1; }
+    grep "ninja took" "$W/build.log"
+    timeout 120 "$BIN/test-mlwq-cuda" > "$OUT/test-mlwq-cuda.log" 2>&1; echo "test-mlwq-cuda rc=$?"
+    grep -v "^  \[ ok \]" "$OUT/test-mlwq-cuda.log" | tail -8
+    P="$BIN/llama-perplexity -m $W/mlwq-cpu-calib.gguf -f $DATA/wiki.test.raw -c 512 --chunks ${CHUNKS:-60}"
+    CUDA_VISIBLE_DEVICES= timeout 200 $P -t 16 -ngl 0 --kl-divergence-base "$W/cpu.kld" > "$OUT/ppl-cpu.log" 2>&1
+    grep -E "Final estimate" "$OUT/ppl-cpu.log"
+    for ub in 512 1; do
+        timeout 150 $P -ngl 99 -ub $ub --kl-divergence-base "$W/cpu.kld" --kl-divergence > "$OUT/ppl-cuda-ub$ub.log" 2>&1
+        echo "== CUDA ub$ub vs CPU"
+        grep -E "Mean PPL|Mean    KLD|Same top|RMS Δp" "$OUT/ppl-cuda-ub$ub.log"
+    done
+    [ "$SECONDS" -lt 420 ] && timeout 150 "$BIN/test-mlwq-cuda" --bench > "$OUT/bench-ops.log" 2>&1
+    grep -E "MLWQ3|Q3_K|Q4_0|Q8_0" "$OUT/bench-ops.log" | head -20 ;;
 *)
-    echo "usage: $0 start|quantize|wait|run|bench1b"; exit 2 ;;
+    echo "usage: $0 start|quantize|wait|run|bench1b|start2|recheck"; exit 2 ;;
 esac
