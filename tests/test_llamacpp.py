@@ -89,18 +89,18 @@ def test_c_vec_dot_matches_numpy(b, bits, tmp_path):
     rng = np.random.default_rng(10 + b)
     data = random_rows(rng, 6, bits, b)
     ne0 = len(bits) * 64
-    x = rng.standard_normal((3, ne0)).astype(np.float32)
+    # 6 rows x 5 columns: full 4x4 tiles of the gemm and every remainder (rows, columns, threads)
+    x = rng.standard_normal((5, ne0)).astype(np.float32)
     (tmp_path / "rows.bin").write_bytes(data.tobytes())
     x.tofile(tmp_path / "x.f32")
-    r = run([llamacpp.tool_path("mlwq-check"), "dot", f"mlwq{b}", ne0, 6, tmp_path / "rows.bin", tmp_path / "x.f32", 3, tmp_path / "o"])
-    assert r.returncode == 0 and "vec_dot_type q8_1" in r.stdout, r.stderr
-    simd = np.fromfile(str(tmp_path / "o") + ".simd.f32", np.float32).reshape(3, 6)
-    gen = np.fromfile(str(tmp_path / "o") + ".generic.f32", np.float32).reshape(3, 6)
-    xq = q8_1_dequant((tmp_path / "o.q8_1").read_bytes(), 3, ne0)
+    r = run([llamacpp.tool_path("mlwq-check"), "dot", f"mlwq{b}", ne0, 6, tmp_path / "rows.bin", tmp_path / "x.f32", 5, tmp_path / "o"])
+    assert r.returncode == 0 and "vec_dot_type q8_1 nrows 2" in r.stdout, r.stderr
+    out = {k: np.fromfile(f"{tmp_path / 'o'}.{k}.f32", np.float32).reshape(5, 6) for k in ("simd", "simd2", "gemm", "generic")}
+    xq = q8_1_dequant((tmp_path / "o.q8_1").read_bytes(), 5, ne0)
     ref = xq @ F.dequantize_rows(data, ne0, b).astype(np.float64).T
     scale = np.abs(xq) @ np.abs(F.dequantize_rows(data, ne0, b).astype(np.float64)).T
-    assert np.all(np.abs(simd - ref) <= 1e-5 * scale + 1e-6)     # float summation order only
-    assert np.all(np.abs(gen - ref) <= 1e-5 * scale + 1e-6)
+    for k, got in out.items():     # 1x1 calls, 2x2 calls, tiled gemm (what llama.cpp runs), portable loop
+        assert np.all(np.abs(got - ref) <= 1e-5 * scale + 1e-6), k    # float summation order only
 
 
 def test_c_kernels_never_read_past_a_corrupt_row(tmp_path):
@@ -116,9 +116,13 @@ def test_c_kernels_never_read_past_a_corrupt_row(tmp_path):
     assert r.returncode == 0
     y = np.fromfile(tmp_path / "y.f32", np.float32).reshape(4, 256)
     assert (y[1, 64:] == 0).all() and (y[2, 128:] == 0).all()
-    np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32).tofile(tmp_path / "x.f32")
-    r = run([exe, "dot", "mlwq3", 256, 4, tmp_path / "rows.bin", tmp_path / "x.f32", 1, tmp_path / "o"])
+    np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32).tofile(tmp_path / "x.f32")
+    r = run([exe, "dot", "mlwq3", 256, 4, tmp_path / "rows.bin", tmp_path / "x.f32", 2, tmp_path / "o"])
     assert r.returncode == 0
+    # 2x2 calls pair a corrupt row with a sound one (rows 0+1, 2+3): each row still stops on its own
+    gen = np.fromfile(tmp_path / "o.generic.f32", np.float32)
+    for k in ("simd", "simd2", "gemm"):
+        assert np.allclose(np.fromfile(tmp_path / f"o.{k}.f32", np.float32), gen, rtol=1e-5, atol=1e-6), k
     r = run([exe, "validate", "mlwq3", 256, 4, tmp_path / "rows.bin"])
     assert r.returncode == 1 and "row 1 block 1: bits = 200" in r.stdout
 

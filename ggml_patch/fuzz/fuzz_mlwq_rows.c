@@ -9,7 +9,9 @@
 //            then nrows rows of K*(4+8b) bytes (zero-filled if short), then 2K q8_1 activation blocks
 //            (36 bytes each, zero-filled if short; qs -128 read as -127, which is all ggml's q8_1
 //            quantizer writes). Runs validate_rows, ggml_validate_row_data (what
-//            --check-tensors calls), and the kernels on every row, valid or not.
+//            --check-tensors calls), and the kernels on every row, valid or not, and vec_dot
+//            with 2 rows x 2 columns a call (rows 0+1, 2+3) as mul_mat does with nrows = 2, and
+//            ggml_mlwq_gemm (llamafile_sgemm's MLWQ case) over all rows x 5 columns.
 //   mode 1   shapes: byte 1 type = MLWQ2 + v%3, bytes 2-3 ne0 (int16), byte 4 nrows (int8), the rest
 //            is the tensor (nbytes = its length). validate_rows must refuse any mismatch.
 //   mode 2   permutation: bytes 1.. are int32 entries (n = length/4).
@@ -87,6 +89,31 @@ static void rows_mode(const uint8_t * data, size_t size) {
 
     for (int64_t r = 0; r < nrows; ++r) {
         mlwq_fuzz_check_row(type, t + (size_t) r * row_bytes, ne0, y);
+    }
+    // 2 rows x 2 columns per call (prompt processing): the second column is the first one
+    // rotated by one q8_1 block
+    if (nrows >= 2) {
+        uint8_t * y2 = (uint8_t *) malloc(2*y_bytes);
+        memcpy(y2, y, y_bytes);
+        memcpy(y2 + y_bytes, y + sizeof(block_q8_1), y_bytes - sizeof(block_q8_1));
+        memcpy(y2 + 2*y_bytes - sizeof(block_q8_1), y, sizeof(block_q8_1));
+        for (int64_t r = 0; r + 1 < nrows; r += 2) {
+            mlwq_fuzz_check_rows2(type, t + (size_t) r * row_bytes, ne0, y2);
+        }
+        free(y2);
+    }
+    // the tiled gemm over all rows and 5 columns (column c: the first rotated by c blocks), so that
+    // 4-row x 4-column tiles and every remainder run
+    if (nrows >= 1) {
+        const int64_t nb = 2*K;
+        uint8_t * y5 = (uint8_t *) malloc(5*y_bytes);
+        for (int64_t c = 0; c < 5; ++c) {
+            for (int64_t i = 0; i < nb; ++i) {
+                memcpy(y5 + c*y_bytes + i*sizeof(block_q8_1), y + ((i + c) % nb)*sizeof(block_q8_1), sizeof(block_q8_1));
+            }
+        }
+        mlwq_fuzz_check_gemm(type, t, nrows, ne0, y5, 5);
+        free(y5);
     }
     free(t);
     free(y);

@@ -233,6 +233,36 @@ static bool same_float(float a, float b) {
 
 typedef void (*vec_dot_fn)(int, float *, size_t, const void *, size_t, const void *, size_t, int);
 
+// float64 reference of vec_dot over the first `decoded` blocks (codes q from mlwq_ref_decode_row), and
+// its tolerance: float rounding in any summation order (the SIMD paths sum 8 or 16 lanes per block in
+// float, so lanes may cancel) is at most ~(2K + 16) roundings of 2^-24 of the sum of |products|; a
+// wrong code or column moves the result by ~1e-4 of that or more. Returns false (no value specified)
+// when a scale is inf or NaN.
+static bool ref_dot(const uint8_t * row, const uint8_t * q, int64_t decoded, const block_q8_1 * y, double * ref, double * tol) {
+    double sum = 0.0, mag = 0.0;
+    bool finite = true;
+    for (int64_t j = 0; j < decoded; ++j) {
+        const double d = mlwq_ref_fp16((uint16_t) (row[4*j] | (row[4*j + 1] << 8)));
+        const int zero = row[4*j + 2];
+        for (int h = 0; h < 2; ++h) {
+            const block_q8_1 * yb = y + 2*j + h;
+            const double dy = mlwq_ref_fp16(yb->d);
+            int64_t s = 0, sabs = 0;
+            for (int i = 0; i < 32; ++i) {
+                const int64_t p = ((int64_t) q[QK*j + 32*h + i] - zero) * yb->qs[i];
+                s    += p;
+                sabs += p < 0 ? -p : p;
+            }
+            finite = finite && isfinite(d) && isfinite(dy);
+            sum += d * dy * (double) s;
+            mag += fabs(d * dy) * (double) sabs;
+        }
+    }
+    *ref = sum;
+    *tol = (double) (2*decoded + 16) * 0x1p-23 * mag;
+    return finite;
+}
+
 void mlwq_fuzz_check_row(enum ggml_type type, const uint8_t * row_in, int64_t ne0, const void * y_q8_1) {
     const int b = mlwq_ref_width((int) type);
     FUZZ_CHECK(b != 0 && ne0 > 0 && ne0 % QK == 0, "bad call");
@@ -281,34 +311,13 @@ void mlwq_fuzz_check_row(enum ggml_type type, const uint8_t * row_in, int64_t ne
     }
 
     // vec_dot with q8_1 activations: float64 reference over the decodable blocks
-    double ref = 0.0, mag = 0.0;
-    bool finite = true;
-    for (int64_t j = 0; j < decoded; ++j) {
-        const double d = mlwq_ref_fp16((uint16_t) (row[4*j] | (row[4*j + 1] << 8)));
-        const int zero = row[4*j + 2];
-        for (int h = 0; h < 2; ++h) {
-            const block_q8_1 * yb = y + 2*j + h;
-            const double dy = mlwq_ref_fp16(yb->d);
-            int64_t s = 0, sabs = 0;
-            for (int i = 0; i < 32; ++i) {
-                const int64_t p = ((int64_t) qref[QK*j + 32*h + i] - zero) * yb->qs[i];
-                s    += p;
-                sabs += p < 0 ? -p : p;
-            }
-            finite = finite && isfinite(d) && isfinite(dy);
-            ref += d * dy * (double) s;
-            mag += fabs(d * dy) * (double) sabs;
-        }
-    }
+    double ref, tol;
+    const bool checkable = ref_dot(row, qref, decoded, y, &ref, &tol) && zeros_ok;
     static const vec_dot_fn simd[3] = { ggml_vec_dot_mlwq2_q8_1, ggml_vec_dot_mlwq3_q8_1, ggml_vec_dot_mlwq4_q8_1 };
     float got_simd = 0.0f, got_generic = 0.0f;
     simd[b - 2]((int) ne0, &got_simd, 0, row, 0, y, 0, 1);
     ggml_vec_dot_mlwq_q8_1_generic((int) ne0, &got_generic, b, row, y);
-    if (finite && zeros_ok) {
-        // Float rounding in any summation order (the SIMD path sums 8 lanes per block in float,
-        // so lanes may cancel): at most ~(2K + 16) roundings of 2^-24 of the sum of |products|.
-        // A wrong code or column moves the result by ~1e-4 of that or more.
-        const double tol = (double) (2*K + 16) * 0x1p-23 * mag;
+    if (checkable) {
         FUZZ_CHECK(fabs((double) got_simd - ref) <= tol, "mlwq%d vec_dot (SIMD build): %.9g, reference %.9g (tolerance %.3g)",
                    b, (double) got_simd, ref, tol);
         FUZZ_CHECK(fabs((double) got_generic - ref) <= tol, "mlwq%d vec_dot (portable): %.9g, reference %.9g (tolerance %.3g)",
@@ -319,4 +328,84 @@ void mlwq_fuzz_check_row(enum ggml_type type, const uint8_t * row_in, int64_t ne
     free(qref);
     free(qgot);
     free(deq);
+}
+
+void mlwq_fuzz_check_rows2(enum ggml_type type, const uint8_t * rows_in, int64_t ne0, const void * y_q8_1) {
+    const int b = mlwq_ref_width((int) type);
+    FUZZ_CHECK(b != 0 && ne0 > 0 && ne0 % QK == 0, "bad call");
+    const int64_t K         = ne0 / QK;
+    const size_t  row_bytes = (size_t) K * (4 + 8*(size_t) b);
+    const size_t  y_bytes   = (size_t) (2*K) * sizeof(block_q8_1);
+
+    // exactly two rows and two columns, as mul_mat passes them (strides bx, by)
+    uint8_t * rows = (uint8_t *) malloc(2*row_bytes);
+    uint8_t * ys   = (uint8_t *) malloc(2*y_bytes);
+    uint8_t * q    = (uint8_t *) malloc((size_t) ne0);
+    memcpy(rows, rows_in, 2*row_bytes);
+    memcpy(ys, y_q8_1, 2*y_bytes);
+    static const vec_dot_fn simd[3] = { ggml_vec_dot_mlwq2_q8_1, ggml_vec_dot_mlwq3_q8_1, ggml_vec_dot_mlwq4_q8_1 };
+    float got[2*3];     // s[c*bs + r] with bs = 3: the gap must stay untouched
+    for (int i = 0; i < 6; ++i) {
+        got[i] = -1.0f;
+    }
+    simd[b - 2]((int) ne0, got, 3, rows, row_bytes, ys, y_bytes, 2);
+    FUZZ_CHECK(got[2] == -1.0f && got[5] == -1.0f, "mlwq%d vec_dot (2x2): wrote outside s[c*bs + r]", b);
+    for (int r = 0; r < 2; ++r) {
+        const uint8_t * row = rows + r*row_bytes;
+        const int64_t decoded = mlwq_ref_decode_row(row, ne0, b, q);
+        bool zeros_ok = true;
+        for (int64_t j = 0; j < decoded; ++j) {
+            zeros_ok = zeros_ok && row[4*j + 2] < (1 << row[4*j + 3]);
+        }
+        for (int c = 0; c < 2; ++c) {
+            double ref, tol;
+            if (ref_dot(row, q, decoded, (const block_q8_1 *) (ys + c*y_bytes), &ref, &tol) && zeros_ok) {
+                FUZZ_CHECK(fabs((double) got[c*3 + r] - ref) <= tol, "mlwq%d vec_dot (2x2) row %d column %d: %.9g, reference %.9g (tolerance %.3g)",
+                           b, r, c, (double) got[c*3 + r], ref, tol);
+            }
+        }
+    }
+    free(rows);
+    free(ys);
+    free(q);
+}
+
+void mlwq_fuzz_check_gemm(enum ggml_type type, const uint8_t * t, int64_t nrows, int64_t ne0, const void * ys, int64_t ncols) {
+    const int b = mlwq_ref_width((int) type);
+    FUZZ_CHECK(b != 0 && ne0 > 0 && ne0 % QK == 0 && nrows > 0 && ncols > 0, "bad call");
+    const int64_t K         = ne0 / QK;
+    const size_t  row_bytes = (size_t) K * (4 + 8*(size_t) b);
+    const size_t  y_bytes   = (size_t) (2*K) * sizeof(block_q8_1);
+    float   * C = (float *) malloc(sizeof(float) * (size_t) (nrows * ncols));
+    uint8_t * q = (uint8_t *) malloc((size_t) ne0);
+    for (int nth = 1; nth <= 2; ++nth) {
+        for (int64_t i = 0; i < nrows * ncols; ++i) {
+            C[i] = NAN;     // an entry no thread writes fails the comparison
+        }
+        bool done = true;
+        for (int ith = 0; ith < nth; ++ith) {
+            done = ggml_mlwq_gemm(ith, nth, nrows, ncols, K, t, K, ys, 2*K, C, nrows, type, GGML_TYPE_Q8_1, GGML_TYPE_F32) && done;
+        }
+        if (!done) {
+            break;          // build without the tiled kernel: mul_mat uses vec_dot
+        }
+        for (int64_t r = 0; r < nrows; ++r) {
+            const uint8_t * row = t + (size_t) r * row_bytes;
+            const int64_t decoded = mlwq_ref_decode_row(row, ne0, b, q);
+            bool zeros_ok = true;
+            for (int64_t j = 0; j < decoded; ++j) {
+                zeros_ok = zeros_ok && row[4*j + 2] < (1 << row[4*j + 3]);
+            }
+            for (int64_t c = 0; c < ncols; ++c) {
+                const float got = C[c*nrows + r];
+                double ref, tol;
+                if (ref_dot(row, q, decoded, (const block_q8_1 *) ((const uint8_t *) ys + c*y_bytes), &ref, &tol) && zeros_ok) {
+                    FUZZ_CHECK(fabs((double) got - ref) <= tol, "mlwq%d gemm (%d threads) row %lld column %lld: %.9g, reference %.9g (tolerance %.3g)",
+                               b, nth, (long long) r, (long long) c, (double) got, ref, tol);
+                }
+            }
+        }
+    }
+    free(C);
+    free(q);
 }

@@ -47,6 +47,10 @@ bool mlwq_fuzz_check_perm(const uint8_t * perm, int64_t n);
 // dequantize_row_mlwq<b> (bit exact), ggml_mlwq_unpack_row (exact), the CPU vec_dot (SIMD build
 // and portable loop, against a float64 sum) against the reference. y: 2*ne0/64 q8_1 blocks.
 void mlwq_fuzz_check_row(enum ggml_type type, const uint8_t * row, int64_t ne0, const void * y_q8_1);
+// vec_dot with nrc = 2 (type traits nrows = 2): rows[0..1] (2 rows, contiguous) x 2 q8_1 columns (contiguous)
+void mlwq_fuzz_check_rows2(enum ggml_type type, const uint8_t * rows, int64_t ne0, const void * y_q8_1_2cols);
+// ggml_mlwq_gemm (what mul_mat runs through llamafile_sgemm) on nrows contiguous rows x ncols q8_1 columns, 1 and 2 threads
+void mlwq_fuzz_check_gemm(enum ggml_type type, const uint8_t * rows, int64_t nrows, int64_t ne0, const void * ys, int64_t ncols);
 
 #ifdef __cplusplus
 }

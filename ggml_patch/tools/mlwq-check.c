@@ -4,7 +4,11 @@
 //   mlwq-check dot      TYPE NE0 NROWS rows.bin x.f32 NCOL out  activations x fp32 [NCOL, NE0] quantized
 //                       to q8_1 by ggml, then vec_dot of every row with every column, by the type's
 //                       CPU kernel and by the portable loop: out.simd.f32, out.generic.f32 [NCOL, NROWS],
-//                       out.q8_1 (the q8_1 activations, raw blocks)
+//                       out.q8_1 (the q8_1 activations, raw blocks); out.simd2.f32: the kernel called
+//                       as ggml's mul_mat does with type traits nrows = 2 (2 rows x 2 columns a call;
+//                       an odd last row or column by single calls); out.gemm.f32: ggml_mlwq_gemm, the
+//                       tiled product mul_mat uses through llamafile_sgemm, as 2 threads (the
+//                       SIMD vec_dot where the build has no gemm)
 //   mlwq-check validate TYPE NE0 NROWS rows.bin                 ggml_mlwq_validate_rows
 //   mlwq-check perm     N perm.i32                              ggml_mlwq_validate_perm
 //
@@ -99,6 +103,7 @@ int main(int argc, char ** argv) {
         uint8_t * xq = (uint8_t *) malloc(qrow * (size_t) ncol);
         float * simd = (float *) malloc(sizeof(float) * (size_t) (ncol * nrows));
         float * gen  = (float *) malloc(sizeof(float) * (size_t) (ncol * nrows));
+        float * simd2 = (float *) malloc(sizeof(float) * (size_t) (ncol * nrows));
         const int b = ggml_mlwq_type_width(type);
         for (int64_t c = 0; c < ncol; ++c) {
             tq->from_float(x + c*ne0, xq + c*qrow, ne0);
@@ -107,11 +112,27 @@ int main(int argc, char ** argv) {
                 ggml_vec_dot_mlwq_q8_1_generic((int) ne0, gen + c*nrows + r, b, rows + r*row_size, xq + c*qrow);
             }
         }
+        memcpy(simd2, simd, sizeof(float) * (size_t) (ncol * nrows));
+        if (tc->nrows == 2) {
+            for (int64_t c = 0; c + 1 < ncol; c += 2) {
+                for (int64_t r = 0; r + 1 < nrows; r += 2) {
+                    tc->vec_dot((int) ne0, simd2 + c*nrows + r, (size_t) nrows, rows + r*row_size, row_size, xq + c*qrow, qrow, 2);
+                }
+            }
+        }
+        float * gemm = (float *) malloc(sizeof(float) * (size_t) (ncol * nrows));
+        memcpy(gemm, simd, sizeof(float) * (size_t) (ncol * nrows));
+        for (int ith = 0; ith < 2; ++ith) {
+            ggml_mlwq_gemm(ith, 2, nrows, ncol, ne0 / QK_MLWQ, rows, ne0 / QK_MLWQ, xq, (int64_t) (qrow / ggml_type_size(tc->vec_dot_type)),
+                           gemm, nrows, type, tc->vec_dot_type, GGML_TYPE_F32);
+        }
         char path[4096];
+        snprintf(path, sizeof(path), "%s.gemm.f32", argv[8]);    write_file(path, gemm, sizeof(float) * (size_t) (ncol * nrows));
         snprintf(path, sizeof(path), "%s.simd.f32", argv[8]);    write_file(path, simd, sizeof(float) * (size_t) (ncol * nrows));
         snprintf(path, sizeof(path), "%s.generic.f32", argv[8]); write_file(path, gen, sizeof(float) * (size_t) (ncol * nrows));
+        snprintf(path, sizeof(path), "%s.simd2.f32", argv[8]);   write_file(path, simd2, sizeof(float) * (size_t) (ncol * nrows));
         snprintf(path, sizeof(path), "%s.q8_1", argv[8]);        write_file(path, xq, qrow * (size_t) ncol);
-        printf("vec_dot_type %s\n", ggml_type_name(tc->vec_dot_type));
+        printf("vec_dot_type %s nrows %lld\n", ggml_type_name(tc->vec_dot_type), (long long) tc->nrows);
         return 0;
     }
     fprintf(stderr, "usage: see the head of mlwq-check.c\n");

@@ -4,7 +4,9 @@
 #include "ggml.h"
 #include "ggml-backend.h"
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -13,6 +15,14 @@ extern "C" {
 void ggml_vec_dot_mlwq2_q8_1(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
 void ggml_vec_dot_mlwq3_q8_1(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
 void ggml_vec_dot_mlwq4_q8_1(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
+
+// The whole product of an MLWQ matrix with q8_1 activations for thread ith of nth, hooked into
+// llamafile_sgemm (same arguments: m rows of A, n columns of B and C, k blocks of 64, leading dimensions
+// lda in MLWQ blocks, ldb in q8_1 blocks, ldc in floats). Tiles of up to 4 rows x 4 columns share
+// activation loads and decoded codes; generation (n = 1) included. Returns false (ggml falls back to
+// vec_dot) for other types, activations not in q8_1 yet, or a build without AVX2.
+GGML_BACKEND_API bool ggml_mlwq_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const void * A, int64_t lda,
+                                     const void * B, int64_t ldb, void * C, int64_t ldc, int Atype, int Btype, int Ctype);
 
 // the portable loop, whatever the build targets (for tests comparing it with the SIMD path)
 GGML_BACKEND_API void ggml_vec_dot_mlwq_q8_1_generic(int n, float * GGML_RESTRICT s, int b, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy);
