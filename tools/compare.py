@@ -6,10 +6,10 @@
 For MODEL (a GGUF file; `default` = SmolLM2-135M-Instruct Q4_1, our float reference) it builds,
 under DIR/models/:
 
-  F16          the reference: `llama-quantize --allow-requantize MODEL F16`
-  imatrix      `llama-imatrix` of F16 over the calibration text MLWQ uses (same token count:
+  F16          the reference: `llama-quantize --allow-requantize MODEL F16` (always made)
+  imatrix      (with step llamacpp) `llama-imatrix` of F16 over the calibration text MLWQ uses (same token count:
                nsamples chunks of seqlen tokens of wiki.valid.tokens)
-  llama.cpp    `llama-quantize --imatrix` of F16 to Q2_K, Q3_K_S, Q3_K_M, IQ3_XXS, IQ3_S, Q4_K_M
+  llamacpp     `llama-quantize --imatrix` of F16 to Q2_K, Q3_K_S, Q3_K_M, IQ3_XXS, IQ3_S, Q4_K_M
   ours         RTN, GPTQ (64-column groups) and MLWQ at 2.5, 3 and 4 average code bits, quantized
                by `mlwq.api.quantize` and written by `mlwq-export`. Uniform RTN/GPTQ cannot average
                2.5 bits: at 2.5 they take BPLL's per-layer widths (whole layers at 2 or 3 bits)
@@ -55,7 +55,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LLAMA_TYPES = ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ3_XXS", "IQ3_S", "Q4_K_M")
 OUR_METHODS = ("rtn", "gptq", "mlwq")
 OUR_BITS = (2.5, 3.0, 4.0)
-STEPS = ("reference", "imatrix", "llamacpp", "ours", "sizes", "ppl", "bench", "report")
+# what a run does; the F16 reference and the sizes are always there. A step left out makes
+# nothing new, but what it made before is measured and reported.
+STEPS = ("llamacpp", "ours", "ppl", "bench", "report")
 # the paper's ablation (Table 4) on the PyTorch side: tools/bench_pipeline.py configs
 ABLATION = (("mlwq3", "MLWQ (BPLL+MQSA+TQP), BPLL with Dist"),
             ("abl_bpll_mqsa", "BPLL+MQSA (no TQP)"),
@@ -223,8 +225,13 @@ class Run:
                 tmp.unlink(missing_ok=True)
         return out
 
+    def imatrix_if_made(self, ref: Entry) -> Path | None:
+        a = self.args
+        out = self.models / f"imatrix-{key_of('imatrix', ref.key, self.calib_sha, a.nsamples, a.seqlen)}.gguf"
+        return out if out.exists() else None
+
     # llama.cpp types --------------------------------------------------------------------------
-    def llamacpp(self, ref: Entry, imatrix: Path | None) -> list[Entry]:
+    def llamacpp(self, ref: Entry, imatrix: Path | None, make: bool = True) -> list[Entry]:
         entries = []
         im_key = key_of(sha256_of(imatrix)) if imatrix else "none"
         for t in self.args.types:
@@ -233,6 +240,8 @@ class Run:
             cmd = [tool("llama-quantize")] + (["--imatrix", imatrix] if imatrix else []) + [ref.path, out, t,
                                                                                           self.threads]
             if not out.exists():
+                if not make:
+                    continue
                 log(f"{t}: {short(cmd)}")
                 self._quantize(cmd, out, t)
             entries.append(Entry(t, "llama.cpp", None, out, key, short(cmd)))
@@ -253,7 +262,7 @@ class Run:
         return QuantConfig(method="mlwq", bits=bits, mqsa=False, tqp=False, compensate=(method == "gptq"),
                            tqp_steps=steps)
 
-    def ours(self) -> list[Entry]:
+    def ours(self, make: bool = True) -> list[Entry]:
         from exporters.gguf_export import export_gguf
         from mlwq import api
 
@@ -269,6 +278,8 @@ class Run:
             how = (f"mlwq quantize {self.stem} --method {cfg.method} --bits {bits:g} ... "
                    f"(QuantConfig {json.dumps(asdict(cfg), sort_keys=True)}, calibration {a.nsamples} x {a.seqlen})")
             if not (out.exists() and meta_path.exists()):
+                if not make:
+                    continue
                 ckpt = self.out / "checkpoints" / out.stem
                 log(f"({i}/{len(todo)}) {name}: quantizing into {ckpt}")
                 meta = api.quantize(str(self.source), ckpt, cfg, nsamples=a.nsamples, seqlen=a.seqlen,
@@ -291,13 +302,18 @@ class Run:
     # measurements ----------------------------------------------------------------------------
     def sizes(self, e: Entry) -> None:
         from tools.bench_llamacpp import gguf_sizes
-        e.sizes.update(gguf_sizes(e.path))
+        res_path = self.measure / f"sizes-{e.path.stem}.json"     # the file's name carries its key
+        if not res_path.exists():
+            write_json(res_path, gguf_sizes(e.path))
+        e.sizes.update(json.loads(res_path.read_text()))
 
-    def ppl(self, e: Entry) -> None:
+    def ppl(self, e: Entry, make: bool = True) -> None:
         a = self.args
         key = key_of("ppl", e.key, sha256_of(Path(a.eval_text)), a.ctx, a.chunks)
         res_path = self.measure / f"ppl-{e.path.stem}-{key}.json"
         if not res_path.exists():
+            if not make:
+                return
             cmd = [tool("llama-perplexity"), "-m", e.path, "-f", a.eval_text, "-c", a.ctx, "-t", self.threads]
             if a.chunks:
                 cmd += ["--chunks", a.chunks]
@@ -313,18 +329,20 @@ class Run:
         e.ppl = json.loads(res_path.read_text())
         log(f"{e.name:8s} PPL {e.ppl['ppl']:.3f} ± {e.ppl['pm']:.3f}")
 
-    def bench(self, entries: list[Entry]) -> dict:
+    def bench(self, entries: list[Entry], make: bool = True) -> dict | None:
         """ONE llama-bench invocation with every file, so the figures share the machine's state."""
         from tools.bench_llamacpp import busy_share, load_now, wait_quiet
         a = self.args
         key = key_of("bench", [e.key for e in entries], a.pp, a.tg, a.reps, self.threads)
         res_path = self.measure / f"bench-{key}.json"
         if not res_path.exists():
+            if not make:
+                return None
             cmd = [tool("llama-bench")]
             for e in entries:
                 cmd += ["-m", e.path]
             cmd += ["-t", self.threads, "-p", a.pp, "-n", a.tg, "-r", a.reps, "-o", "json"]
-            wait_quiet()
+            wait_quiet(max_wait=a.quiet_wait)
             load_before = load_now()
             log(f"llama-bench ({len(entries)} files, one run): {short(cmd)}")
             text = run_tool(cmd, self.logs / f"bench-{key}.log", "llama-bench")
@@ -363,14 +381,34 @@ def verdict(entries: list[Entry], lo: float = 2.5, hi: float = 3.5) -> list[str]
         where = "" if lo <= b <= hi else f" [outside {lo}-{hi} bits/w]"
         beaten_by = [x for x in entries if x.family == "llama.cpp" and x.ppl
                      and x.sizes["bpw_linear"] <= b and x.ppl["ppl"] < e.ppl["ppl"]]
+        fewer = [x for x in entries if x.family == "llama.cpp" and x.ppl and x.sizes["bpw_linear"] <= b]
+        more = sorted((x for x in entries if x.family == "llama.cpp" and x.ppl and x.sizes["bpw_linear"] > b),
+                      key=lambda x: x.sizes["bpw_linear"])
+        head = f"- {e.name} ({b:.3f} bits/w, PPL {e.ppl['ppl']:.2f}){where}"
         if beaten_by:
-            lines.append(f"- {e.name} ({b:.3f} bits/w, PPL {e.ppl['ppl']:.2f}){where} is NOT on the Pareto front: "
+            lines.append(f"{head} is NOT on the Pareto front: "
                          + ", ".join(f"{x.name} has {x.sizes['bpw_linear']:.3f} bits/w and PPL {x.ppl['ppl']:.2f}"
                                      for x in beaten_by) + ".")
+        elif fewer:
+            lines.append(f"{head}: lower perplexity than every llama.cpp type with equal or fewer bits per weight ("
+                         + ", ".join(x.name for x in fewer) + ").")
+        elif more:
+            m = more[0]
+            lines.append(f"{head}: no llama.cpp file of this model has this few bits per weight, so nothing beats "
+                         f"it on both axes; the smallest, {m.name}, has {m.sizes['bpw_linear']:.3f} bits/w and PPL "
+                         f"{m.ppl['ppl']:.2f} ({m.ppl['ppl'] / e.ppl['ppl']:.2f}x this perplexity).")
         else:
-            lines.append(f"- {e.name} ({b:.3f} bits/w, PPL {e.ppl['ppl']:.2f}){where}: no llama.cpp type with equal or "
-                         "fewer bits per weight has a lower perplexity.")
+            lines.append(f"{head}: no llama.cpp file to compare with.")
     return lines
+
+
+def linear_types(sizes: dict) -> str:
+    """ggml types of the linear layers by tensor count, e.g. "Q4_0 180, Q3_K 30" (shows fallbacks)."""
+    count: dict[str, int] = {}
+    for per_role in sizes["linear_types"].values():
+        for t, n in per_role.items():
+            count[t] = count.get(t, 0) + n
+    return ", ".join(f"{t} {n}" for t, n in sorted(count.items(), key=lambda kv: -kv[1]))
 
 
 def table_rows(entries: list[Entry], front: set[str]) -> list[dict]:
@@ -382,6 +420,7 @@ def table_rows(entries: list[Entry], front: set[str]) -> list[dict]:
             "name": e.name, "family": e.family, "target_bits": e.target_bits,
             "file_mb": round(s["file_bytes"] / 1e6, 3), "bpw_file": round(s["bpw_file"], 4),
             "bpw_linear": round(s["bpw_linear"], 4), "token_embd": s["token_embd_type"],
+            "linear_types": linear_types(s),
             "ppl": e.ppl.get("ppl"), "ppl_pm": e.ppl.get("pm"),
             "ppl_vs_f16": round(e.ppl["ppl"] / ref, 4) if ref and e.ppl else None,
             "pp_ts": round(e.bench["pp"]["avg_ts"], 2) if "pp" in e.bench else None,
@@ -401,12 +440,13 @@ def markdown(rows: list[dict], run: Run, bench_info: dict | None, verdict_lines:
              "weights with all their scales, headers and permutations).", ""]
     if bench_info:
         lines += [f"Speed: `{bench_info['command']}` (one run, all files; load before: {bench_info['load_before']}).", ""]
-    lines += ["| model | family | file (MB) | bits/w linear | bits/w file | PPL | × F16 | pp t/s | tg t/s | tg ÷ Q3_K_S | Pareto |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| model | family | linear layers (tensors per ggml type) | file (MB) | bits/w linear | bits/w file | PPL "
+              "| × F16 | pp t/s | tg t/s | tg ÷ Q3_K_S | Pareto |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ppl = f"{r['ppl']:.3f} ± {r['ppl_pm']:.3f}" if r["ppl"] else "-"
         rel_tg = f"{r['tg_ts'] / tg_ref:.2f}" if r["tg_ts"] and tg_ref else "-"
-        lines.append(f"| {r['name']} | {r['family']} | {r['file_mb']:.2f} | {r['bpw_linear']:.3f} | {r['bpw_file']:.3f} "
+        lines.append(f"| {r['name']} | {r['family']} | {r['linear_types']} | {r['file_mb']:.2f} | {r['bpw_linear']:.3f} | {r['bpw_file']:.3f} "
                      f"| {ppl} | {r['ppl_vs_f16'] or '-'} | {r['pp_ts'] or '-'} | {r['tg_ts'] or '-'} | {rel_tg} "
                      f"| {'yes' if r['pareto'] else ''} |")
     lines += ["", "## MLWQ against llama.cpp's types at 2.5-3.5 bits per weight", ""] + verdict_lines
@@ -558,6 +598,8 @@ def parse_args(argv):
     p.add_argument("--tg", type=int, default=64, help="llama-bench generated tokens")
     p.add_argument("--reps", type=int, default=3, help="llama-bench repetitions")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--quiet-wait", type=float, default=600,
+                   help="before llama-bench, wait up to this many seconds for other work to stop (default 600)")
     p.add_argument("--device", default=None, help="device for our quantization (default cuda if present)")
     p.add_argument("--max-blocks", type=int, default=None, help="work on the model's first N blocks (tests)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep our PyTorch checkpoints after export")
@@ -600,21 +642,18 @@ def compare(args) -> int:
     steps = set(args.steps)
     log(f"model {run.source} -> {run.out} (device {args.device}, calibration {args.nsamples} x {args.seqlen}, "
         f"{args.threads} threads)")
-    # every artefact is needed by the later steps; a step left out still reuses what is on disk
+    # a step left out makes nothing, but the files it made before are measured and reported
     ref = run.reference()
-    im = None if args.no_imatrix or not args.types else (run.imatrix(ref) if "imatrix" in steps or
-                                                          "llamacpp" in steps else None)
-    entries = [ref]
-    if "llamacpp" in steps:
-        entries += run.llamacpp(ref, im)
-    if "ours" in steps:
-        entries += run.ours()
+    make_llama = "llamacpp" in steps
+    im = None if args.no_imatrix or not args.types else (run.imatrix(ref) if make_llama
+                                                          else run.imatrix_if_made(ref))
+    entries = [ref] + run.llamacpp(ref, im, make=make_llama)
+    entries += run.ours(make="ours" in steps)
     for e in tqdm(entries, desc="sizes", leave=False):
         run.sizes(e)
-    if "ppl" in steps:
-        for e in tqdm(entries, desc="perplexity (files)", unit="file"):
-            run.ppl(e)
-    bench_info = run.bench(entries) if "bench" in steps else None
+    for e in tqdm(entries, desc="perplexity (files)", unit="file", disable="ppl" not in steps):
+        run.ppl(e, make="ppl" in steps)
+    bench_info = run.bench(entries, make="bench" in steps)
     if "report" not in steps:
         return 0
     front = pareto(entries)
