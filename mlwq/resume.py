@@ -41,7 +41,7 @@ class Progress:
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
-        _atomic_write_text(meta_path, json.dumps(self.fingerprint, sort_keys=True))
+        atomic_write_text(meta_path, json.dumps(self.fingerprint, sort_keys=True))
         return 0, {}, [], None
 
     def save_block(self, i: int, results: dict[str, QuantResult], reports: list[LayerReport], rng_state) -> None:
@@ -75,7 +75,7 @@ class Progress:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

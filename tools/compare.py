@@ -50,6 +50,7 @@ from tqdm import tqdm
 from mlwq.assets import CALIBRATION_TEXT, EVAL_TEXT, default_model_path, sha256_of
 from mlwq.engine import QuantConfig
 from mlwq.errors import MLWQError
+from mlwq.resume import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 LLAMA_TYPES = ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ3_XXS", "IQ3_S", "Q4_K_M")
@@ -77,9 +78,7 @@ def key_of(*parts) -> str:
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 @dataclass
@@ -200,35 +199,35 @@ class Run:
         return Entry("F16", "reference", 16.0, out, key, short(cmd))
 
     def _quantize(self, cmd: list, out: Path, name: str) -> None:
-        tmp = out.with_name(out.name + ".part")        # llama-quantize writes in place: rename at the end
-        cmd = [c if c != out else tmp for c in cmd]
+        self._write_via_tool(cmd, out, out.with_name(out.name + ".part"), self.logs / f"quantize-{out.stem}.log",
+                             f"llama-quantize {name}")
+
+    @staticmethod
+    def _write_via_tool(cmd: list, out: Path, tmp: Path, log_path: Path, desc: str, total: int | None = None) -> None:
+        """Run a tool that writes `out` (named in cmd) into tmp instead, then rename: no half-written
+        file ever stands under the final name."""
+        cmd = [tmp if c == out else c for c in cmd]
         try:
-            run_tool(cmd, self.logs / f"quantize-{out.stem}.log", f"llama-quantize {name}")
+            run_tool(cmd, log_path, desc, total)
             os.replace(tmp, out)
         finally:
             tmp.unlink(missing_ok=True)
 
     # imatrix ---------------------------------------------------------------------------------
-    def imatrix(self, ref: Entry) -> Path:
+    def imatrix(self, ref: Entry, make: bool = True) -> Path | None:
+        """The importance matrix (None when it is not on disk and make is False)."""
         a = self.args
         key = key_of("imatrix", ref.key, self.calib_sha, a.nsamples, a.seqlen)
         out = self.models / f"imatrix-{key}.gguf"
         if not out.exists():
-            tmp = out.with_name("imatrix-" + key + ".part.gguf")
-            cmd = [tool("llama-imatrix"), "-m", ref.path, "-f", a.calib, "-o", tmp, "-c", a.seqlen,
+            if not make:
+                return None
+            cmd = [tool("llama-imatrix"), "-m", ref.path, "-f", a.calib, "-o", out, "-c", a.seqlen,
                    "--chunks", a.nsamples, "-t", self.threads, "--no-ppl"]
             log(f"imatrix: {short(cmd)}")
-            try:
-                run_tool(cmd, self.logs / f"imatrix-{key}.log", "llama-imatrix", total=a.nsamples)
-                os.replace(tmp, out)
-            finally:
-                tmp.unlink(missing_ok=True)
+            self._write_via_tool(cmd, out, out.with_name(f"imatrix-{key}.part.gguf"),
+                                 self.logs / f"imatrix-{key}.log", "llama-imatrix", total=a.nsamples)
         return out
-
-    def imatrix_if_made(self, ref: Entry) -> Path | None:
-        a = self.args
-        out = self.models / f"imatrix-{key_of('imatrix', ref.key, self.calib_sha, a.nsamples, a.seqlen)}.gguf"
-        return out if out.exists() else None
 
     # llama.cpp types --------------------------------------------------------------------------
     def llamacpp(self, ref: Entry, imatrix: Path | None, make: bool = True) -> list[Entry]:
@@ -308,6 +307,7 @@ class Run:
         e.sizes.update(json.loads(res_path.read_text()))
 
     def ppl(self, e: Entry, make: bool = True) -> None:
+        from tools.bench_llamacpp import PPL_RE
         a = self.args
         key = key_of("ppl", e.key, sha256_of(Path(a.eval_text)), a.ctx, a.chunks)
         res_path = self.measure / f"ppl-{e.path.stem}-{key}.json"
@@ -320,7 +320,7 @@ class Run:
             t0 = time.time()
             text = run_tool(cmd, self.logs / f"ppl-{e.path.stem}.log", f"llama-perplexity {e.name}",
                             total=a.chunks or None)
-            m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", text)
+            m = PPL_RE.search(text)
             if not m:
                 raise MLWQError(f"llama-perplexity printed no final estimate for {e.path}")
             write_json(res_path, {"ppl": float(m.group(1)), "pm": float(m.group(2)), "ctx": a.ctx,
@@ -356,7 +356,6 @@ class Run:
             kind = "pp" if rec["n_prompt"] > 0 else "tg"
             e.bench[kind] = {"avg_ts": rec["avg_ts"], "stddev_ts": rec["stddev_ts"]}
         data.pop("raw")
-        data["cpu_info"] = data.get("cpu_info")
         return data
 
 
@@ -645,8 +644,7 @@ def compare(args) -> int:
     # a step left out makes nothing, but the files it made before are measured and reported
     ref = run.reference()
     make_llama = "llamacpp" in steps
-    im = None if args.no_imatrix or not args.types else (run.imatrix(ref) if make_llama
-                                                          else run.imatrix_if_made(ref))
+    im = None if args.no_imatrix or not args.types else run.imatrix(ref, make=make_llama)
     entries = [ref] + run.llamacpp(ref, im, make=make_llama)
     entries += run.ours(make="ours" in steps)
     for e in tqdm(entries, desc="sizes", leave=False):
