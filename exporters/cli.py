@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mlwq.errors import run_cli
+
 from .gguf_export import CHECKPOINT_JSON, ExportError, export_gguf
 
 
@@ -69,7 +71,8 @@ def quantize_then_export(args) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def export() -> int:
         ckpt = Path(args.model)
         if not (ckpt / CHECKPOINT_JSON).is_file():
             ckpt = quantize_then_export(args)
@@ -82,20 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"file={report.path} bytes={report.file_bytes} mlwq_layers={len(report.layers)} "
               f"mlwq_bpw={report.bpw_mlwq:.4f} mlwq_code_bpw={report.code_bpw_mlwq:.4f} file_bpw={report.bpw_file:.4f}")
         return 0
-    except ExportError as e:
-        if args.debug:
-            raise
-        print(f"mlwq-export: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:                # disk full, unwritable path: nothing under the final name
-        if args.debug:
-            raise
-        print(f"mlwq-export: error: cannot write {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("mlwq-export: interrupted; nothing was written under the final name "
-              "(rerun with --resume to continue the quantization)", file=sys.stderr)
-        return 130
+
+    # a failed write leaves nothing under the final name
+    return run_cli("mlwq-export", export, debug=args.debug, errors=(ExportError,), unwritable=args.out or "",
+                   interrupted="nothing was written under the final name "
+                               "(rerun with --resume to continue the quantization)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import sys
 
 from .assets import CALIBRATION_TEXT, EVAL_TEXT, default_model_path
 from .engine import METHODS, QuantConfig
-from .errors import MLWQError
+from .errors import MLWQError, run_cli
 
 DEFAULT_MODEL = "default"
 
@@ -140,22 +140,11 @@ def cmd_eval(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return {"quantize": cmd_quantize, "eval": cmd_eval}[args.command](args)
-    except MLWQError as e:
-        if args.debug:
-            raise
-        print(f"mlwq: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:                # disk full, unwritable path: the .part folder is left, never the final name
-        if args.debug:
-            raise
-        print(f"mlwq: error: cannot write {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("mlwq: interrupted; no checkpoint was written under the final name "
-              "(rerun with --resume to continue from the last finished block)", file=sys.stderr)
-        return 130
+    # a failed write leaves the .part folder, never the final name
+    return run_cli("mlwq", lambda: {"quantize": cmd_quantize, "eval": cmd_eval}[args.command](args),
+                   debug=args.debug, errors=(MLWQError,),
+                   interrupted="no checkpoint was written under the final name "
+                               "(rerun with --resume to continue from the last finished block)")
 
 
 if __name__ == "__main__":
