@@ -22,11 +22,8 @@
 # instead of downloading; its sha256 is still checked), MLWQ_NO_PIP=1 (skip step 5).
 set -euo pipefail
 
-SDIST_VERSION=0.3.36
-SDIST_NAME="llama_cpp_python-${SDIST_VERSION}.tar.gz"
-SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HERE/sdist.sh"
 ROOT="$(cd "$HERE/.." && pwd)"
 CACHE="${MLWQ_CACHE:-$HOME/.cache/mlwq}"
 PY="${MLWQ_PYTHON:-$ROOT/.venv/bin/python}"
@@ -44,21 +41,7 @@ done
 [ -x "$PY" ] || die "python not found at $PY (set MLWQ_PYTHON, or create the venv with scripts/setup.sh)"
 
 # ---- 1. the sdist ---------------------------------------------------------------------------
-mkdir -p "$CACHE/dl"
-SDIST="$CACHE/dl/$SDIST_NAME"
-sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$SDIST_SHA256" ]; }
-if ! sha_ok "$SDIST"; then
-    rm -f "$SDIST"
-    if [ -n "${MLWQ_SDIST:-}" ]; then
-        log "using local sdist $MLWQ_SDIST"
-        cp "$MLWQ_SDIST" "$SDIST.part" && mv "$SDIST.part" "$SDIST"
-    else
-        log "downloading llama-cpp-python==$SDIST_VERSION (sdist) with pip"
-        "$PY" -m pip download --no-deps --no-binary :all: "llama-cpp-python==$SDIST_VERSION" -d "$CACHE/dl" >&2 \
-            || die "pip download failed (offline? set MLWQ_SDIST to a local copy of $SDIST_NAME)"
-    fi
-    sha_ok "$SDIST" || die "sha256 of $SDIST is not $SDIST_SHA256: refusing to build from it"
-fi
+SDIST=$(mlwq_sdist "$CACHE" "$PY")
 log "sdist $SDIST (sha256 ok)"
 
 # ---- 2. the patched tree, keyed by the hash of the sdist + our patches and sources ---------

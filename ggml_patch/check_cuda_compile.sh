@@ -19,11 +19,8 @@
 # A CUDA toolkit without cuBLAS headers gets ggml_patch/cuda_stub/ (declarations only).
 set -euo pipefail
 
-SDIST_VERSION=0.3.36
-SDIST_NAME="llama_cpp_python-${SDIST_VERSION}.tar.gz"
-SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HERE/sdist.sh"
 ROOT="$(cd "$HERE/.." && pwd)"
 CACHE="${MLWQ_CACHE:-$HOME/.cache/mlwq}"
 NVCC="${NVCC:-nvcc}"
@@ -46,15 +43,7 @@ if [ -n "${LLAMA_SRC:-}" ]; then
     cp -a "$LLAMA_SRC/ggml" "$T/"
     log "ggml/ from $LLAMA_SRC"
 else
-    SDIST="${MLWQ_SDIST:-$CACHE/dl/$SDIST_NAME}"
-    if [ ! -f "$SDIST" ]; then
-        log "no sdist at $SDIST: downloading llama-cpp-python==$SDIST_VERSION with pip"
-        mkdir -p "$CACHE/dl"
-        "$PY" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$SDIST_VERSION" -d "$CACHE/dl" >&2 \
-            || die "pip download failed (offline? set LLAMA_SRC or MLWQ_SDIST)"
-        SDIST="$CACHE/dl/$SDIST_NAME"
-    fi
-    [ "$(sha256sum "$SDIST" | cut -d' ' -f1)" = "$SDIST_SHA256" ] || die "sha256 of $SDIST is not $SDIST_SHA256"
+    SDIST=$(mlwq_sdist "$CACHE" "$PY")
     tar -xzf "$SDIST" -C "$WORK" --wildcards "llama_cpp_python-$SDIST_VERSION/vendor/llama.cpp/ggml/*"
     mv "$WORK/llama_cpp_python-$SDIST_VERSION/vendor/llama.cpp/ggml" "$T/"
     log "ggml/ from $SDIST"

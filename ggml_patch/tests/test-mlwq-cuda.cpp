@@ -216,9 +216,9 @@ static std::vector<double> ref_mm(const std::vector<float> & w, const std::vecto
     return out;
 }
 
-static void test_mul_mat(int b, int64_t ne0, int64_t nr, int64_t nc, width_mode mode) {
-    const ggml_type type = mlwq_type(b);
-    const auto wq = make_mlwq(b, ne0, nr, mode);
+// W (nr x ne0 MLWQ rows wq) times nc random columns, against the product of W's to_float
+static void check_mul_mat(const char * name, ggml_type type, int64_t ne0, int64_t nr, int64_t nc,
+                          const std::vector<uint8_t> & wq) {
     const auto w  = dequant(type, wq, ne0, nr);
     const auto x  = rand_vec(ne0*nc);
     const auto ref = ref_mm(w, x, ne0, nr, nc);
@@ -229,11 +229,17 @@ static void test_mul_mat(int b, int64_t ne0, int64_t nr, int64_t nc, width_mode 
         ins.push_back({tx, x.data()});
         return ggml_mul_mat(ctx, tw, tx);
     };
+    // q8_1 activations on both sides for <= 8 columns; f16 cuBLAS beyond
+    check(name, bld, ref, nc <= 8 ? TOL_Q8_REF : TOL_F16_REF, nc <= 8 ? TOL_Q8_CPU : TOL_F16_CPU);
+}
+
+static void test_mul_mat(int b, int64_t ne0, int64_t nr, int64_t nc, width_mode mode) {
+    const ggml_type type = mlwq_type(b);
+    const auto wq = make_mlwq(b, ne0, nr, mode);
     char name[128];
     snprintf(name, sizeof(name), "mul_mat %s %lldx%lld x %lld cols (%s)", ggml_type_name(type),
              (long long) nr, (long long) ne0, (long long) nc, mode == WIDTHS_TIERS ? "tiers" : "widths 1..8");
-    // q8_1 activations on both sides for <= 8 columns; f16 cuBLAS beyond
-    check(name, bld, ref, nc <= 8 ? TOL_Q8_REF : TOL_F16_REF, nc <= 8 ? TOL_Q8_CPU : TOL_F16_CPU);
+    check_mul_mat(name, type, ne0, nr, nc, wq);
 }
 
 // 4-D broadcast: w [ne0, nr, 2, 1], x [ne0, nc, 4, 2]
@@ -329,20 +335,10 @@ static void test_corrupt_mul_mat(int b, int64_t ne0, int64_t nr, int64_t nc) {
             case 2: for (int64_t j = 0; j < K; ++j) wq[r*rb + 4*j + 3] = 8; break; // codes past the row end
         }
     }
-    const auto w = dequant(type, wq, ne0, nr);
-    const auto x = rand_vec(ne0*nc);
-    const auto ref = ref_mm(w, x, ne0, nr, nc);
-    builder bld = [&](ggml_context * ctx, std::vector<input> & ins) {
-        ggml_tensor * tw = ggml_new_tensor_2d(ctx, type, ne0, nr);
-        ggml_tensor * tx = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, nc);
-        ins.push_back({tw, wq.data()});
-        ins.push_back({tx, x.data()});
-        return ggml_mul_mat(ctx, tw, tx);
-    };
     char name[128];
     snprintf(name, sizeof(name), "mul_mat %s %lldx%lld x %lld cols, corrupt headers", ggml_type_name(type),
              (long long) nr, (long long) ne0, (long long) nc);
-    check(name, bld, ref, nc <= 8 ? TOL_Q8_REF : TOL_F16_REF, nc <= 8 ? TOL_Q8_CPU : TOL_F16_CPU);
+    check_mul_mat(name, type, ne0, nr, nc, wq);
 }
 
 // mul_mat_id: w [ne0, nr, n_exp], x [ne0, n_used, n_tok], ids [n_used, n_tok]
