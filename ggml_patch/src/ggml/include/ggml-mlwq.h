@@ -65,6 +65,10 @@ GGML_API void dequantize_row_mlwq2(const void * GGML_RESTRICT x, float * GGML_RE
 GGML_API void dequantize_row_mlwq3(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
 GGML_API void dequantize_row_mlwq4(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
 
+// codes of one block of width `bits` (1..8) from its 8*bits bytes; q gets 64 values (the portable
+// decoder: to_float, unpack_row and the CPU backend's scalar dot product use it)
+GGML_API void ggml_mlwq_decode_block(const uint8_t * GGML_RESTRICT c, int bits, uint8_t * GGML_RESTRICT q);
+
 // codes of one row (uint8 [k], permuted column order); same safety rules as dequantize_row_*
 GGML_API void ggml_mlwq_unpack_row(const void * GGML_RESTRICT x, uint8_t * GGML_RESTRICT q, int64_t k, int b);
 

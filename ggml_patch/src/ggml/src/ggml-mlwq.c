@@ -14,8 +14,7 @@
 
 static_assert(sizeof(ggml_mlwq_header) == GGML_MLWQ_HEADER_SIZE, "wrong mlwq header size/padding");
 
-// codes of one block of width `bits` (1..8) from its 8*bits bytes; q gets 64 values
-static void mlwq_decode_block(const uint8_t * GGML_RESTRICT c, int bits, uint8_t * GGML_RESTRICT q) {
+void ggml_mlwq_decode_block(const uint8_t * GGML_RESTRICT c, int bits, uint8_t * GGML_RESTRICT q) {
     int planes[3];
     const int np = ggml_mlwq_planes(bits, planes);
     memset(q, 0, QK_MLWQ);
@@ -51,7 +50,7 @@ static void mlwq_row(const uint8_t * GGML_RESTRICT x, int64_t k, int b, uint8_t 
             memset(q + QK_MLWQ*j, 0, QK_MLWQ);
             continue;
         }
-        mlwq_decode_block(x + off, bits, q + QK_MLWQ*j);
+        ggml_mlwq_decode_block(x + off, bits, q + QK_MLWQ*j);
         off += 8*(size_t) bits;
     }
 }
@@ -77,7 +76,7 @@ static void mlwq_dequantize_row(const void * GGML_RESTRICT x, float * GGML_RESTR
             memset(yj, 0, QK_MLWQ*sizeof(float));
             continue;
         }
-        mlwq_decode_block(xb + off, bits, q);
+        ggml_mlwq_decode_block(xb + off, bits, q);
         uint16_t d16;
         memcpy(&d16, h, sizeof(d16));
         const float d    = GGML_FP16_TO_FP32(d16);

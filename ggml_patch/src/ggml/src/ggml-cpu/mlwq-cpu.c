@@ -71,23 +71,6 @@ MLWQ_INLINE float mlwq_d(const uint8_t * h) {
 
 // ---- portable C ----------------------------------------------------------------------------------
 
-static void mlwq_decode_block_scalar(const uint8_t * GGML_RESTRICT c, int bits, uint8_t * GGML_RESTRICT q) {
-    int planes[3];
-    const int np = ggml_mlwq_planes(bits, planes);
-    memset(q, 0, QK_MLWQ);
-    int shift = 0;
-    for (int ip = 0; ip < np; ++ip) {
-        const int p = planes[ip], nbytes = 8*p, per = 8/p, mask = (1 << p) - 1;
-        for (int i = 0; i < nbytes; ++i) {
-            for (int kk = 0; kk < per; ++kk) {
-                q[i + kk*nbytes] |= (uint8_t) (((c[i] >> (kk*p)) & mask) << shift);
-            }
-        }
-        c += nbytes;
-        shift += p;
-    }
-}
-
 static float mlwq_vec_dot_scalar(int n, const uint8_t * GGML_RESTRICT x, const block_q8_1 * GGML_RESTRICT y, int b) {
     const int K  = n / QK_MLWQ;
     const int nb = mlwq_row_blocks(x, K, b);
@@ -96,7 +79,7 @@ static float mlwq_vec_dot_scalar(int n, const uint8_t * GGML_RESTRICT x, const b
     float sumf = 0.0f;
     for (int j = 0; j < nb; ++j) {
         const uint8_t * h = x + 4*j;
-        mlwq_decode_block_scalar(x + off, h[3], q);
+        ggml_mlwq_decode_block(x + off, h[3], q);
         off += 8*(size_t) h[3];
         float sumb = 0.0f;
         for (int half = 0; half < 2; ++half) {
