@@ -52,7 +52,7 @@ stage_build() {
         -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
         -DGGML_CUDA_FA_ALL_QUANTS=OFF > "$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; return 1; }
     local t=$(date +%s)
-    ninja -C "$B" -j16 llama-bench llama-perplexity llama-completion llama-quantize > "$OUT/ninja.log" 2>&1 \
+    ninja -C "$B" -j16 llama-bench llama-perplexity llama-completion llama-quantize llama-imatrix > "$OUT/ninja.log" 2>&1 \
         || { grep -B2 -A12 "error" "$OUT/ninja.log" | head -80; return 1; }
     echo "ninja took $(( $(date +%s) - t )) s"
     g++ -O2 -std=c++17 -I"$SRC/ggml/include" ggml_patch/tests/test-mlwq-cuda.cpp -L"$BIN" \

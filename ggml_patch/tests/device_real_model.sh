@@ -6,7 +6,7 @@
 # stays warm:
 #
 #   1. start     (carry .device/p1, .cache/cuda_src)  first half; CUDA build in the background
-#   2. quantize  (carry .device/p2, .device/data)     the source GGUF; `mlwq-export default --to gguf`
+#   2. quantize  (carry .device/p2, .device/data, .whl) the source GGUF; `mlwq-export default --to gguf`
 #                                                     (MLWQ 3-bit, 128 x 2048 calibration) on the GPU,
 #                                                     in the background, timed alone on the GPU
 #   3. wait                                           until the build and the export are done (<= 560 s)
@@ -50,7 +50,11 @@ quantize)
     # the exporter needs the patched gguf-py (MLWQ types): the build stage copies it into the tree first
     for _ in $(seq 60); do grep -q MLWQ3 "$GGUFPY/gguf/constants.py" 2>/dev/null && break; sleep 2; done
     grep -q MLWQ3 "$GGUFPY/gguf/constants.py" || { echo "patched gguf-py not there"; tail -20 "$W/build.log"; exit 1; }
-    setsid nohup bash -c "cd '$ROOT' && PYTHONPATH='$GGUFPY:$ROOT' MLWQ_CACHE='$CACHE' MLWQ_DATA_DIR='$ROOT/.device/data' \
+    # transformers reads gguf's version from its installed metadata ("Invalid version: 'N/A'" from a
+    # bare PYTHONPATH): install the carried gguf wheel (.whl/) and put the patched package in its place
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/gguf-*.whl || exit 1
+    rm -rf /tmp/site/gguf && cp -r "$GGUFPY/gguf" /tmp/site/gguf
+    setsid nohup bash -c "cd '$ROOT' && PYTHONPATH='/tmp/site:$ROOT' MLWQ_CACHE='$CACHE' MLWQ_DATA_DIR='$ROOT/.device/data' \
         /usr/bin/time -v python3 -m exporters.cli default --to gguf --out '$W/smollm2-mlwq3.gguf' --bits 3 \
         > '$W/export.log' 2>&1; echo \$? > '$W/export.rc'" > /dev/null 2>&1 < /dev/null &
     echo "export started" ;;
