@@ -2,6 +2,7 @@
 and refusal of malformed files. Needs `bash ggml_patch/build.sh`; without it these tests FAIL with
 that instruction (they are never skipped)."""
 
+import json
 import os
 import shutil
 import signal
@@ -313,3 +314,20 @@ def test_llama_quantize_refuses_to_produce_mlwq(reduced_gguf, exported, tmp_path
     assert r.returncode != 0 and "MLWQ types need calibration" in r.stderr + r.stdout
     r = run([exe, "--allow-requantize", exported[0], tmp_path / "o2.gguf", "Q4_0"])
     assert r.returncode != 0 and "cannot requantize tensor 'blk.0.attn_k.weight' from mlwq3" in r.stderr + r.stdout
+
+
+def test_bench_ratio_pairs_the_two_files_in_every_round(exported, reduced_gguf, tmp_path):
+    """tools.bench_ratio: each round times both files in one llama-bench run; the summary is the
+    median of the rounds' ratios, and the files are written."""
+    from tools import bench_ratio
+    mlwq_file, _ = exported
+    out = tmp_path / "ratio"
+    assert bench_ratio.main([str(mlwq_file), str(reduced_gguf), "--rounds", "3", "--n", "4", "--out", str(out)]) == 0
+    res = json.loads((out / "ratio.json").read_text())
+    assert res["test"] == "tg4" and len(res["rounds"]) == 3
+    for r in res["rounds"]:
+        assert r["a"] > 0 and r["b"] > 0 and r["ratio"] == pytest.approx(r["a"] / r["b"])
+    assert res["median_ratio"] == pytest.approx(sorted(r["ratio"] for r in res["rounds"])[1])
+    assert "median" in (out / "ratio.md").read_text()
+    with pytest.raises(SystemExit, match="no such file"):
+        bench_ratio.main([str(tmp_path / "missing.gguf"), str(reduced_gguf)])

@@ -7,7 +7,6 @@
 #   bash ggml_patch/tests/device_cuda_checks.sh benchops  # mat-vec speed, MLWQ3 vs Q3_K/Q4_0/Q8_0
 #   bash ggml_patch/tests/device_cuda_checks.sh bench   # copy bandwidth, llama-bench MLWQ3 vs Q3_K_S (1B shape)
 #   bash ggml_patch/tests/device_cuda_checks.sh all     # all of them, most important first, within MLWQ_DEV_LIMIT s
-#   bash ggml_patch/tests/device_cuda_checks.sh permfast  # experiment: 1-token permutation as one GET_ROWS
 #
 # Needs, carried in .cache/cuda_src/ (ignored by git): llama.cpp.tar.xz (the pristine vendored
 # llama.cpp of llama-cpp-python 0.3.36, without models/docs/tests and other backends: the machine
@@ -116,27 +115,10 @@ EOF
         | tee "$OUT/llama-bench.md"
 }
 
-# Experiment (not part of the patch): the core hook's activation permutation for one token as a
-# single GET_ROWS over rows of one element (reshape [ne0,1] -> [1,ne0] is free), instead of
-# transpose-copy, get_rows, transpose-copy. Builds libllama with it, benches, restores.
-stage_permfast() {
-    local f="$SRC/src/llama-mlwq.cpp"
-    cp "$f" "$W/llama-mlwq.cpp.orig"
-    python3 ggml_patch/tests/permfast_edit.py "$f" || return 1
-    ninja -C "$B" -j16 llama-bench llama-perplexity > "$OUT/ninja-permfast.log" 2>&1 \
-        || { tail -30 "$OUT/ninja-permfast.log"; cp "$W/llama-mlwq.cpp.orig" "$f"; return 1; }
-    timeout 120 "$BIN/llama-bench" -m "$W/l1b-mlwq3.gguf" -ngl 99 -p 0 -n 128 -r 5 -o md 2>&1 | tee "$OUT/llama-bench-permfast.md"
-    timeout 120 "$BIN/llama-perplexity" -m "$W/smol-mlwq3.gguf" -f "$C/wiki.test.head.raw" -c 512 --chunks 4 -t 16 -ngl 99 -ub 1 \
-        --kl-divergence-base "$W/smol.kld" --kl-divergence 2>&1 | grep -E "Mean    KLD|Same top" | tee -a "$OUT/llama-bench-permfast.md"
-    cp "$W/llama-mlwq.cpp.orig" "$f"
-    ninja -C "$B" -j16 llama-bench llama-perplexity > /dev/null 2>&1
-}
-
 case "${1:-all}" in
     build) stage_build ;;
     test)  stage_test ;;
     bench) stage_bench ;;
-    permfast) stage_permfast ;;
     sanitize) stage_sanitize ;;
     benchops) stage_benchops ;;
     all)   # most important first; each later stage only if the call has time left (10 min limit)
@@ -149,12 +131,11 @@ case "${1:-all}" in
            left $(( LIM - 170 )) && stage_bench
            left $(( LIM - 100 )) && stage_benchops
            left $(( LIM - 90 )) && stage_sanitize
-           left $(( LIM - 80 )) && stage_permfast
            echo "all: $(( $(date +%s) - T0 )) s"
            # at most 8 files come back from the device tool: one archive of every log, plus the key ones
            (cd "$OUT" && tar czf /tmp/mlwq-logs.tar.gz --exclude='*.tar.gz' . && mkdir -p /tmp/keep \
-               && for f in test-mlwq-cuda.log llama-bench.md bench-ops.log llama-bench-permfast.md bandwidth.log; do \
+               && for f in test-mlwq-cuda.log llama-bench.md bench-ops.log bandwidth.log; do \
                     [ -f "$f" ] && cp "$f" /tmp/keep/; done \
                && rm -f ./* && cp /tmp/keep/* . 2>/dev/null; mv /tmp/mlwq-logs.tar.gz .) ;;
-    *)     echo "usage: $0 build|test|bench|benchops|sanitize|permfast|all"; exit 2 ;;
+    *)     echo "usage: $0 build|test|bench|benchops|sanitize|all"; exit 2 ;;
 esac

@@ -17,6 +17,9 @@
 #   5. bench1b                                        device_cuda_checks.sh bench (copy bandwidth,
 #                                                     Llama-3.2-1B-shaped random Q3_K_S vs MLWQ3)
 #
+# After a kernel change, with an MLWQ file exported here (no GPU export): start2, stash (twice),
+# recheck, baselines; see those modes below.
+#
 # Logs and tables go to $OUT. Builds with device_cuda_checks.sh (build/cuda-dev/, sm_90).
 set -uo pipefail
 OUT=${OUT:-/tmp/mlwq-out}
@@ -36,6 +39,50 @@ wait_for() {   # wait_for FILE SECONDS: until FILE exists
     local t=0
     while [ ! -e "$1" ] && [ "$t" -lt "$2" ]; do sleep 5; t=$((t + 5)); done
     [ -e "$1" ]
+}
+
+# llama.cpp's files from the same source: F16, an importance matrix on wiki.valid, Q3_K_S, IQ3_XXS,
+# Q4_K_M; then the bytes of weights a generated token reads, per file
+make_baselines() {
+    cd "$W" || return 1
+    Q="$BIN/llama-quantize"
+    [ -f f16.gguf ] || "$Q" --allow-requantize "$SRC_GGUF" f16.gguf F16 16 > "$OUT/quantize-f16.log" 2>&1 || return 1
+    [ -f imatrix.gguf ] || "$BIN/llama-imatrix" -m f16.gguf -f "$DATA/wiki.valid.tokens" -c 512 --chunks 32 -ngl 99 \
+        --no-ppl -o imatrix.gguf > "$OUT/imatrix.log" 2>&1 || { tail "$OUT/imatrix.log"; return 1; }
+    for t in Q3_K_S IQ3_XXS Q4_K_M; do
+        [ -f "$t.gguf" ] || "$Q" --imatrix imatrix.gguf f16.gguf "$t.gguf" "$t" 16 > "$OUT/quantize-$t.log" 2>&1 \
+            || { tail "$OUT/quantize-$t.log"; return 1; }
+    done
+    ls -la *.gguf | tee "$OUT/files.txt"
+    PYTHONPATH=$GGUFPY python3 - <<'EOF' | tee -a "$OUT/files.txt"
+# bytes a generated token reads: every 2-D weight of the blocks (MLWQ: with its permutation) and the
+# output projection (token_embd, tied); token_embd's get_rows reads one row and is left out
+import glob, gguf
+for f in sorted(glob.glob("*.gguf")):
+    if f.startswith("imatrix"):
+        continue
+    r = gguf.GGUFReader(f)
+    names = {t.name for t in r.tensors}
+    out_name = "output.weight" if "output.weight" in names else "token_embd.weight"
+    b = sum(int(t.n_bytes) for t in r.tensors if (t.name.startswith("blk.") and len(t.shape) >= 2)
+            or t.name.endswith(".mlwq_perm") or t.name == out_name)
+    print(f"{f}: {b} bytes of weights read per token ({b / 1e6:.2f} MB)")
+EOF
+}
+
+# ONE llama-bench run of the baselines and the MLWQ file $1 (-ngl 99), as json and a table
+bench_all() {
+    timeout 200 "$BIN/llama-bench" -m f16.gguf -m Q4_K_M.gguf -m Q3_K_S.gguf -m IQ3_XXS.gguf -m "$1" \
+        -ngl 99 -p 512 -n 128 -r 5 -o json > "$OUT/llama-bench-smollm2.json" 2> "$OUT/llama-bench-smollm2.err"
+    python3 - "$OUT/llama-bench-smollm2.json" <<'EOF' | tee "$OUT/llama-bench-smollm2.md"
+import json, sys
+rows = json.load(open(sys.argv[1]))
+print(f"{rows[0]['gpu_info']} | build {rows[0]['build_commit']} | {rows[0]['n_gpu_layers']} layers on the GPU")
+print("| file | test | t/s | ± |\n|---|---|---|---|")
+for r in rows:
+    test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
+    print(f"| {r['model_filename']} | {test} | {r['avg_ts']:.1f} | {r['stddev_ts']:.1f} |")
+EOF
 }
 
 case "${1:-}" in
@@ -67,30 +114,7 @@ run)
     grep "ninja took" "$W/build.log"
     wait_for "$W/export.rc" 400 && [ "$(cat "$W/export.rc")" = 0 ] || { echo "export failed or not done"; tail -c 3000 "$W/export.log"; exit 1; }
     tr '\r' '\n' < "$W/export.log" | grep -vE "^\s*$|it/s\]$|block/s" | tail -25 | tee "$OUT/export.log"
-    cd "$W"
-    Q="$BIN/llama-quantize"
-    [ -f f16.gguf ] || "$Q" --allow-requantize "$SRC_GGUF" f16.gguf F16 16 > "$OUT/quantize-f16.log" 2>&1 || exit 1
-    [ -f imatrix.gguf ] || "$BIN/llama-imatrix" -m f16.gguf -f "$DATA/wiki.valid.tokens" -c 512 --chunks 32 -ngl 99 \
-        --no-ppl -o imatrix.gguf > "$OUT/imatrix.log" 2>&1 || { tail "$OUT/imatrix.log"; exit 1; }
-    for t in Q3_K_S IQ3_XXS Q4_K_M; do
-        [ -f "$t.gguf" ] || "$Q" --imatrix imatrix.gguf f16.gguf "$t.gguf" "$t" 16 > "$OUT/quantize-$t.log" 2>&1 \
-            || { tail "$OUT/quantize-$t.log"; exit 1; }
-    done
-    ls -la *.gguf | tee "$OUT/files.txt"
-    PYTHONPATH=$GGUFPY python3 - <<'EOF' | tee -a "$OUT/files.txt"
-# bytes a generated token reads: every 2-D weight of the blocks (MLWQ: with its permutation) and the
-# output projection (token_embd, tied); token_embd's get_rows reads one row and is left out
-import glob, gguf
-for f in sorted(glob.glob("*.gguf")):
-    if f.startswith("imatrix"):
-        continue
-    r = gguf.GGUFReader(f)
-    names = {t.name for t in r.tensors}
-    out_name = "output.weight" if "output.weight" in names else "token_embd.weight"
-    b = sum(int(t.n_bytes) for t in r.tensors if (t.name.startswith("blk.") and len(t.shape) >= 2)
-            or t.name.endswith(".mlwq_perm") or t.name == out_name)
-    print(f"{f}: {b} bytes of weights read per token ({b / 1e6:.2f} MB)")
-EOF
+    make_baselines || exit 1
     P="$BIN/llama-perplexity -m smollm2-mlwq3.gguf -f $DATA/wiki.test.raw -c 512"
     CUDA_VISIBLE_DEVICES= timeout 300 $P --chunks 100 -t 16 -ngl 0 --kl-divergence-base cpu100.kld > "$OUT/ppl-cpu.log" 2>&1
     grep -E "Final estimate" "$OUT/ppl-cpu.log"
@@ -100,23 +124,13 @@ EOF
         echo "== CUDA $f vs CPU (100 chunks)"
         grep -E "offloaded|Mean PPL|Mean    KLD|Same top|RMS Δp" "$OUT/ppl-cuda-$f.log"
     done
-    timeout 200 "$BIN/llama-bench" -m f16.gguf -m Q4_K_M.gguf -m Q3_K_S.gguf -m IQ3_XXS.gguf -m smollm2-mlwq3.gguf \
-        -ngl 99 -p 512 -n 128 -r 5 -o json > "$OUT/llama-bench-smollm2.json" 2> "$OUT/llama-bench-smollm2.err"
-    python3 - "$OUT/llama-bench-smollm2.json" <<'EOF' | tee "$OUT/llama-bench-smollm2.md"
-import json, sys
-rows = json.load(open(sys.argv[1]))
-print(f"{rows[0]['gpu_info']} | build {rows[0]['build_commit']} | {rows[0]['n_gpu_layers']} layers on the GPU")
-print("| file | test | t/s | ± |\n|---|---|---|---|")
-for r in rows:
-    test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
-    print(f"| {r['model_filename']} | {test} | {r['avg_ts']:.1f} | {r['stddev_ts']:.1f} |")
-EOF
-    ;;
+    bench_all smollm2-mlwq3.gguf ;;
 bench1b)
     bash ggml_patch/tests/device_cuda_checks.sh bench ;;
 # A kernel change checked on an exported file made here (runs/llamacpp/smollm2-mlwq3.gguf, `split -b
 # 40M` into .device/m1 and .device/m2): start2 (carry .device/m1) builds, recheck (carry .device/m2)
-# reruns the op tests, the CPU-vs-CUDA perplexity of that file, and the mat-vec timings.
+# (carry .device/m2 and .device/data) reruns the op tests, the CPU-vs-CUDA perplexity of that file,
+# and the mat-vec timings.
 start2)
     cp .device/m1/* "$W/" || exit 1
     setsid nohup bash -c "bash ggml_patch/tests/device_cuda_checks.sh build > '$W/build.log' 2>&1; echo \$? > '$W/build.rc'" \
@@ -138,7 +152,19 @@ recheck)
         grep -E "Mean PPL|Mean    KLD|Same top|RMS Δp" "$OUT/ppl-cuda-ub$ub.log"
     done
     [ "$SECONDS" -lt 420 ] && timeout 150 "$BIN/test-mlwq-cuda" --bench > "$OUT/bench-ops.log" 2>&1
-    grep -E "MLWQ3|Q3_K|Q4_0|Q8_0" "$OUT/bench-ops.log" | head -20 ;;
+    tr '\r' '\n' < "$OUT/bench-ops.log" | sed 's/ggml_backend_cuda_graph_compute: CUDA graph warmup complete//' \
+        | grep -E "us .*GB/s|batch|shape" ;;
+# The speed table on a kernel change, with the file checked by recheck and the baselines made here
+# from the source: stash (carry .device/p1, then again with .device/p2) leaves each half of the
+# source GGUF on the machine; baselines joins them, makes llama.cpp's files, benches all of them.
+stash)
+    cp .device/p*/model.part.* "$W/" && ls -la "$W" ;;
+baselines)
+    cat "$W/model.part.aa" "$W/model.part.ab" > "$SRC_GGUF.part" && mv "$SRC_GGUF.part" "$SRC_GGUF"
+    echo "$SRC_SHA  $SRC_GGUF" | sha256sum -c - || exit 1
+    wait_for "$W/build.rc" 420 && [ "$(cat "$W/build.rc")" = 0 ] || { echo "build failed or not done"; exit 1; }
+    make_baselines || exit 1
+    bench_all mlwq-cpu-calib.gguf ;;
 *)
-    echo "usage: $0 start|quantize|wait|run|bench1b|start2|recheck"; exit 2 ;;
+    echo "usage: $0 start|quantize|wait|run|bench1b|start2|recheck|stash|baselines"; exit 2 ;;
 esac

@@ -4,6 +4,7 @@
 //                             (a) the CPU's to_float of the same bytes and double-precision
 //                             products, and (b) the CPU backend running the same graph
 //   test-mlwq-cuda --bench    mat-vec speed on Llama-3.2-1B shapes, MLWQ3 vs Q3_K/Q4_0/Q8_0
+//   test-mlwq-cuda --bench mlwq   the same, MLWQ3 only
 //
 // MLWQ rows are packed here by an independent writer of ggml_patch/FORMAT.md (random widths 1..8,
 // random codes, scales and zero points), so the test also checks the C and CUDA readers against
@@ -242,6 +243,38 @@ static void test_mul_mat(int b, int64_t ne0, int64_t nr, int64_t nc, width_mode 
     check_mul_mat(name, type, ne0, nr, nc, wq);
 }
 
+// the product node of an MLWQ layer in llama: ggml_mlwq_mul_mat with the weight's column
+// permutation, x in the original column order (rows of x padded: a non-contiguous src1 when pad > 0)
+static void test_mul_mat_perm(int b, int64_t ne0, int64_t nr, int64_t nc, int64_t pad) {
+    const ggml_type type = mlwq_type(b);
+    const auto wq = make_mlwq(b, ne0, nr, WIDTHS_TIERS);
+    const auto w  = dequant(type, wq, ne0, nr);
+    std::vector<int32_t> perm(ne0);
+    for (int64_t j = 0; j < ne0; ++j) perm[j] = (int32_t) j;
+    std::shuffle(perm.begin(), perm.end(), g_rng);
+    const int64_t ld = ne0 + pad;
+    const auto x = rand_vec(ld*nc);
+    std::vector<float> xp(ne0*nc);       // x in the weight's column order
+    for (int64_t c = 0; c < nc; ++c) {
+        for (int64_t j = 0; j < ne0; ++j) xp[c*ne0 + j] = x[c*ld + perm[j]];
+    }
+    const auto ref = ref_mm(w, xp, ne0, nr, nc);
+    builder bld = [&](ggml_context * ctx, std::vector<input> & ins) {
+        ggml_tensor * tw = ggml_new_tensor_2d(ctx, type, ne0, nr);
+        ggml_tensor * tp = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, ne0);
+        ggml_tensor * tx = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ld, nc);
+        ins.push_back({tw, wq.data()});
+        ins.push_back({tp, perm.data()});
+        ins.push_back({tx, x.data()});
+        ggml_tensor * xv = pad ? ggml_view_2d(ctx, tx, ne0, nc, tx->nb[1], 0) : tx;
+        return ggml_mlwq_mul_mat(ctx, tw, xv, tp);
+    };
+    char name[128];
+    snprintf(name, sizeof(name), "mul_mat permuted %s %lldx%lld x %lld cols%s", ggml_type_name(type),
+             (long long) nr, (long long) ne0, (long long) nc, pad ? " (strided x)" : "");
+    check(name, bld, ref, nc <= 8 ? TOL_Q8_REF : TOL_F16_REF, nc <= 8 ? TOL_Q8_CPU : TOL_F16_CPU);
+}
+
 // 4-D broadcast: w [ne0, nr, 2, 1], x [ne0, nc, 4, 2]
 static void test_mul_mat_batched(int b, int64_t ne0, int64_t nr, int64_t nc) {
     const ggml_type type = mlwq_type(b);
@@ -419,17 +452,24 @@ static void test_fusion(int b, int64_t ne0, int64_t nr) {
 
 static double bench_mv(ggml_type type, const std::vector<uint8_t> & one, int64_t ne0, int64_t nr, int copies, int iters, int ncols) {
     std::vector<float> x = rand_vec(ne0*ncols);
+    // MLWQ as llama runs it: the product carries a column permutation (gathered in the quantization)
+    const bool permuted = ggml_mlwq_is_type(type);
+    std::vector<int32_t> perm(ne0);
+    for (int64_t j = 0; j < ne0; ++j) perm[j] = (int32_t) j;
+    std::shuffle(perm.begin(), perm.end(), g_rng);
     ggml_init_params ip = { (size_t) (4*copies + 16)*ggml_tensor_overhead() + ggml_graph_overhead_custom(4*copies + 16, false), nullptr, true };
     ggml_context * ctx = ggml_init(ip);
     std::vector<ggml_tensor *> ws(copies);
     ggml_tensor * tx = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, ncols);
+    ggml_tensor * tp = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, ne0);
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, 4*copies + 16, false);
     for (int c = 0; c < copies; ++c) {
         ws[c] = ggml_new_tensor_2d(ctx, type, ne0, nr);
-        ggml_build_forward_expand(gf, ggml_mul_mat(ctx, ws[c], tx));
+        ggml_build_forward_expand(gf, permuted ? ggml_mlwq_mul_mat(ctx, ws[c], tx, tp) : ggml_mul_mat(ctx, ws[c], tx));
     }
     ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, g_cuda);
     for (int c = 0; c < copies; ++c) ggml_backend_tensor_set(ws[c], one.data(), 0, one.size());
+    ggml_backend_tensor_set(tp, perm.data(), 0, ggml_nbytes(tp));
     ggml_backend_tensor_set(tx, x.data(), 0, ggml_nbytes(tx));
     for (int i = 0; i < 3; ++i) ggml_backend_graph_compute(g_cuda, gf);
     const auto t0 = std::chrono::steady_clock::now();
@@ -441,7 +481,7 @@ static double bench_mv(ggml_type type, const std::vector<uint8_t> & one, int64_t
     return us;
 }
 
-static void run_bench() {
+static void run_bench(bool mlwq_only) {
     struct shape { const char * name; int64_t ne0, nr; };
     const shape shapes[] = {
         {"attn_q/o 2048x2048",   2048, 2048},
@@ -451,14 +491,20 @@ static void run_bench() {
     };
     const ggml_type types[] = { GGML_TYPE_MLWQ3, GGML_TYPE_Q3_K, GGML_TYPE_Q4_0, GGML_TYPE_Q8_0 };
     printf("\nmat-vec speed (CUDA0; each figure: one MUL_MAT of a weight that is not in L2, in a graph of\n"
-           "many such; us per product incl. its q8_1 activation quantization; GB/s = weight bytes / time)\n");
+           "many such; us per product incl. its q8_1 activation quantization, for MLWQ with its column\n"
+           "permutation; GB/s = weight bytes / time)\n");
     for (int ncols : {1, 4}) {
         printf("\n  batch %d\n  %-24s", ncols, "shape");
-        for (ggml_type t : types) printf(" %20s", ggml_type_name(t));
+        for (ggml_type t : types) {
+            if (!mlwq_only || t == GGML_TYPE_MLWQ3) printf(" %20s", ggml_type_name(t));
+        }
         printf("\n");
         for (const shape & s : shapes) {
             printf("  %-24s", s.name);
             for (ggml_type t : types) {
+                if (mlwq_only && t != GGML_TYPE_MLWQ3) {
+                    continue;
+                }
                 std::vector<uint8_t> one;
                 if (t == GGML_TYPE_MLWQ3) {
                     one = make_mlwq(3, s.ne0, s.nr, WIDTHS_TIERS);
@@ -485,7 +531,7 @@ int main(int argc, char ** argv) {
     ggml_backend_cpu_set_n_threads(g_cpu, 8);
 
     if (bench) {
-        run_bench();
+        run_bench(argc > 2 && std::string(argv[2]) == "mlwq");
         return 0;
     }
 
@@ -499,6 +545,13 @@ int main(int argc, char ** argv) {
         test_mul_mat(b, 64*70, 130, 7, WIDTHS_WILD);
         test_mul_mat(b, 64*70, 130, 64, WIDTHS_WILD);
         test_mul_mat(b, 64, 33, 1, WIDTHS_WILD);              // K = 1
+        test_mul_mat(b, 2048, 1030, 1, WIDTHS_TIERS);         // 2 rows per warp, a partial last group
+        test_mul_mat(b, 64*70, 4099, 1, WIDTHS_WILD);         // 4 rows per warp, 2 warps per row group
+        test_mul_mat_perm(b, 576, 192, 1, 0);
+        test_mul_mat_perm(b, 576, 1536, 1, 64);
+        test_mul_mat_perm(b, 1536, 576, 3, 0);
+        test_mul_mat_perm(b, 576, 192, 40, 64);               // cuBLAS path: a permuted copy of x
+        test_mul_mat_perm(b, 64*70, 200, 1, 0);               // 2 warps a row
         test_mul_mat_batched(b, 320, 48, 1);
         test_mul_mat_batched(b, 320, 48, 3);
         test_mul_mat_batched(b, 320, 48, 17);

@@ -1,13 +1,13 @@
-// MLWQ2/MLWQ3/MLWQ4 kernels: matrix-vector product against q8_1 activations, dequantization
-// for cuBLAS, get_rows. Byte format: ggml_patch/FORMAT.md. Design notes: ggml_patch/CUDA.md.
+// MLWQ2/MLWQ3/MLWQ4 kernels: matrix-vector product against q8_1 activations, the permuted
+// activations of an MLWQ product, dequantization for cuBLAS, get_rows. Byte format:
+// ggml_patch/FORMAT.md. Design notes: ggml_patch/CUDA.md.
 //
-// Work split of the mat-vec: a row's K blocks are taken in rounds of 32/L blocks, L = 1, 2 or 4
-// lanes per block; S = 1, 2 or 4 warps share a row, warp s taking rounds s, s+S, ... A round
-// reads its headers (contiguous), an inclusive warp scan of their widths gives each block its
-// code offset (8 * sum of the widths before it); the sum over rounds owned by the row's other
-// warps comes from their headers alone (a strided load and a warp reduction). Each lane unpacks
-// its share of the block's bit planes (the 4-column groups g = u, u+L, ... of the block's 16, as
-// bytes in words) and takes dp4a products with the q8_1 activations.
+// Mat-vec: one lane per 64-column block, rounds of 32 consecutive blocks; a warp per row, or S = 2
+// or 4 warps per row of several rounds, warp s taking rounds s, s+S, ... A block's code offset is
+// 8 * (sum of the widths before it): an inclusive warp scan over the round's headers plus a carry
+// (the widths of earlier rounds, from their headers alone). Lanes decode their blocks with the
+// same instructions whatever the width (absent bit planes load nothing), because the 32 blocks of
+// a round span several tiers and a switch on the width would run each width present in turn.
 // Every code read is bounds-checked against the row's fixed code area (8*K*b bytes): as on the
 // CPU, from the first block whose width is outside 1..8 or whose codes would end past the row,
 // blocks read as 0.
@@ -49,88 +49,57 @@ static __device__ __forceinline__ int mlwq_dp4a_us(const uint32_t a, const int b
 }
 
 // A 64-column block is 16 groups of 4 columns; group g = columns 4g..4g+3, as 4 byte-codes in a
-// word (low byte = lowest column). A lane with sub-index u of L lanes per block holds the groups
-// g = u + i*L, i < 16/L, in q[i]. Plane words are read as ints (code offsets are multiples of 4).
+// word (low byte = lowest column). Plane words are read as ints (code offsets are multiples of 8).
+// Group g in each plane (FORMAT.md's byte layouts, no shuffling):
+//   4-bit plane (8 words): word g & 7, nibble g < 8 ? low : high
+//   2-bit plane (4 words): word g & 3, bits 2*(g >> 2) of each byte
+//   1-bit plane (2 words): word g & 1, bit g >> 1 of each byte
 
-// 4-bit plane, 32 bytes: byte i = column i (low nibble) | column i+32 (high nibble)
-template <int L>
-static __device__ __forceinline__ void mlwq_plane4(const int * GGML_CUDA_RESTRICT p, const int u, uint32_t q[16/L], const int shift) {
-#pragma unroll
-    for (int i = 0; i < 16/L; ++i) {
-        const int g = u + i*L;
-        const uint32_t v = p[g & 7];
-        q[i] |= ((g < 8 ? v : v >> 4) & 0x0F0F0F0Fu) << shift;
-    }
-}
-
-// 2-bit plane, 16 bytes: byte i = columns i, i+16, i+32, i+48 in bits 0-1, 2-3, 4-5, 6-7
-template <int L>
-static __device__ __forceinline__ void mlwq_plane2(const int * GGML_CUDA_RESTRICT p, const int u, uint32_t q[16/L], const int shift) {
-#pragma unroll
-    for (int i = 0; i < 16/L; ++i) {
-        const int g = u + i*L;
-        const uint32_t v = p[g & 3];
-        q[i] |= ((v >> (2*(g >> 2))) & 0x03030303u) << shift;
-    }
-}
-
-// 1-bit plane, 8 bytes: byte i = columns i, i+8, ..., i+56 in bits 0..7
-template <int L>
-static __device__ __forceinline__ void mlwq_plane1(const int * GGML_CUDA_RESTRICT p, const int u, uint32_t q[16/L], const int shift) {
-#pragma unroll
-    for (int i = 0; i < 16/L; ++i) {
-        const int g = u + i*L;
-        const uint32_t v = p[g & 1];
-        q[i] |= ((v >> (g >> 1)) & 0x01010101u) << shift;
-    }
-}
-
-// planes of a width-W block, greedy: 4-bit planes while >= 4 remain, then a 2-bit, then a 1-bit
-template <int W, int L>
-static __device__ __forceinline__ void mlwq_unpack(const int * GGML_CUDA_RESTRICT p, const int u, uint32_t q[16/L]) {
+// planes of a width-W block (dequantization: one width per call), greedy: 4-bit planes while
+// >= 4 remain, then a 2-bit, then a 1-bit
+template <int W>
+static __device__ __forceinline__ void mlwq_unpack(const int * GGML_CUDA_RESTRICT p, uint32_t q[16]) {
     static_assert(W >= 1 && W <= 8, "MLWQ block width out of range");
+    constexpr int n4 = W / 4;            // 0, 1 or 2 four-bit planes
+    constexpr int o2 = 8*n4;             // int offset of the 2-bit plane
+    constexpr int o1 = o2 + (W & 2 ? 4 : 0);
 #pragma unroll
-    for (int i = 0; i < 16/L; ++i) {
-        q[i] = 0;
+    for (int g = 0; g < 16; ++g) {
+        uint32_t v = 0;
+        if constexpr (n4 >= 1) { v |= ((uint32_t) p[g & 7] >> (g < 8 ? 0 : 4)) & 0x0F0F0F0Fu; }
+        if constexpr (n4 >= 2) { v |= (((uint32_t) p[8 + (g & 7)] >> (g < 8 ? 0 : 4)) & 0x0F0F0F0Fu) << 4; }
+        if constexpr (W & 2)   { v |= (((uint32_t) p[o2 + (g & 3)] >> (2*(g >> 2))) & 0x03030303u) << (4*n4); }
+        if constexpr (W & 1)   { v |= (((uint32_t) p[o1 + (g & 1)] >> (g >> 1)) & 0x01010101u) << (4*n4 + (W & 2)); }
+        q[g] = v;
     }
-    constexpr int n4  = W / 4;            // 0, 1 or 2 four-bit planes
-    constexpr int rem = W - 4*n4;         // 0..3
-    if constexpr (n4 >= 1) { mlwq_plane4<L>(p,     u, q, 0); }
-    if constexpr (n4 >= 2) { mlwq_plane4<L>(p + 8, u, q, 4); }
-    constexpr int o2 = 8*n4;              // int offset of the next plane
-    if constexpr (rem >= 2) { mlwq_plane2<L>(p + o2, u, q, 4*n4); }
-    constexpr int o1 = o2 + (rem >= 2 ? 4 : 0);
-    if constexpr (rem & 1)  { mlwq_plane1<L>(p + o1, u, q, 4*n4 + (rem >= 2 ? 2 : 0)); }
 }
 
 // unpack a block of runtime width w (1..8)
-template <int L>
-static __device__ __forceinline__ void mlwq_unpack_w(const int w, const int * GGML_CUDA_RESTRICT p, const int u, uint32_t q[16/L]) {
+static __device__ __forceinline__ void mlwq_unpack_w(const int w, const int * GGML_CUDA_RESTRICT p, uint32_t q[16]) {
     switch (w) {
-        case 1:  mlwq_unpack<1, L>(p, u, q); break;
-        case 2:  mlwq_unpack<2, L>(p, u, q); break;
-        case 3:  mlwq_unpack<3, L>(p, u, q); break;
-        case 4:  mlwq_unpack<4, L>(p, u, q); break;
-        case 5:  mlwq_unpack<5, L>(p, u, q); break;
-        case 6:  mlwq_unpack<6, L>(p, u, q); break;
-        case 7:  mlwq_unpack<7, L>(p, u, q); break;
-        default: mlwq_unpack<8, L>(p, u, q); break;
+        case 1:  mlwq_unpack<1>(p, q); break;
+        case 2:  mlwq_unpack<2>(p, q); break;
+        case 3:  mlwq_unpack<3>(p, q); break;
+        case 4:  mlwq_unpack<4>(p, q); break;
+        case 5:  mlwq_unpack<5>(p, q); break;
+        case 6:  mlwq_unpack<6>(p, q); break;
+        case 7:  mlwq_unpack<7>(p, q); break;
+        default: mlwq_unpack<8>(p, q); break;
     }
 }
 
-// Locate this lane's block in a round (u = the lane's sub-index among its block's lanes, 0 if
-// one lane per block): returns its width, or 0 if the block does not exist or must read as 0,
-// and its byte offset in the code area; advances carry (a sum of widths) by the round's total.
-// As on the CPU (ggml-mlwq.c), from the first corrupt header on (width outside 1..8, or codes
-// ending past the row) every block reads as 0: `dead` carries that across rounds.
-// All lanes of the warp call it together.
-static __device__ __forceinline__ int mlwq_locate(const uint32_t h, const bool exists, const int u, const int code_bytes,
+// Locate this lane's block (one lane per block) in a round: returns its width, or 0 if the block
+// does not exist or must read as 0, and its byte offset in the code area; advances carry (a sum
+// of widths) by the round's total. As on the CPU (ggml-mlwq.c), from the first corrupt header on
+// (width outside 1..8, or codes ending past the row) every block reads as 0: `dead` carries that
+// across rounds. All lanes of the warp call it together.
+static __device__ __forceinline__ int mlwq_locate(const uint32_t h, const bool exists, const int code_bytes,
                                                   int & carry, bool & dead, int & off) {
     const int  lane = threadIdx.x;
     const int  wraw = exists ? (int) (h >> 24) : 0;
     const bool wok  = wraw >= GGML_MLWQ_MIN_BITS && wraw <= GGML_MLWQ_MAX_BITS;
     const int  w    = exists && wok ? wraw : 0;
-    int incl = u == 0 ? w : 0; // each block counted once, by its first lane
+    int incl = w;
 #pragma unroll
     for (int delta = 1; delta < WARP_SIZE; delta <<= 1) {
         const int t = __shfl_up_sync(0xFFFFFFFF, incl, delta, WARP_SIZE);
@@ -141,7 +110,7 @@ static __device__ __forceinline__ int mlwq_locate(const uint32_t h, const bool e
     const int total = __shfl_sync(0xFFFFFFFF, incl, WARP_SIZE - 1, WARP_SIZE);
     off    = 8*(carry + incl - w);
     carry += total;
-    const bool bad = exists && u == 0 && (!wok || off + 8*w > code_bytes);
+    const bool bad = exists && (!wok || off + 8*w > code_bytes);
     const uint32_t bad_mask = __ballot_sync(0xFFFFFFFF, bad);
     const bool ok = exists && !dead && (bad_mask & (0xFFFFFFFFu >> (WARP_SIZE - 1 - lane))) == 0;
     dead = dead || bad_mask != 0;
@@ -156,31 +125,143 @@ static __device__ __forceinline__ int mlwq_hdr_zero(const uint32_t h) {
     return (int) ((h >> 16) & 0xFF);
 }
 
-// One row against ncols q8_1 columns, the rounds r = wir, wir+S, ... of it: partial sums of this
-// lane added to acc. xrow: row start; y: activation column 0 (block 0); stride_col_y in q8_1 blocks.
-template <int ncols, int L>
+// ---------------------------------------------------------------------------------------------
+// matrix-vector product
+
+// The code words of one block for the width-generic decoder: a width w is w/4 four-bit planes,
+// then a 2-bit plane if w & 2, then a 1-bit plane if w & 1. Planes the width lacks load nothing
+// and stay 0, so every lane runs the same instructions whatever its block's width.
+struct mlwq_block_words {
+    int a[8];   // first 4-bit plane  (w >= 4)
+    int b[8];   // second 4-bit plane (w == 8)
+    int c[4];   // 2-bit plane        (w & 2)
+    int d[2];   // 1-bit plane        (w & 1)
+};
+
+// w = 0 (no block, or a block that reads as 0) loads nothing
+static __device__ __forceinline__ void mlwq_load_words(const int * GGML_CUDA_RESTRICT p, const int w, mlwq_block_words & bw) {
+    const int n4 = w >> 2;
+    const int * pc = p + 8*n4;
+    const int * pd = pc + ((w & 2) ? 4 : 0);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        bw.a[i] = n4 >= 1 ? p[i]     : 0;
+        bw.b[i] = n4 >= 2 ? p[8 + i] : 0;
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        bw.c[i] = (w & 2) ? pc[i] : 0;
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        bw.d[i] = (w & 1) ? pd[i] : 0;
+    }
+}
+
+// Codes of the block, group g in q[g]. The any_* flags are warp-uniform (some lane of the warp has
+// such a plane), so a plane no lane has costs nothing.
+static __device__ __forceinline__ void mlwq_decode_words(const mlwq_block_words & bw, const int w,
+        const bool any_a, const bool any_b, const bool any_c, const bool any_d, uint32_t q[16]) {
+    const int sc = 4*(w >> 2);          // shift of the 2-bit plane's bits
+    const int sd = sc + (w & 2);        // shift of the 1-bit plane's bit
+#pragma unroll
+    for (int g = 0; g < 16; ++g) {
+        q[g] = 0;
+    }
+    if (any_a) {
+#pragma unroll
+        for (int g = 0; g < 16; ++g) {
+            q[g] |= ((uint32_t) bw.a[g & 7] >> (g < 8 ? 0 : 4)) & 0x0F0F0F0Fu;
+        }
+    }
+    if (any_b) {
+#pragma unroll
+        for (int g = 0; g < 16; ++g) {
+            q[g] |= (((uint32_t) bw.b[g & 7] >> (g < 8 ? 0 : 4)) & 0x0F0F0F0Fu) << 4;
+        }
+    }
+    if (any_c) {
+#pragma unroll
+        for (int g = 0; g < 16; ++g) {
+            q[g] |= (((uint32_t) bw.c[g & 3] >> (2*(g >> 2))) & 0x03030303u) << sc;
+        }
+    }
+    if (any_d) {
+#pragma unroll
+        for (int g = 0; g < 16; ++g) {
+            q[g] |= (((uint32_t) bw.d[g & 1] >> (g >> 1)) & 0x01010101u) << sd;
+        }
+    }
+}
+
+// sum_i d*(q_i - zero)*y_i of one block against one q8_1 column (y: the block's 16 activation
+// words, dy: the scales of its two q8_1 blocks), over the QUANTIZED activations as the CPU does:
+// with q8_1's float sum ds.y (of the unquantized y) the zero-point term would not cancel the
+// activation rounding carried by the uncentred codes (measured: mean KLD 0.028 against the CPU on
+// SmolLM2, vs 0.005 for cuBLAS). Widths <= 7: q - zero fits in a signed byte, so the zero point
+// folds into the codes beforehand (qz) and the product is a signed dp4a. Width 8 (wide): unsigned
+// codes and the exact integer sum of y.
+static __device__ __forceinline__ float mlwq_block_dot(const uint32_t q[16], const bool wide, const int zero,
+                                                        const int y[16], const float dy0, const float dy1) {
+    int s0 = 0, s1 = 0;
+    if (!wide) {
+#pragma unroll
+        for (int g = 0; g < 8; ++g) {
+            s0 = ggml_cuda_dp4a((int) q[g],     y[g],     s0);
+            s1 = ggml_cuda_dp4a((int) q[g + 8], y[g + 8], s1);
+        }
+    } else {
+        int t0 = 0, t1 = 0;
+#pragma unroll
+        for (int g = 0; g < 8; ++g) {
+            s0 = mlwq_dp4a_us(q[g],     y[g],     s0);
+            s1 = mlwq_dp4a_us(q[g + 8], y[g + 8], s1);
+            t0 = ggml_cuda_dp4a(0x01010101, y[g],     t0);
+            t1 = ggml_cuda_dp4a(0x01010101, y[g + 8], t1);
+        }
+        s0 -= zero*t0;
+        s1 -= zero*t1;
+    }
+    return dy0*(float) s0 + dy1*(float) s1;
+}
+
+// the 16 activation words and the scales of the two q8_1 blocks of block j in one column
+static __device__ __forceinline__ void mlwq_load_y(const block_q8_1 * GGML_CUDA_RESTRICT y, const int j,
+                                                   int yv[16], float & dy0, float & dy1) {
+    const block_q8_1 * yb = y + 2*j;
+#pragma unroll
+    for (int g = 0; g < 8; ++g) {
+        yv[g]     = ((const int *) yb[0].qs)[g];
+        yv[g + 8] = ((const int *) yb[1].qs)[g];
+    }
+    dy0 = __low2float(yb[0].ds);
+    dy1 = __low2float(yb[1].ds);
+}
+
+// One row against ncols q8_1 columns, the rounds m = s, s+S, ... of its 32-block rounds: this
+// lane's partial sums added to acc. y: column 0 (block 0); stride_col_y in q8_1 blocks. All lanes
+// of the warp call it together.
+template <int ncols>
 static __device__ __forceinline__ void mlwq_row_dot(
         const char * GGML_CUDA_RESTRICT xrow, const int K, const int code_bytes,
-        const block_q8_1 * GGML_CUDA_RESTRICT y, const int stride_col_y, const int wir, const int S, float acc[ncols]) {
-    constexpr int BPR = WARP_SIZE/L; // blocks per round
+        const block_q8_1 * GGML_CUDA_RESTRICT y, const int stride_col_y, const int s, const int S, float acc[ncols]) {
     const uint32_t * hdr   = (const uint32_t *) xrow;
     const char     * codes = xrow + MLWQ_HDR_BYTES*K;
-    const int lane    = threadIdx.x;
-    const int u       = lane % L;
-    const int nrounds = (K + BPR - 1)/BPR;
+    const int lane = threadIdx.x;
+    const int M    = (K + WARP_SIZE - 1)/WARP_SIZE;
 
-    int  carry = 0;     // sum of the widths of blocks [0, next*BPR)
+    int  carry = 0;     // sum of the widths of blocks [0, 32*next)
     bool dead  = false;
     int  next  = 0;
-    for (int r = wir; r < nrounds; r += S) {
-        const int  j      = r*BPR + lane/L;
+    for (int m = s; m < M; m += S) {
+        const int  j      = m*WARP_SIZE + lane;
         const bool exists = j < K;
         const uint32_t h  = exists ? hdr[j] : 0u;
-        if (next < r) {
-            // rounds next..r-1 belong to the row's other warps: their widths from the headers alone
+        if (next < m) {
+            // rounds next..m-1 belong to the row's other warps: their widths from the headers alone
             int  part = 0;
             bool bad  = false;
-            for (int jj = next*BPR + lane; jj < r*BPR; jj += WARP_SIZE) {
+            for (int jj = next*WARP_SIZE + lane; jj < m*WARP_SIZE; jj += WARP_SIZE) {
                 const int wr = (int) (hdr[jj] >> 24);
                 const bool ok = wr >= GGML_MLWQ_MIN_BITS && wr <= GGML_MLWQ_MAX_BITS;
                 part += ok ? wr : 0;
@@ -189,52 +270,46 @@ static __device__ __forceinline__ void mlwq_row_dot(
             carry += warp_reduce_sum<WARP_SIZE>(part);
             dead   = dead || __any_sync(0xFFFFFFFF, bad);
         }
-        int off;
-        const int w = mlwq_locate(h, exists, u, code_bytes, carry, dead, off);
-        next = r + 1;
-        if (w == 0) {
-            continue;
-        }
-        uint32_t q[16/L];
-        mlwq_unpack_w<L>(w, (const int *) (codes + off), u, q);
+        next = m + 1;
 
-        // sum_i d*(q_i - zero)*y_i over the QUANTIZED activations yq, as the CPU does: with the q8_1
-        // block's float sum ds.y (of the unquantized y) the zero-point term would not cancel the
-        // activation rounding carried by the uncentred codes q, and the error grows with the zero
-        // point (measured: mean KLD 0.028 against the CPU on SmolLM2, vs 0.005 for cuBLAS).
-        // Widths <= 7: q - zero fits in a signed byte, so the zero point folds into the codes
-        // (one __vsub4 per word) and the product is a signed dp4a. Width 8: unsigned codes and the
-        // exact integer sum of yq.
-        const float d    = mlwq_hdr_d(h);
+        int off;
+        const int w = mlwq_locate(h, exists, code_bytes, carry, dead, off);
+        mlwq_block_words bw;
+        mlwq_load_words((const int *) (codes + off), w, bw);
+
+        // which planes occur in this warp (uniform branches below)
+        const bool any_a = __any_sync(0xFFFFFFFF, w >= 4);
+        const bool any_b = __any_sync(0xFFFFFFFF, w == 8);
+        const bool any_c = __any_sync(0xFFFFFFFF, w & 2);
+        const bool any_d = __any_sync(0xFFFFFFFF, w & 1);
+        if (!any_a && !any_c && !any_d) {
+            continue;   // no live block in this round
+        }
+        uint32_t q[16];
+        mlwq_decode_words(bw, w, any_a, any_b, any_c, any_d, q);
+        const bool  wide = any_b && w == 8;   // any_b: a warp-uniform test first
         const int   zero = mlwq_hdr_zero(h);
-        const bool  wide = w == 8;
+        const float d    = w > 0 ? mlwq_hdr_d(h) : 0.0f;   // a block that reads as 0 adds 0
         if (!wide) {
             const uint32_t z4 = 0x01010101u * (uint32_t) zero;
 #pragma unroll
-            for (int i = 0; i < 16/L; ++i) {
-                q[i] = __vsub4(q[i], z4);
+            for (int g = 0; g < 16; ++g) {
+                q[g] = __vsub4(q[g], z4);
             }
         }
 #pragma unroll
         for (int c = 0; c < ncols; ++c) {
-            const block_q8_1 * yb = y + (int64_t) c*stride_col_y + 2*j;
-            int s0 = 0, s1 = 0;     // sum (q - zero)*yq, or sum q*yq when wide
-            int t0 = 0, t1 = 0;     // sum yq (wide only)
+            int   yv[16];
+            float dy0 = 0.0f, dy1 = 0.0f;
+            if (exists) {
+                mlwq_load_y(y + (int64_t) c*stride_col_y, j, yv, dy0, dy1);
+            } else {
 #pragma unroll
-            for (int i = 0; i < 16/L; ++i) {
-                const int g = u + i*L;
-                const int yv = ((const int *) yb[g >> 3].qs)[g & 7];
-                const bool first = i < 8/L;
-                if (!wide) {
-                    (first ? s0 : s1) = ggml_cuda_dp4a((int) q[i], yv, first ? s0 : s1);
-                } else {
-                    (first ? s0 : s1) = mlwq_dp4a_us(q[i], yv, first ? s0 : s1);
-                    (first ? t0 : t1) = ggml_cuda_dp4a(0x01010101, yv, first ? t0 : t1);
+                for (int g = 0; g < 16; ++g) {
+                    yv[g] = 0;
                 }
             }
-            const float dy0 = __low2float(yb[0].ds);
-            const float dy1 = __low2float(yb[1].ds);
-            acc[c] += d*(dy0*(float) (s0 - zero*t0) + dy1*(float) (s1 - zero*t1));
+            acc[c] += d*mlwq_block_dot(q, wide, zero, yv, dy0, dy1);
         }
     }
 }
@@ -249,13 +324,42 @@ static __device__ __forceinline__ float mlwq_glu(const ggml_glu_op op, const flo
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// matrix-vector product
+// Sums of a row's lanes, then of its S warps (rows of several rounds): true in the lane that holds
+// the row's totals (lane 0 of the row's first warp). All threads of the CTA call it together.
+template <int n>
+static __device__ __forceinline__ bool mlwq_sum_row(float v[n], const int S, const int s) {
+#pragma unroll
+    for (int i = 0; i < n; ++i) {
+        v[i] = warp_reduce_sum<WARP_SIZE>(v[i]);
+    }
+    if (S == 1) {
+        return threadIdx.x == 0;
+    }
+    __shared__ float part[MLWQ_WARPS][n];
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int i = 0; i < n; ++i) {
+            part[threadIdx.y][i] = v[i];
+        }
+    }
+    __syncthreads();
+    if (s != 0 || threadIdx.x != 0) {
+        return false;
+    }
+    for (int s2 = 1; s2 < S; ++s2) {
+#pragma unroll
+        for (int i = 0; i < n; ++i) {
+            v[i] += part[threadIdx.y + s2][i];
+        }
+    }
+    return true;
+}
 
-// Grid: x = row tiles of MLWQ_WARPS/S rows, y = dst channels, z = dst samples (without ids) or
-// tokens (with ids, ncols == 1). Block: WARP_SIZE x MLWQ_WARPS; S warps per row.
-// Strides of x in bytes; of y in q8_1 blocks; of dst in floats.
-template <int ncols, int L, bool has_fusion>
+// A warp per row (lane j: block j of each round of 32), S = 1, 2 or 4 warps per row for rows of
+// several rounds (K > 32). Grid: x = row tiles of MLWQ_WARPS/S rows, y = dst channels, z = dst samples
+// (without ids) or tokens (with ids, ncols == 1). Strides of x in bytes; of y in q8_1 blocks; of
+// dst in floats.
+template <int ncols, bool has_fusion>
 __launch_bounds__(WARP_SIZE*MLWQ_WARPS, 1)
 static __global__ void mlwq_mul_mat_vec_q(
         const char * vx, const char * vgate, const block_q8_1 * vy, const int32_t * ids,
@@ -267,7 +371,7 @@ static __global__ void mlwq_mul_mat_vec_q(
         const int sample_ratio, const int64_t stride_sample_x, const int stride_sample_y, const int stride_sample_dst,
         const int ids_stride) {
     const int  warp   = threadIdx.y;
-    const int  wir    = warp % S;                          // this warp's place among its row's S warps
+    const int  s      = warp % S;                          // this warp's place among its row's S warps
     const int  row    = blockIdx.x*(MLWQ_WARPS/S) + warp/S;
     const bool active = row < nrows_x;
     const int  channel_dst = blockIdx.y;
@@ -275,8 +379,8 @@ static __global__ void mlwq_mul_mat_vec_q(
     // everything read below may come from earlier kernels (ids, activations, biases)
     ggml_cuda_pdl_sync();
 
-    float acc[ncols] = {0.0f};
-    [[maybe_unused]] float acc_gate[ncols] = {0.0f};
+    constexpr int nsums = has_fusion ? 2*ncols : ncols;
+    float sums[nsums] = {0.0f};     // [0, ncols): the row; [ncols, 2*ncols): the gate's row
     int64_t dst_off  = 0;
     int64_t bias_off = 0;
     if (active) {
@@ -300,62 +404,26 @@ static __global__ void mlwq_mul_mat_vec_q(
         }
         const int64_t x_off = sample_x*stride_sample_x + channel_x*stride_channel_x + row*stride_row_x;
 
-        mlwq_row_dot<ncols, L>(vx + x_off, K, code_bytes, y, stride_col_y, wir, S, acc);
+        mlwq_row_dot<ncols>(vx + x_off, K, code_bytes, y, stride_col_y, s, S, sums);
         if constexpr (has_fusion) {
             if (vgate) {
-                mlwq_row_dot<ncols, L>(vgate + x_off, K, code_bytes, y, stride_col_y, wir, S, acc_gate);
+                mlwq_row_dot<ncols>(vgate + x_off, K, code_bytes, y, stride_col_y, s, S, sums + ncols);
             }
         }
     }
 
-#pragma unroll
-    for (int c = 0; c < ncols; ++c) {
-        acc[c] = warp_reduce_sum<WARP_SIZE>(acc[c]);
-        if constexpr (has_fusion) {
-            acc_gate[c] = warp_reduce_sum<WARP_SIZE>(acc_gate[c]);
-        }
-    }
-
-    if (S > 1) {
-        // the row's S warps: sum in the first one
-        __shared__ float part[MLWQ_WARPS][ncols];
-        [[maybe_unused]] __shared__ float part_gate[has_fusion ? MLWQ_WARPS : 1][ncols];
-        if (threadIdx.x == 0) {
-#pragma unroll
-            for (int c = 0; c < ncols; ++c) {
-                part[warp][c] = acc[c];
-                if constexpr (has_fusion) {
-                    part_gate[warp][c] = acc_gate[c];
-                }
-            }
-        }
-        __syncthreads();
-        if (wir != 0 || threadIdx.x != 0) {
-            return;
-        }
-        for (int s = 1; s < S; ++s) {
-#pragma unroll
-            for (int c = 0; c < ncols; ++c) {
-                acc[c] += part[warp + s][c];
-                if constexpr (has_fusion) {
-                    acc_gate[c] += part_gate[warp + s][c];
-                }
-            }
-        }
-    }
-
-    if (!active || threadIdx.x != 0) {
+    if (!mlwq_sum_row<nsums>(sums, S, s) || !active) {
         return;
     }
 #pragma unroll
     for (int c = 0; c < ncols; ++c) {
-        float result = acc[c];
+        float result = sums[c];
         if constexpr (has_fusion) {
             if (x_bias) {
                 result += x_bias[bias_off + (int64_t) c*stride_col_dst];
             }
             if (vgate) {
-                float g = acc_gate[c];
+                float g = sums[ncols + c];
                 if (gate_bias) {
                     g += gate_bias[bias_off + (int64_t) c*stride_col_dst];
                 }
@@ -369,28 +437,24 @@ static __global__ void mlwq_mul_mat_vec_q(
 
 template <int ncols, bool has_fusion>
 static void mlwq_launch_mmvq(
-        const int L, const int S, const dim3 & grid, cudaStream_t stream,
+        const int S, const int nrows_x, const int64_t gy, const int64_t gz, cudaStream_t stream,
         const char * vx, const char * vgate, const block_q8_1 * vy, const int32_t * ids,
         const float * x_bias, const float * gate_bias, const ggml_glu_op glu_op, const float glu_limit, float * dst,
-        const int K, const int code_bytes, const int nrows_x,
+        const int K, const int code_bytes,
         const int64_t stride_row_x, const int stride_col_y, const int stride_col_dst,
         const int channel_ratio, const int64_t stride_channel_x, const int stride_channel_y, const int stride_channel_dst,
         const int nchannels_y,
         const int sample_ratio, const int64_t stride_sample_x, const int stride_sample_y, const int stride_sample_dst,
         const int ids_stride) {
+    const int  rows_per_cta = MLWQ_WARPS/S;
+    const dim3 grid((nrows_x + rows_per_cta - 1)/rows_per_cta, gy, gz);
     const dim3 block(WARP_SIZE, MLWQ_WARPS, 1);
     const ggml_cuda_kernel_launch_params launch_params(grid, block, (size_t) 0, stream);
-#define MLWQ_LAUNCH(L_) ggml_cuda_kernel_launch(mlwq_mul_mat_vec_q<ncols, L_, has_fusion>, launch_params, \
-        vx, vgate, vy, ids, x_bias, gate_bias, glu_op, glu_limit, dst, \
-        K, code_bytes, nrows_x, S, stride_row_x, stride_col_y, stride_col_dst, \
-        channel_ratio, stride_channel_x, stride_channel_y, stride_channel_dst, nchannels_y, \
-        sample_ratio, stride_sample_x, stride_sample_y, stride_sample_dst, ids_stride)
-    switch (L) {
-        case 1:  MLWQ_LAUNCH(1); break;
-        case 2:  MLWQ_LAUNCH(2); break;
-        default: MLWQ_LAUNCH(4); break;
-    }
-#undef MLWQ_LAUNCH
+    ggml_cuda_kernel_launch(mlwq_mul_mat_vec_q<ncols, has_fusion>, launch_params,
+        vx, vgate, vy, ids, x_bias, gate_bias, glu_op, glu_limit, dst,
+        K, code_bytes, nrows_x, S, stride_row_x, stride_col_y, stride_col_dst,
+        channel_ratio, stride_channel_x, stride_channel_y, stride_channel_dst, nchannels_y,
+        sample_ratio, stride_sample_x, stride_sample_y, stride_sample_dst, ids_stride);
 }
 
 void ggml_cuda_mlwq_mul_mat_vec_q(
@@ -422,20 +486,15 @@ void ggml_cuda_mlwq_mul_mat_vec_q(
     const float * x_bias = (const float *) fusion.x_bias;
     const float * g_bias = (const float *) fusion.gate_bias;
 
-    // Lanes per block and warps per row: about 128 threads per row for the usual widths (K = 32
-    // for 2048 columns: 4 lanes per block, 4 warps of one round each), so that even a 512-row
-    // matrix keeps the GPU busy and a warp's chain of dependent loads (header -> codes) is short.
-    const int L       = K <= 64 ? 4 : K <= 128 ? 2 : 1;
-    const int nrounds = (K + WARP_SIZE/L - 1) / (WARP_SIZE/L);
+    // S warps share a row when it has several rounds of 32 blocks (K > 32: > 2048 columns)
+    const int nrounds = (K + WARP_SIZE - 1) / WARP_SIZE;
     const int S       = nrounds >= 4 ? 4 : nrounds >= 2 ? 2 : 1;
-    const int nrow_tiles = (nrows_x + MLWQ_WARPS/S - 1) / (MLWQ_WARPS/S);
 
     if (ids) {
         // one token per grid z, each token with its own expert matrix
         GGML_ASSERT(nchannels_dst <= 65535 && ncols_dst <= 65535);
-        const dim3 grid(nrow_tiles, nchannels_dst, ncols_dst);
-#define MLWQ_ARGS_IDS L, S, grid, stream, x, gate, (const block_q8_1 *) vy, ids, x_bias, g_bias, fusion.glu_op, fusion.glu_limit, dst, \
-            K, code_bytes, nrows_x, stride_row_x*ts, stride_col_y, stride_col_dst, \
+#define MLWQ_ARGS_IDS S, nrows_x, nchannels_dst, ncols_dst, stream, x, gate, (const block_q8_1 *) vy, ids, \
+            x_bias, g_bias, fusion.glu_op, fusion.glu_limit, dst, K, code_bytes, stride_row_x*ts, stride_col_y, stride_col_dst, \
             1, stride_channel_x*ts, stride_channel_y, stride_channel_dst, nchannels_y, \
             1, stride_sample_x*ts, stride_sample_y, stride_sample_dst, ids_stride
         if (has_fusion) {
@@ -450,9 +509,8 @@ void ggml_cuda_mlwq_mul_mat_vec_q(
     GGML_ASSERT(!has_fusion || ncols_dst == 1);
     GGML_ASSERT(nchannels_dst % nchannels_x == 0 && nsamples_dst % nsamples_x == 0);
     GGML_ASSERT(nchannels_dst <= 65535 && nsamples_dst <= 65535);
-    const dim3 grid(nrow_tiles, nchannels_dst, nsamples_dst);
-#define MLWQ_ARGS L, S, grid, stream, x, gate, (const block_q8_1 *) vy, ids, x_bias, g_bias, fusion.glu_op, fusion.glu_limit, dst, \
-        K, code_bytes, nrows_x, stride_row_x*ts, stride_col_y, stride_col_dst, \
+#define MLWQ_ARGS S, nrows_x, nchannels_dst, nsamples_dst, stream, x, gate, (const block_q8_1 *) vy, ids, \
+        x_bias, g_bias, fusion.glu_op, fusion.glu_limit, dst, K, code_bytes, stride_row_x*ts, stride_col_y, stride_col_dst, \
         nchannels_dst/nchannels_x, stride_channel_x*ts, stride_channel_y, stride_channel_dst, nchannels_y, \
         nsamples_dst/nsamples_x, stride_sample_x*ts, stride_sample_y, stride_sample_dst, ids_stride
     switch (ncols_dst) {
@@ -473,6 +531,81 @@ void ggml_cuda_mlwq_mul_mat_vec_q(
         default: GGML_ABORT("fatal error");
     }
 #undef MLWQ_ARGS
+}
+
+// ---------------------------------------------------------------------------------------------
+// the permuted activations of an MLWQ product (ggml_mlwq_mul_mat: the node carries the weight's
+// column permutation perm; permuted column j is original column perm[j])
+
+// quantize_q8_1 of quantize.cu reading x[perm[i0]]: one thread per element, a q8_1 block per 32 threads
+static __global__ void mlwq_quantize_q8_1_permuted(
+        const float * GGML_CUDA_RESTRICT x, const int32_t * GGML_CUDA_RESTRICT perm, block_q8_1 * GGML_CUDA_RESTRICT y,
+        const int64_t ne00, const int64_t s01, const int64_t s02, const int64_t s03,
+        const int64_t ne0, const int ne1, const int ne2) {
+    ggml_cuda_pdl_lc();     // as quantize_q8_1: the mat-vec kernel may start loading its weights
+    const int64_t i0 = (int64_t) blockDim.x*blockIdx.x + threadIdx.x;
+    if (i0 >= ne0) {
+        return;
+    }
+    const int64_t i1 = blockIdx.y;
+    const int64_t i2 = blockIdx.z % ne2;
+    const int64_t i3 = blockIdx.z / ne2;
+    const int64_t i_cont = ((i3*ne2 + i2)*ne1 + i1)*ne0 + i0;
+
+    ggml_cuda_pdl_sync();
+    const float xi = i0 < ne00 ? x[i3*s03 + i2*s02 + i1*s01 + perm[i0]] : 0.0f;
+    float amax = fabsf(xi);
+    float sum  = xi;
+    amax = warp_reduce_max<QK8_1>(amax);
+    sum  = warp_reduce_sum<QK8_1>(sum);
+
+    const float  d = amax / 127.0f;
+    const int8_t q = amax == 0.0f ? 0 : roundf(xi / d);
+
+    y[i_cont / QK8_1].qs[i_cont % QK8_1] = q;
+    if (i_cont % QK8_1 == 0) {
+        y[i_cont / QK8_1].ds = make_half2(d, sum);
+    }
+}
+
+void ggml_cuda_mlwq_quantize_q8_1_permuted(
+        const float * x, const int32_t * perm, void * vy,
+        const int64_t ne00, const int64_t s01, const int64_t s02, const int64_t s03,
+        const int64_t ne0, const int64_t ne1, const int64_t ne2, const int64_t ne3, cudaStream_t stream) {
+    GGML_ASSERT(ne0 % QK8_1 == 0);
+    GGML_ASSERT(ne1 <= 65535 && ne2*ne3 <= 65535);
+    constexpr int block_size = 256;
+    const dim3 grid((ne0 + block_size - 1)/block_size, ne1, ne2*ne3);
+    const ggml_cuda_kernel_launch_params launch_params(grid, dim3(block_size, 1, 1), (size_t) 0, stream);
+    ggml_cuda_kernel_launch(mlwq_quantize_q8_1_permuted, launch_params,
+        x, perm, (block_q8_1 *) vy, ne00, s01, s02, s03, ne0, (int) ne1, (int) ne2);
+}
+
+// y (contiguous ne00 x ne01 x ne02 x ne03) = x with its columns permuted; x strides in floats
+static __global__ void mlwq_permute_f32(
+        const float * GGML_CUDA_RESTRICT x, const int32_t * GGML_CUDA_RESTRICT perm, float * GGML_CUDA_RESTRICT y,
+        const int64_t ne00, const int64_t ne01, const int ne02,
+        const int64_t s01, const int64_t s02, const int64_t s03) {
+    const int64_t i0 = (int64_t) blockDim.x*blockIdx.x + threadIdx.x;
+    if (i0 >= ne00) {
+        return;
+    }
+    const int64_t i1 = blockIdx.y;
+    const int64_t i2 = blockIdx.z % ne02;
+    const int64_t i3 = blockIdx.z / ne02;
+    ggml_cuda_pdl_sync();
+    y[((i3*ne02 + i2)*ne01 + i1)*ne00 + i0] = x[i3*s03 + i2*s02 + i1*s01 + perm[i0]];
+}
+
+void ggml_cuda_mlwq_permute_f32(
+        const float * x, const int32_t * perm, float * y,
+        const int64_t ne00, const int64_t ne01, const int64_t ne02, const int64_t ne03,
+        const int64_t s01, const int64_t s02, const int64_t s03, cudaStream_t stream) {
+    GGML_ASSERT(ne01 <= 65535 && ne02*ne03 <= 65535);
+    constexpr int block_size = 256;
+    const dim3 grid((ne00 + block_size - 1)/block_size, ne01, ne02*ne03);
+    const ggml_cuda_kernel_launch_params launch_params(grid, dim3(block_size, 1, 1), (size_t) 0, stream);
+    ggml_cuda_kernel_launch(mlwq_permute_f32, launch_params, x, perm, y, ne00, ne01, (int) ne02, s01, s02, s03);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -516,7 +649,7 @@ static __device__ __forceinline__ void mlwq_dequant_row(const char * GGML_CUDA_R
         const bool exists = j < K;
         const uint32_t h  = exists ? hdr[j] : 0u;
         int off;
-        const int w = mlwq_locate(h, exists, 0, code_bytes, carry, dead, off);
+        const int w = mlwq_locate(h, exists, code_bytes, carry, dead, off);
         if (!exists) {
             continue;
         }
@@ -529,7 +662,7 @@ static __device__ __forceinline__ void mlwq_dequant_row(const char * GGML_CUDA_R
             continue;
         }
         uint32_t q[16];
-        mlwq_unpack_w<1>(w, (const int *) (codes + off), 0, q);
+        mlwq_unpack_w(w, (const int *) (codes + off), q);
         const float d    = mlwq_hdr_d(h);
         const float zero = (float) mlwq_hdr_zero(h);
 #pragma unroll

@@ -3,7 +3,8 @@
 // A row of K = ne0/64 blocks is [K headers of 4 bytes][codes of block 0][codes of block 1]...
 // header j = fp16 d | u8 zero | u8 bits (1..8); block j's codes are 8*bits_j bytes of bit planes.
 // Block j's code offset is 8*sum_{i<j} bits_i, so kernels find it with a warp prefix sum over
-// the headers. The row has the fixed size K*(4 + 8*b); kernels never read past it, whatever the
+// the headers. An MLWQ product node carries the weight's column permutation (ggml_mlwq_mul_mat in
+// ggml-mlwq.h); the activations are gathered in that order while they are quantized. The row has the fixed size K*(4 + 8*b); kernels never read past it, whatever the
 // headers say.
 //
 // Registration points in llama.cpp's files (ggml_patch/patches/0002-cuda.patch) call only the
@@ -12,6 +13,8 @@
 
 #include "common.cuh"
 #include "convert.cuh"
+
+#include "ggml-mlwq.h"
 
 // Quantized matrix-vector product against q8_1 activations (the mul_mat_vec_q path, MUL_MAT and
 // MUL_MAT_ID, ncols_dst <= MMVQ_MAX_BATCH_SIZE, optional bias/gate/GLU fusion).
@@ -24,6 +27,21 @@ void ggml_cuda_mlwq_mul_mat_vec_q(
         int stride_channel_x, int stride_channel_y, int stride_channel_dst,
         int nsamples_x, int nsamples_dst, int stride_sample_x, int stride_sample_y, int stride_sample_dst,
         int ids_stride, cudaStream_t stream);
+
+// q8_1 activations of an MLWQ product with a column permutation: quantize_row_q8_1_cuda's output
+// for x[..., perm[i0]] (same arguments, plus perm). mmvq.cu calls it for such nodes.
+void ggml_cuda_mlwq_quantize_q8_1_permuted(
+        const float * x, const int32_t * perm, void * vy,
+        int64_t ne00, int64_t s01, int64_t s02, int64_t s03,
+        int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3, cudaStream_t stream);
+
+// y (contiguous, ne00 x ne01 x ne02 x ne03 floats) = x with its columns permuted, y[.., i0] =
+// x[.., perm[i0]]; x strides in floats. The cuBLAS path (batches > MMVQ_MAX_BATCH_SIZE) of an MLWQ
+// product with a column permutation multiplies this copy.
+void ggml_cuda_mlwq_permute_f32(
+        const float * x, const int32_t * perm, float * y,
+        int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
+        int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
 
 // Dequantization of non-contiguous (or contiguous) tensors, for the cuBLAS path. The contiguous
 // converters of convert.cu only get an element count, which cannot locate MLWQ's row headers, so

@@ -140,10 +140,10 @@ void llama_mlwq_load_tensors(llama_model_loader & ml, llama_mlwq_perm_map & perm
         __func__, weights.size(), GGML_MLWQ_FORMAT_VERSION);
 }
 
-ggml_tensor * llama_mlwq_permute_input(ggml_context * ctx, const ggml_tensor * w, ggml_tensor * cur,
-                                       const llama_mlwq_perm_map * perms) {
+ggml_tensor * llama_mlwq_mul_mat(ggml_context * ctx, ggml_tensor * w, ggml_tensor * cur,
+                                const llama_mlwq_perm_map * perms) {
     if (!ggml_mlwq_is_type(w->type)) {
-        return cur;
+        return ggml_mul_mat(ctx, w, cur);
     }
     ggml_tensor * perm = nullptr;
     if (perms != nullptr) {
@@ -155,25 +155,6 @@ ggml_tensor * llama_mlwq_permute_input(ggml_context * ctx, const ggml_tensor * w
     if (perm == nullptr) {
         GGML_ABORT("MLWQ weight %s has no column permutation loaded", w->name);
     }
-    GGML_ASSERT(cur->ne[0] == w->ne[0] && perm->ne[0] == cur->ne[0]);
-
-    // x_perm[j] = x[perm[j]] along ne0: as rows, gather with ggml_get_rows and turn back
-    const bool is_2d = cur->ne[2] == 1 && cur->ne[3] == 1;
-    ggml_tensor * x = ggml_is_contiguous(cur) ? cur : ggml_cont(ctx, cur);
-    if (ggml_nelements(cur) == cur->ne[0]) {
-        // one token (generation): the column is already a row in memory, so one gather
-        // suffices, with views on both sides instead of two transposing copies
-        x = ggml_get_rows(ctx, ggml_reshape_2d(ctx, x, 1, cur->ne[0]), perm);   // [1, ne0]
-        return ggml_reshape_4d(ctx, x, cur->ne[0], cur->ne[1], cur->ne[2], cur->ne[3]);
-    }
-    if (!is_2d) {
-        x = ggml_reshape_2d(ctx, x, cur->ne[0], ggml_nelements(cur)/cur->ne[0]);
-    }
-    x = ggml_cont(ctx, ggml_transpose(ctx, x));   // [n_tokens, ne0]
-    x = ggml_get_rows(ctx, x, perm);              // [n_tokens, ne0], rows in permuted order
-    x = ggml_cont(ctx, ggml_transpose(ctx, x));   // [ne0, n_tokens]
-    if (!is_2d) {
-        x = ggml_reshape_4d(ctx, x, cur->ne[0], cur->ne[1], cur->ne[2], cur->ne[3]);
-    }
-    return x;
+    // the backends gather x[perm[j]] while quantizing the activations (ggml-mlwq.h)
+    return ggml_mlwq_mul_mat(ctx, w, cur, perm);
 }

@@ -1,5 +1,5 @@
 // MLWQ weights in llama: their column permutations (loaded generically for any architecture,
-// checked before use) and the graph step that permutes the activations (mlwq ggml_patch).
+// checked before use) and the product node that carries them (mlwq ggml_patch).
 #pragma once
 
 #include <unordered_map>
@@ -19,7 +19,7 @@ using llama_mlwq_perm_map = std::unordered_map<const ggml_tensor *, ggml_tensor 
 // tensor and the fault on any malformed input.
 void llama_mlwq_load_tensors(llama_model_loader & ml, llama_mlwq_perm_map & perms);
 
-// cur permuted for the product with w (x_perm[j] = x[perm[j]] along ne0) if w is an MLWQ
-// weight, cur itself otherwise
-ggml_tensor * llama_mlwq_permute_input(ggml_context * ctx, const ggml_tensor * w, ggml_tensor * cur,
-                                       const llama_mlwq_perm_map * perms);
+// w x as a MUL_MAT node; for an MLWQ weight the node carries w's column permutation, and the
+// backend permutes the activations as it quantizes them (ggml_mlwq_mul_mat)
+ggml_tensor * llama_mlwq_mul_mat(ggml_context * ctx, ggml_tensor * w, ggml_tensor * cur,
+                                 const llama_mlwq_perm_map * perms);

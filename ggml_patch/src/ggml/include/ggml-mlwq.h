@@ -81,6 +81,22 @@ GGML_API bool ggml_mlwq_validate_rows(enum ggml_type type, const void * data, si
 // Check of a column permutation: n entries, each in 0..n-1, no repeats.
 GGML_API bool ggml_mlwq_validate_perm(const int32_t * perm, int64_t n, char * err, size_t err_size);
 
+// y = W x for an MLWQ weight a whose input columns are permuted: a MUL_MAT node that carries the
+// permutation perm (I32 [ne0], permuted column j = original column perm[j]) as its source
+// GGML_MLWQ_PERM_SRC. The backends that run MLWQ (CPU, CUDA) read x[perm[j]] while they quantize the
+// activations for the product, so the permutation costs no node, no kernel and no copy. With
+// perm == NULL this is ggml_mul_mat (x already in the permuted order: the kernel tests use it).
+// Slot 3, not 2: MUL_MAT_ID keeps its expert ids in src[2], and code that handles both ops reads
+// src[2] as ids.
+#define GGML_MLWQ_PERM_SRC 3
+GGML_API struct ggml_tensor * ggml_mlwq_mul_mat(struct ggml_context * ctx, struct ggml_tensor * a,
+                                                struct ggml_tensor * b, struct ggml_tensor * perm);
+
+// the column permutation of an MLWQ MUL_MAT node, NULL for any other node
+static inline const struct ggml_tensor * ggml_mlwq_mul_mat_perm(const struct ggml_tensor * node) {
+    return node->op == GGML_OP_MUL_MAT && ggml_mlwq_is_type(node->src[0]->type) ? node->src[GGML_MLWQ_PERM_SRC] : NULL;
+}
+
 #ifdef __cplusplus
 }
 #endif

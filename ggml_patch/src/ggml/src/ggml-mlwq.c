@@ -180,3 +180,16 @@ bool ggml_mlwq_validate_perm(const int32_t * perm, int64_t n, char * err, size_t
     free(seen);
     return ok;
 }
+
+struct ggml_tensor * ggml_mlwq_mul_mat(struct ggml_context * ctx, struct ggml_tensor * a, struct ggml_tensor * b,
+                                       struct ggml_tensor * perm) {
+    struct ggml_tensor * result = ggml_mul_mat(ctx, a, b);
+    if (perm != NULL) {
+        GGML_ASSERT(ggml_mlwq_is_type(a->type) && "a column permutation goes with an MLWQ weight");
+        GGML_ASSERT(perm->type == GGML_TYPE_I32 && ggml_is_contiguous(perm) && perm->ne[0] == a->ne[0] &&
+                    ggml_nelements(perm) == perm->ne[0]);
+        GGML_ASSERT(b->type == GGML_TYPE_F32 && "the permuted activations are gathered from F32");
+        result->src[GGML_MLWQ_PERM_SRC] = perm;
+    }
+    return result;
+}

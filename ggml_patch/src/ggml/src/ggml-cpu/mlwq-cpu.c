@@ -399,3 +399,23 @@ bool ggml_mlwq_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const voi
     return false;       // portable build: ggml's vec_dot loop
 #endif
 }
+
+void ggml_mlwq_from_float_permuted(enum ggml_type vec_dot_type, ggml_from_float_t from_float,
+                                   const float * GGML_RESTRICT x, const int32_t * GGML_RESTRICT perm,
+                                   int64_t n, void * GGML_RESTRICT y) {
+    // gather a chunk, quantize it: the chunk stays in L1 and from_float keeps its SIMD path
+    enum { CHUNK = 256 };
+    float buf[CHUNK];
+    const int64_t bs = ggml_blck_size(vec_dot_type);
+    assert(n % bs == 0 && CHUNK % bs == 0);
+    char * out = (char *) y;
+    for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {
+        const int64_t len = n - i0 < CHUNK ? n - i0 : CHUNK;
+        for (int64_t i = 0; i < len; ++i) {
+            buf[i] = x[perm[i0 + i]];
+        }
+        from_float(buf, out, len);
+        out += ggml_row_size(vec_dot_type, len);
+    }
+    GGML_UNUSED(bs);
+}

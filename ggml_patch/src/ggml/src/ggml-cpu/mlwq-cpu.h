@@ -3,6 +3,7 @@
 
 #include "ggml.h"
 #include "ggml-backend.h"
+#include "ggml-cpu.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -23,6 +24,14 @@ void ggml_vec_dot_mlwq4_q8_1(int n, float * GGML_RESTRICT s, size_t bs, const vo
 // vec_dot) for other types, activations not in q8_1 yet, or a build without AVX2.
 GGML_BACKEND_API bool ggml_mlwq_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const void * A, int64_t lda,
                                      const void * B, int64_t ldb, void * C, int64_t ldc, int Atype, int Btype, int Ctype);
+
+// The activations of an MLWQ product whose node carries a column permutation (ggml_mlwq_mul_mat):
+// y = from_float(x[perm[0]], ..., x[perm[n-1]]) in vec_dot_type, n a multiple of its block size.
+// Called by ggml_compute_forward_mul_mat instead of from_float, on each thread's share of a row
+// (perm and y at that share's start, x at the row's start).
+GGML_BACKEND_API void ggml_mlwq_from_float_permuted(enum ggml_type vec_dot_type, ggml_from_float_t from_float,
+                                                    const float * GGML_RESTRICT x, const int32_t * GGML_RESTRICT perm,
+                                                    int64_t n, void * GGML_RESTRICT y);
 
 // the portable loop, whatever the build targets (for tests comparing it with the SIMD path)
 GGML_BACKEND_API void ggml_vec_dot_mlwq_q8_1_generic(int n, float * GGML_RESTRICT s, int b, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy);
