@@ -79,7 +79,7 @@ def lib_dir() -> Path:
 
 
 def tool_path(name: str) -> Path:
-    """Path of a built tool (llama-completion, llama-perplexity, llama-bench, llama-quantize,
+    """Path of a built tool (llama-cli, llama-completion, llama-perplexity, llama-bench, llama-quantize,
     llama-imatrix, mlwq-check)."""
     p = bin_dir() / name
     if not p.is_file() or not os.access(p, os.X_OK):

@@ -103,7 +103,7 @@ else
     CMAKE_EXTRA+=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
 fi
 BUILD="$LLAMA/build-$FLAVOUR"
-TARGETS=(llama llama-completion llama-perplexity llama-bench llama-quantize llama-imatrix)
+TARGETS=(llama llama-cli llama-completion llama-perplexity llama-bench llama-quantize llama-imatrix)
 
 if command -v ccache >/dev/null; then
     # compiler cache shared by all patched trees: paths relative to the tree, so a new tree key
@@ -117,7 +117,8 @@ fi
 log "configuring ($FLAVOUR) in $BUILD"
 cmake -S "$LLAMA" -B "$BUILD" -G Ninja \
     -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF \
     "${CMAKE_EXTRA[@]}" >"$BUILD.configure.log" 2>&1 \
     || { tail -40 "$BUILD.configure.log" >&2; die "cmake configure failed (log: $BUILD.configure.log)"; }
@@ -164,7 +165,7 @@ mv "$TREE_ROOT/mlwq-build.json.part" "$TREE_ROOT/mlwq-build.json"
 
 log "done in $(( $(date +%s) - t_start )) s"
 echo "llama.cpp tree : $LLAMA"
-echo "binaries       : $BIN  (llama-completion llama-perplexity llama-bench llama-quantize llama-imatrix mlwq-check)"
+echo "binaries       : $BIN  (llama-cli llama-completion llama-perplexity llama-bench llama-quantize llama-imatrix mlwq-check)"
 echo "libraries      : $BIN/libllama.so $BIN/libggml*.so"
 [ "${MLWQ_NO_PIP:-0}" != "1" ] && echo "python         : $PY (gguf + llama_cpp with these libraries in $PKG/lib)"
 exit 0

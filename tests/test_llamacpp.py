@@ -27,7 +27,8 @@ def run(args, **kw):
 
 
 def test_build_is_found_and_missing_build_fails_with_the_instruction(tmp_path, monkeypatch):
-    for tool in ("llama-completion", "llama-perplexity", "llama-bench", "llama-quantize", "llama-imatrix", "mlwq-check"):
+    for tool in ("llama-cli", "llama-completion", "llama-perplexity", "llama-bench", "llama-quantize", "llama-imatrix",
+                 "mlwq-check"):
         assert llamacpp.tool_path(tool).is_file()
     assert (llamacpp.lib_dir() / "libllama.so").exists()
     monkeypatch.setenv("MLWQ_CACHE", str(tmp_path))
@@ -129,6 +130,20 @@ def test_c_kernels_never_read_past_a_corrupt_row(tmp_path):
 
 
 # ---- llama.cpp on an exported file ---------------------------------------------------------
+
+def test_llama_cli_answers_one_turn_with_the_exported_model(exported):
+    """llama-cli (a chat in this llama.cpp) on the MLWQ file: one turn (-st), then exit. The 2-block
+    model's answer is not language; the full model's is (README, docs/BENCHMARKS.md)."""
+    path, _ = exported
+    r = run([llamacpp.tool_path("llama-cli"), "-m", path, "-p", "What is the capital of France?", "-n", "8",
+             "-st", "--simple-io", "--temp", "0", "-c", "256", "-t", "2"], stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ftype      : MLWQ3" in r.stdout
+    turn = r.stdout.split("> What is the capital of France?", 1)[1]
+    answer, stats = turn.split("[ Prompt:", 1)
+    assert answer.strip(), r.stdout[-2000:]
+    assert "Generation:" in stats
+
 
 def test_llama_completion_runs_the_exported_model(exported):
     path, _ = exported
