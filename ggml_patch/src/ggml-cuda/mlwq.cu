@@ -199,7 +199,7 @@ static __device__ __forceinline__ void mlwq_decode_words(const mlwq_block_words 
 // with q8_1's float sum ds.y (of the unquantized y) the zero-point term would not cancel the
 // activation rounding carried by the uncentred codes (measured: mean KLD 0.028 against the CPU on
 // SmolLM2, vs 0.005 for cuBLAS). Widths <= 7: q - zero fits in a signed byte, so the zero point
-// folds into the codes beforehand (qz) and the product is a signed dp4a. Width 8 (wide): unsigned
+// folds into the codes beforehand (__vsub4) and the product is a signed dp4a. Width 8 (wide): unsigned
 // codes and the exact integer sum of y.
 static __device__ __forceinline__ float mlwq_block_dot(const uint32_t q[16], const bool wide, const int zero,
                                                         const int y[16], const float dy0, const float dy1) {
