@@ -145,18 +145,20 @@ MLWQ_INLINE __m512i mlwq_decode_512(const uint8_t * c, int bits) {
 // by the NC columns.
 MLWQ_INLINE void mlwq_tile_avx512(int K, int b, float * s, size_t bs, const uint8_t * x, size_t bx,
                                   const uint8_t * y, size_t by, const int NR, const int NC) {
-    int nb[MLWQ_MR], nbmax = 0;
+    // nb[r]: row r's blocks before its first corrupt header (bits outside 1..8 or codes past the row
+    // end), found on the way: from there on the row contributes 0
+    const size_t row_bytes = (size_t) K * (GGML_MLWQ_HEADER_SIZE + 8*(size_t) b);
+    int nb[MLWQ_MR];
     size_t off[MLWQ_MR];
     __m512 acc[MLWQ_MR][MLWQ_NC];
     for (int r = 0; r < NR; ++r) {
-        nb[r]  = mlwq_row_blocks(x + r*bx, K, b);
-        nbmax  = nb[r] > nbmax ? nb[r] : nbmax;
+        nb[r]  = K;
         off[r] = (size_t) K * GGML_MLWQ_HEADER_SIZE;
         for (int c = 0; c < NC; ++c) {
             acc[r][c] = _mm512_setzero_ps();
         }
     }
-    for (int j = 0; j < nbmax; ++j) {
+    for (int j = 0; j < K; ++j) {
         // activations of block j: 64 int8 (two q8_1 blocks) and their scales, 8 lanes each
         __m512i qy[MLWQ_NC];
         __m512  dy[MLWQ_NC];
@@ -170,10 +172,12 @@ MLWQ_INLINE void mlwq_tile_avx512(int K, int b, float * s, size_t bs, const uint
         }
         MLWQ_UNROLL
         for (int r = 0; r < NR; ++r) {
-            if (j >= nb[r]) {
+            const uint8_t * h = x + r*bx + 4*j;
+            if (j >= nb[r] || (unsigned) (h[3] - GGML_MLWQ_MIN_BITS) > GGML_MLWQ_MAX_BITS - GGML_MLWQ_MIN_BITS ||
+                off[r] + 8*(size_t) h[3] > row_bytes) {
+                nb[r] = j < nb[r] ? j : nb[r];
                 continue;
             }
-            const uint8_t * h = x + r*bx + 4*j;
             const __m512i   q = mlwq_decode_512(x + r*bx + off[r], h[3]);
             const __m512i   z = _mm512_set1_epi8((char) h[2]);
             const __m512    d = _mm512_set1_ps(mlwq_d(h));
@@ -272,24 +276,28 @@ MLWQ_INLINE float mlwq_hsum_256(__m256 acc) {
 // same contract as mlwq_tile_avx512
 MLWQ_INLINE void mlwq_tile_avx2(int K, int b, float * s, size_t bs, const uint8_t * x, size_t bx,
                                 const uint8_t * y, size_t by, const int NR, const int NC) {
-    int nb[MLWQ_MR], nbmax = 0;
+    // nb[r]: row r's blocks before its first corrupt header (bits outside 1..8 or codes past the row
+    // end), found on the way: from there on the row contributes 0
+    const size_t row_bytes = (size_t) K * (GGML_MLWQ_HEADER_SIZE + 8*(size_t) b);
+    int nb[MLWQ_MR];
     size_t off[MLWQ_MR];
     __m256 acc[MLWQ_MR][MLWQ_NC];
     for (int r = 0; r < NR; ++r) {
-        nb[r]  = mlwq_row_blocks(x + r*bx, K, b);
-        nbmax  = nb[r] > nbmax ? nb[r] : nbmax;
+        nb[r]  = K;
         off[r] = (size_t) K * GGML_MLWQ_HEADER_SIZE;
         for (int c = 0; c < NC; ++c) {
             acc[r][c] = _mm256_setzero_ps();
         }
     }
-    for (int j = 0; j < nbmax; ++j) {
+    for (int j = 0; j < K; ++j) {
         MLWQ_UNROLL
         for (int r = 0; r < NR; ++r) {
-            if (j >= nb[r]) {
+            const uint8_t * h = x + r*bx + 4*j;
+            if (j >= nb[r] || (unsigned) (h[3] - GGML_MLWQ_MIN_BITS) > GGML_MLWQ_MAX_BITS - GGML_MLWQ_MIN_BITS ||
+                off[r] + 8*(size_t) h[3] > row_bytes) {
+                nb[r] = j < nb[r] ? j : nb[r];
                 continue;
             }
-            const uint8_t * h = x + r*bx + 4*j;
             const mlwq_q64  q = mlwq_decode_256(x + r*bx + off[r], h[3]);
             const float     d = mlwq_d(h);
             off[r] += 8*(size_t) h[3];
