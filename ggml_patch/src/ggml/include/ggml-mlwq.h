@@ -49,6 +49,19 @@ static inline int ggml_mlwq_type_width(enum ggml_type type) {
     }
 }
 
+// bytes of one row of K blocks of an MLWQb tensor: K headers of 4 bytes, 8*K*b bytes of codes and padding
+static inline size_t ggml_mlwq_row_bytes(int64_t K, int b) {
+    return (size_t) K * (GGML_MLWQ_HEADER_SIZE + 8*(size_t) b);
+}
+
+// The readers' rule for corrupt rows: a block of width `bits` whose codes start at byte `off` of a
+// row of `row_bytes` bytes can be read if 1 <= bits <= 8 and its codes end inside the row. From the
+// first block that cannot, the rest of the row reads as 0 (to_float, unpacking, the CPU and CUDA
+// products), so no reader ever leaves the row.
+static inline bool ggml_mlwq_block_readable(int bits, size_t off, size_t row_bytes) {
+    return bits >= GGML_MLWQ_MIN_BITS && bits <= GGML_MLWQ_MAX_BITS && off + 8*(size_t) bits <= row_bytes;
+}
+
 // bit planes of a block of width `bits` (1..8), low bits first; returns the number of planes (<= 3)
 static inline int ggml_mlwq_planes(int bits, int planes[3]) {
     int n = 0;

@@ -39,13 +39,13 @@ void ggml_mlwq_decode_block(const uint8_t * GGML_RESTRICT c, int bits, uint8_t *
 // end) the blocks read as 0: never touches bytes past the row
 static void mlwq_row(const uint8_t * GGML_RESTRICT x, int64_t k, int b, uint8_t * GGML_RESTRICT q) {
     const int64_t K         = k / QK_MLWQ;
-    const size_t  row_bytes = (size_t) K * (GGML_MLWQ_HEADER_SIZE + 8*(size_t) b);
+    const size_t  row_bytes = ggml_mlwq_row_bytes(K, b);
     size_t off = (size_t) K * GGML_MLWQ_HEADER_SIZE;
     bool   ok  = true;
     for (int64_t j = 0; j < K; ++j) {
         const uint8_t * h    = x + 4*j;
         const int       bits = h[3];
-        if (!ok || bits < GGML_MLWQ_MIN_BITS || bits > GGML_MLWQ_MAX_BITS || off + 8*(size_t) bits > row_bytes) {
+        if (!ok || !ggml_mlwq_block_readable(bits, off, row_bytes)) {
             ok = false;
             memset(q + QK_MLWQ*j, 0, QK_MLWQ);
             continue;
@@ -64,14 +64,14 @@ static void mlwq_dequantize_row(const void * GGML_RESTRICT x, float * GGML_RESTR
     const int64_t K = k / QK_MLWQ;
     uint8_t q[QK_MLWQ];
     size_t off = (size_t) K * GGML_MLWQ_HEADER_SIZE;
-    const size_t row_bytes = (size_t) K * (GGML_MLWQ_HEADER_SIZE + 8*(size_t) b);
+    const size_t row_bytes = ggml_mlwq_row_bytes(K, b);
     const uint8_t * xb = (const uint8_t *) x;
     bool ok = true;
     for (int64_t j = 0; j < K; ++j) {
         const uint8_t * h    = xb + 4*j;
         const int       bits = h[3];
         float * yj = y + QK_MLWQ*j;
-        if (!ok || bits < GGML_MLWQ_MIN_BITS || bits > GGML_MLWQ_MAX_BITS || off + 8*(size_t) bits > row_bytes) {
+        if (!ok || !ggml_mlwq_block_readable(bits, off, row_bytes)) {
             ok = false;
             memset(yj, 0, QK_MLWQ*sizeof(float));
             continue;
@@ -104,7 +104,7 @@ bool ggml_mlwq_validate_rows(enum ggml_type type, const void * data, size_t nbyt
         return false;
     }
     const int64_t K         = ne0 / QK_MLWQ;
-    const size_t  row_bytes = (size_t) K * (GGML_MLWQ_HEADER_SIZE + 8*(size_t) b);
+    const size_t  row_bytes = ggml_mlwq_row_bytes(K, b);
     if (nbytes / row_bytes != (size_t) nrows || nbytes % row_bytes != 0) {
         snprintf(err, err_size, "%zu bytes is not %" PRId64 " rows of %zu bytes", nbytes, nrows, row_bytes);
         return false;

@@ -51,11 +51,11 @@
 
 // number of leading blocks of a row whose header is sane and whose codes end inside the row
 static int mlwq_row_blocks(const uint8_t * x, int K, int b) {
-    const size_t row_bytes = (size_t) K * (GGML_MLWQ_HEADER_SIZE + 8*(size_t) b);
+    const size_t row_bytes = ggml_mlwq_row_bytes(K, b);
     size_t off = (size_t) K * GGML_MLWQ_HEADER_SIZE;
     for (int j = 0; j < K; ++j) {
         const int bits = x[4*j + 3];
-        if (bits < GGML_MLWQ_MIN_BITS || bits > GGML_MLWQ_MAX_BITS || off + 8*(size_t) bits > row_bytes) {
+        if (!ggml_mlwq_block_readable(bits, off, row_bytes)) {
             return j;
         }
         off += 8*(size_t) bits;
@@ -147,7 +147,7 @@ MLWQ_INLINE void mlwq_tile_avx512(int K, int b, float * s, size_t bs, const uint
                                   const uint8_t * y, size_t by, const int NR, const int NC) {
     // nb[r]: row r's blocks before its first corrupt header (bits outside 1..8 or codes past the row
     // end), found on the way: from there on the row contributes 0
-    const size_t row_bytes = (size_t) K * (GGML_MLWQ_HEADER_SIZE + 8*(size_t) b);
+    const size_t row_bytes = ggml_mlwq_row_bytes(K, b);
     int nb[MLWQ_MR];
     size_t off[MLWQ_MR];
     __m512 acc[MLWQ_MR][MLWQ_NC];
@@ -172,10 +172,12 @@ MLWQ_INLINE void mlwq_tile_avx512(int K, int b, float * s, size_t bs, const uint
         }
         MLWQ_UNROLL
         for (int r = 0; r < NR; ++r) {
+            if (j >= nb[r]) {
+                continue;
+            }
             const uint8_t * h = x + r*bx + 4*j;
-            if (j >= nb[r] || (unsigned) (h[3] - GGML_MLWQ_MIN_BITS) > GGML_MLWQ_MAX_BITS - GGML_MLWQ_MIN_BITS ||
-                off[r] + 8*(size_t) h[3] > row_bytes) {
-                nb[r] = j < nb[r] ? j : nb[r];
+            if (!ggml_mlwq_block_readable(h[3], off[r], row_bytes)) {
+                nb[r] = j;
                 continue;
             }
             const __m512i   q = mlwq_decode_512(x + r*bx + off[r], h[3]);
@@ -278,7 +280,7 @@ MLWQ_INLINE void mlwq_tile_avx2(int K, int b, float * s, size_t bs, const uint8_
                                 const uint8_t * y, size_t by, const int NR, const int NC) {
     // nb[r]: row r's blocks before its first corrupt header (bits outside 1..8 or codes past the row
     // end), found on the way: from there on the row contributes 0
-    const size_t row_bytes = (size_t) K * (GGML_MLWQ_HEADER_SIZE + 8*(size_t) b);
+    const size_t row_bytes = ggml_mlwq_row_bytes(K, b);
     int nb[MLWQ_MR];
     size_t off[MLWQ_MR];
     __m256 acc[MLWQ_MR][MLWQ_NC];
@@ -292,10 +294,12 @@ MLWQ_INLINE void mlwq_tile_avx2(int K, int b, float * s, size_t bs, const uint8_
     for (int j = 0; j < K; ++j) {
         MLWQ_UNROLL
         for (int r = 0; r < NR; ++r) {
+            if (j >= nb[r]) {
+                continue;
+            }
             const uint8_t * h = x + r*bx + 4*j;
-            if (j >= nb[r] || (unsigned) (h[3] - GGML_MLWQ_MIN_BITS) > GGML_MLWQ_MAX_BITS - GGML_MLWQ_MIN_BITS ||
-                off[r] + 8*(size_t) h[3] > row_bytes) {
-                nb[r] = j < nb[r] ? j : nb[r];
+            if (!ggml_mlwq_block_readable(h[3], off[r], row_bytes)) {
+                nb[r] = j;
                 continue;
             }
             const mlwq_q64  q = mlwq_decode_256(x + r*bx + off[r], h[3]);
@@ -364,7 +368,7 @@ bool ggml_mlwq_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const voi
     if (b == 0 || Btype != GGML_TYPE_Q8_1 || Ctype != GGML_TYPE_F32) {
         return false;   // src1 not yet quantized (mul_mat asks first with F32): after the conversion
     }
-    const size_t bx = (size_t) lda * (GGML_MLWQ_HEADER_SIZE + 8*(size_t) b);
+    const size_t bx = ggml_mlwq_row_bytes(lda, b);
     const size_t by = (size_t) ldb * sizeof(block_q8_1);
     const uint8_t * x = (const uint8_t *) A;
     const uint8_t * y = (const uint8_t *) B;
