@@ -448,28 +448,106 @@ static void test_fusion(int b, int64_t ne0, int64_t nr) {
     check(std::string("swiglu(gate, up) (fusable) ") + ggml_type_name(type), bld_glu, ref_glu, TOL_Q8_REF, TOL_Q8_CPU);
 }
 
+// llama's FFN: swiglu(gate, up) of two permuted products of one input, each weight with its own
+// column permutation; CUDA runs it as one fused mat-vec over two permuted quantizations of x.
+// And llama's residual add after a permuted product, fused as a bias.
+static void test_fusion_perm(int b, int64_t ne0, int64_t nr) {
+    const ggml_type type = mlwq_type(b);
+    const auto uq = make_mlwq(b, ne0, nr, WIDTHS_TIERS);
+    const auto gq = make_mlwq(b, ne0, nr, WIDTHS_TIERS);
+    const auto u  = dequant(type, uq, ne0, nr);
+    const auto g  = dequant(type, gq, ne0, nr);
+    std::vector<int32_t> pu(ne0), pg(ne0);
+    for (int64_t j = 0; j < ne0; ++j) pu[j] = pg[j] = (int32_t) j;
+    std::shuffle(pu.begin(), pu.end(), g_rng);
+    std::shuffle(pg.begin(), pg.end(), g_rng);
+    const auto x = rand_vec(ne0);
+    std::vector<float> xu(ne0), xg(ne0);
+    for (int64_t j = 0; j < ne0; ++j) {
+        xu[j] = x[pu[j]];
+        xg[j] = x[pg[j]];
+    }
+    const auto ru = ref_mm(u, xu, ne0, nr, 1);
+    const auto rg = ref_mm(g, xg, ne0, nr, 1);
+    std::vector<double> ref(nr);
+    for (int64_t i = 0; i < nr; ++i) {
+        ref[i] = rg[i]/(1.0 + std::exp(-rg[i]))*ru[i];
+    }
+    builder bld = [&](ggml_context * ctx, std::vector<input> & ins) {
+        ggml_tensor * tu  = ggml_new_tensor_2d(ctx, type, ne0, nr);
+        ggml_tensor * tg  = ggml_new_tensor_2d(ctx, type, ne0, nr);
+        ggml_tensor * tpu = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, ne0);
+        ggml_tensor * tpg = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, ne0);
+        ggml_tensor * tx  = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, 1);
+        ins.push_back({tu, uq.data()});
+        ins.push_back({tg, gq.data()});
+        ins.push_back({tpu, pu.data()});
+        ins.push_back({tpg, pg.data()});
+        ins.push_back({tx, x.data()});
+        return ggml_swiglu_split(ctx, ggml_mlwq_mul_mat(ctx, tg, tx, tpg), ggml_mlwq_mul_mat(ctx, tu, tx, tpu));
+    };
+    char name[128];
+    snprintf(name, sizeof(name), "swiglu(gate, up) permuted (fusable) %s %lldx%lld", ggml_type_name(type),
+             (long long) nr, (long long) ne0);
+    check(name, bld, ref, TOL_Q8_REF, TOL_Q8_CPU);
+
+    // llama's residual: a permuted product + a vector of its shape, fused as a bias
+    const auto res = rand_vec(nr);
+    std::vector<double> ref_res(nr);
+    for (int64_t i = 0; i < nr; ++i) {
+        ref_res[i] = ru[i] + res[i];
+    }
+    builder bld_res = [&](ggml_context * ctx, std::vector<input> & ins) {
+        ggml_tensor * tu  = ggml_new_tensor_2d(ctx, type, ne0, nr);
+        ggml_tensor * tpu = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, ne0);
+        ggml_tensor * tx  = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, 1);
+        ggml_tensor * tr  = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, nr, 1);
+        ins.push_back({tu, uq.data()});
+        ins.push_back({tpu, pu.data()});
+        ins.push_back({tx, x.data()});
+        ins.push_back({tr, res.data()});
+        return ggml_add(ctx, ggml_mlwq_mul_mat(ctx, tu, tx, tpu), tr);
+    };
+    snprintf(name, sizeof(name), "permuted + residual (fusable) %s %lldx%lld", ggml_type_name(type),
+             (long long) nr, (long long) ne0);
+    check(name, bld_res, ref_res, TOL_Q8_REF, TOL_Q8_CPU);
+}
+
 // ---- speed ----
 
-static double bench_mv(ggml_type type, const std::vector<uint8_t> & one, int64_t ne0, int64_t nr, int copies, int iters, int ncols) {
+// us per product (glu: per swiglu(gate, up) pair) of `copies` weights holding the bytes `one`, in one
+// graph run `iters` times; MLWQ as llama runs it, with column permutations (gate and up: their own)
+static double bench_mv(ggml_type type, const std::vector<uint8_t> & one, int64_t ne0, int64_t nr, int copies, int iters,
+                       int ncols, bool glu) {
     std::vector<float> x = rand_vec(ne0*ncols);
-    // MLWQ as llama runs it: the product carries a column permutation (gathered in the quantization)
     const bool permuted = ggml_mlwq_is_type(type);
-    std::vector<int32_t> perm(ne0);
-    for (int64_t j = 0; j < ne0; ++j) perm[j] = (int32_t) j;
+    std::vector<int32_t> perm(ne0), perm_g(ne0);
+    for (int64_t j = 0; j < ne0; ++j) perm[j] = perm_g[j] = (int32_t) j;
     std::shuffle(perm.begin(), perm.end(), g_rng);
-    ggml_init_params ip = { (size_t) (4*copies + 16)*ggml_tensor_overhead() + ggml_graph_overhead_custom(4*copies + 16, false), nullptr, true };
+    std::shuffle(perm_g.begin(), perm_g.end(), g_rng);
+    const int nw = glu ? 2*copies : copies;
+    ggml_init_params ip = { (size_t) (4*nw + 16)*ggml_tensor_overhead() + ggml_graph_overhead_custom(4*nw + 16, false), nullptr, true };
     ggml_context * ctx = ggml_init(ip);
-    std::vector<ggml_tensor *> ws(copies);
-    ggml_tensor * tx = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, ncols);
-    ggml_tensor * tp = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, ne0);
-    ggml_cgraph * gf = ggml_new_graph_custom(ctx, 4*copies + 16, false);
+    std::vector<ggml_tensor *> ws(nw);
+    ggml_tensor * tx  = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, ncols);
+    ggml_tensor * tp  = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, ne0);
+    ggml_tensor * tpg = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, ne0);
+    ggml_cgraph * gf = ggml_new_graph_custom(ctx, 4*nw + 16, false);
+    auto mm = [&](ggml_tensor * w, ggml_tensor * p) { return permuted ? ggml_mlwq_mul_mat(ctx, w, tx, p) : ggml_mul_mat(ctx, w, tx); };
     for (int c = 0; c < copies; ++c) {
-        ws[c] = ggml_new_tensor_2d(ctx, type, ne0, nr);
-        ggml_build_forward_expand(gf, permuted ? ggml_mlwq_mul_mat(ctx, ws[c], tx, tp) : ggml_mul_mat(ctx, ws[c], tx));
+        if (glu) {
+            ws[2*c]     = ggml_new_tensor_2d(ctx, type, ne0, nr);
+            ws[2*c + 1] = ggml_new_tensor_2d(ctx, type, ne0, nr);
+            ggml_build_forward_expand(gf, ggml_swiglu_split(ctx, mm(ws[2*c], tpg), mm(ws[2*c + 1], tp)));
+        } else {
+            ws[c] = ggml_new_tensor_2d(ctx, type, ne0, nr);
+            ggml_build_forward_expand(gf, mm(ws[c], tp));
+        }
     }
     ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, g_cuda);
-    for (int c = 0; c < copies; ++c) ggml_backend_tensor_set(ws[c], one.data(), 0, one.size());
+    for (int c = 0; c < nw; ++c) ggml_backend_tensor_set(ws[c], one.data(), 0, one.size());
     ggml_backend_tensor_set(tp, perm.data(), 0, ggml_nbytes(tp));
+    ggml_backend_tensor_set(tpg, perm_g.data(), 0, ggml_nbytes(tpg));
     ggml_backend_tensor_set(tx, x.data(), 0, ggml_nbytes(tx));
     for (int i = 0; i < 3; ++i) ggml_backend_graph_compute(g_cuda, gf);
     const auto t0 = std::chrono::steady_clock::now();
@@ -482,27 +560,41 @@ static double bench_mv(ggml_type type, const std::vector<uint8_t> & one, int64_t
 }
 
 static void run_bench(bool mlwq_only) {
-    struct shape { const char * name; int64_t ne0, nr; };
+    struct shape { const char * name; int64_t ne0, nr; bool glu; };
     const shape shapes[] = {
-        {"attn_q/o 2048x2048",   2048, 2048},
-        {"attn_k/v 512x2048",    2048,  512},
-        {"ffn_gate/up 8192x2048", 2048, 8192},
-        {"ffn_down 2048x8192",   8192, 2048},
+        {"1B attn_q/o 2048x2048",      2048, 2048, false},
+        {"1B attn_k/v 512x2048",       2048,  512, false},
+        {"1B ffn_gate/up 8192x2048",   2048, 8192, false},
+        {"1B ffn_down 2048x8192",      8192, 2048, false},
+        {"1B swiglu(gate,up) 2x8192",  2048, 8192, true},
+        {"135M attn_q/o 576x576",       576,  576, false},
+        {"135M attn_k/v 192x576",       576,  192, false},
+        {"135M ffn_gate/up 1536x576",   576, 1536, false},
+        {"135M ffn_down 576x1536",     1536,  576, false},
+        {"135M swiglu(gate,up) 2x1536", 576, 1536, true},
     };
     const ggml_type types[] = { GGML_TYPE_MLWQ3, GGML_TYPE_Q3_K, GGML_TYPE_Q4_0, GGML_TYPE_Q8_0 };
     printf("\nmat-vec speed (CUDA0; each figure: one MUL_MAT of a weight that is not in L2, in a graph of\n"
            "many such; us per product incl. its q8_1 activation quantization, for MLWQ with its column\n"
-           "permutation; GB/s = weight bytes / time)\n");
+           "permutation; swiglu: us per fused gate+up+GLU pair; GB/s = weight bytes / time; Q3_K needs\n"
+           "rows of 256: '-' for 576 columns)\n");
     for (int ncols : {1, 4}) {
-        printf("\n  batch %d\n  %-24s", ncols, "shape");
+        printf("\n  batch %d\n  %-28s", ncols, "shape");
         for (ggml_type t : types) {
             if (!mlwq_only || t == GGML_TYPE_MLWQ3) printf(" %20s", ggml_type_name(t));
         }
         printf("\n");
         for (const shape & s : shapes) {
-            printf("  %-24s", s.name);
+            if (s.glu && ncols != 1) {
+                continue;   // GLU fusion is for one token
+            }
+            printf("  %-28s", s.name);
             for (ggml_type t : types) {
                 if (mlwq_only && t != GGML_TYPE_MLWQ3) {
+                    continue;
+                }
+                if (s.ne0 % ggml_blck_size(t) != 0) {
+                    printf(" %20s", "-");
                     continue;
                 }
                 std::vector<uint8_t> one;
@@ -513,9 +605,10 @@ static void run_bench(bool mlwq_only) {
                     one.resize(ggml_row_size(t, s.ne0)*s.nr);
                     ggml_quantize_chunk(t, f.data(), one.data(), 0, s.nr, s.ne0, nullptr);
                 }
-                const int copies = (int) std::max<int64_t>(8, (int64_t) (400e6/one.size()));
-                const double us = bench_mv(t, one, s.ne0, s.nr, copies, 20, ncols);
-                printf("   %7.2f us %6.0f GB/s", us, one.size()/us*1e-3);
+                const int nmat   = s.glu ? 2 : 1;
+                const int copies = (int) std::max<int64_t>(8, (int64_t) (400e6/(nmat*one.size())));
+                const double us = bench_mv(t, one, s.ne0, s.nr, copies, 20, ncols, s.glu);
+                printf("   %7.2f us %6.0f GB/s", us, nmat*one.size()/us*1e-3);
                 fflush(stdout);
             }
             printf("\n");
@@ -565,6 +658,8 @@ int main(int argc, char ** argv) {
         test_mul_mat_id(b, 512, 96, 4, 2, 5);
         test_mul_mat_id(b, 512, 96, 4, 2, 12);
         test_fusion(b, 576, 300);
+        test_fusion_perm(b, 576, 1536);
+        test_fusion_perm(b, 64*70, 130);                      // 3 rounds: 2 warps a row
     }
     printf("test-mlwq-cuda: %d/%d cases passed\n", g_pass, g_total);
     ggml_backend_free(g_cuda);

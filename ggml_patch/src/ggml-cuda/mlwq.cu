@@ -238,79 +238,95 @@ static __device__ __forceinline__ void mlwq_load_y(const block_q8_1 * GGML_CUDA_
     dy1 = __low2float(yb[1].ds);
 }
 
-// One row against ncols q8_1 columns, the rounds m = s, s+S, ... of its 32-block rounds: this
-// lane's partial sums added to acc. y: column 0 (block 0); stride_col_y in q8_1 blocks. All lanes
+// A warp's walk over the 32-block rounds of one row. carry = the sum of the widths of blocks
+// [0, 32*next); dead: a corrupt header was met, the rest of the row reads as 0.
+struct mlwq_cursor {
+    const uint32_t * hdr;
+    const char     * codes;
+    int  carry;
+    int  next;
+    bool dead;
+};
+
+static __device__ __forceinline__ mlwq_cursor mlwq_cursor_at(const char * GGML_CUDA_RESTRICT xrow, const int K) {
+    return { (const uint32_t *) xrow, xrow + MLWQ_HDR_BYTES*K, 0, 0, false };
+}
+
+// This lane's block of one round: header, width (0: no block, or a block that reads as 0), code words.
+struct mlwq_round {
+    uint32_t h;
+    int      w;
+    mlwq_block_words bw;
+};
+
+// Load round m (lane j: block 32m + j). Rounds are loaded in increasing order; the widths of the
+// rounds skipped since the last call (the row's other warps take them) come from their headers
+// alone. Weights only: a kernel may call it before waiting for the kernels it depends on. All lanes
 // of the warp call it together.
+static __device__ __forceinline__ void mlwq_load_round(mlwq_cursor & cur, const int K, const int code_bytes,
+                                                       const int m, mlwq_round & r) {
+    const int  lane   = threadIdx.x;
+    const int  j      = m*WARP_SIZE + lane;
+    const bool exists = j < K;
+    r.h = exists ? cur.hdr[j] : 0u;
+    if (cur.next < m) {
+        int  part = 0;
+        bool bad  = false;
+        for (int jj = cur.next*WARP_SIZE + lane; jj < m*WARP_SIZE; jj += WARP_SIZE) {
+            const int  wr = (int) (cur.hdr[jj] >> 24);
+            const bool ok = wr >= GGML_MLWQ_MIN_BITS && wr <= GGML_MLWQ_MAX_BITS;
+            part += ok ? wr : 0;
+            bad  |= !ok;
+        }
+        cur.carry += warp_reduce_sum<WARP_SIZE>(part);
+        cur.dead   = cur.dead || __any_sync(0xFFFFFFFF, bad);
+    }
+    cur.next = m + 1;
+    int off;
+    r.w = mlwq_locate(r.h, exists, code_bytes, cur.carry, cur.dead, off);
+    mlwq_load_words((const int *) (cur.codes + off), r.w, r.bw);
+}
+
+// This lane's part of a loaded round against ncols q8_1 columns, added to acc. y: column 0 (block 0);
+// stride_col_y in q8_1 blocks. All lanes of the warp call it together.
 template <int ncols>
-static __device__ __forceinline__ void mlwq_row_dot(
-        const char * GGML_CUDA_RESTRICT xrow, const int K, const int code_bytes,
-        const block_q8_1 * GGML_CUDA_RESTRICT y, const int stride_col_y, const int s, const int S, float acc[ncols]) {
-    const uint32_t * hdr   = (const uint32_t *) xrow;
-    const char     * codes = xrow + MLWQ_HDR_BYTES*K;
-    const int lane = threadIdx.x;
-    const int M    = (K + WARP_SIZE - 1)/WARP_SIZE;
-
-    int  carry = 0;     // sum of the widths of blocks [0, 32*next)
-    bool dead  = false;
-    int  next  = 0;
-    for (int m = s; m < M; m += S) {
-        const int  j      = m*WARP_SIZE + lane;
-        const bool exists = j < K;
-        const uint32_t h  = exists ? hdr[j] : 0u;
-        if (next < m) {
-            // rounds next..m-1 belong to the row's other warps: their widths from the headers alone
-            int  part = 0;
-            bool bad  = false;
-            for (int jj = next*WARP_SIZE + lane; jj < m*WARP_SIZE; jj += WARP_SIZE) {
-                const int wr = (int) (hdr[jj] >> 24);
-                const bool ok = wr >= GGML_MLWQ_MIN_BITS && wr <= GGML_MLWQ_MAX_BITS;
-                part += ok ? wr : 0;
-                bad  |= !ok;
-            }
-            carry += warp_reduce_sum<WARP_SIZE>(part);
-            dead   = dead || __any_sync(0xFFFFFFFF, bad);
+static __device__ __forceinline__ void mlwq_dot_round(const mlwq_round & r, const int m,
+        const block_q8_1 * GGML_CUDA_RESTRICT y, const int stride_col_y, float acc[ncols]) {
+    const int w = r.w;
+    // which planes occur in this warp (uniform branches below)
+    const bool any_a = __any_sync(0xFFFFFFFF, w >= 4);
+    const bool any_b = __any_sync(0xFFFFFFFF, w == 8);
+    const bool any_c = __any_sync(0xFFFFFFFF, w & 2);
+    const bool any_d = __any_sync(0xFFFFFFFF, w & 1);
+    if (!any_a && !any_c && !any_d) {
+        return;     // no live block in this round
+    }
+    uint32_t q[16];
+    mlwq_decode_words(r.bw, w, any_a, any_b, any_c, any_d, q);
+    const bool  wide = any_b && w == 8;   // any_b: a warp-uniform test first
+    const int   zero = mlwq_hdr_zero(r.h);
+    const float d    = w > 0 ? mlwq_hdr_d(r.h) : 0.0f;   // a block that reads as 0 adds 0
+    if (!wide) {
+        const uint32_t z4 = 0x01010101u * (uint32_t) zero;
+#pragma unroll
+        for (int g = 0; g < 16; ++g) {
+            q[g] = __vsub4(q[g], z4);
         }
-        next = m + 1;
-
-        int off;
-        const int w = mlwq_locate(h, exists, code_bytes, carry, dead, off);
-        mlwq_block_words bw;
-        mlwq_load_words((const int *) (codes + off), w, bw);
-
-        // which planes occur in this warp (uniform branches below)
-        const bool any_a = __any_sync(0xFFFFFFFF, w >= 4);
-        const bool any_b = __any_sync(0xFFFFFFFF, w == 8);
-        const bool any_c = __any_sync(0xFFFFFFFF, w & 2);
-        const bool any_d = __any_sync(0xFFFFFFFF, w & 1);
-        if (!any_a && !any_c && !any_d) {
-            continue;   // no live block in this round
-        }
-        uint32_t q[16];
-        mlwq_decode_words(bw, w, any_a, any_b, any_c, any_d, q);
-        const bool  wide = any_b && w == 8;   // any_b: a warp-uniform test first
-        const int   zero = mlwq_hdr_zero(h);
-        const float d    = w > 0 ? mlwq_hdr_d(h) : 0.0f;   // a block that reads as 0 adds 0
-        if (!wide) {
-            const uint32_t z4 = 0x01010101u * (uint32_t) zero;
+    }
+    const int j = m*WARP_SIZE + threadIdx.x;
+#pragma unroll
+    for (int c = 0; c < ncols; ++c) {
+        int   yv[16];
+        float dy0 = 0.0f, dy1 = 0.0f;
+        if (w > 0) {
+            mlwq_load_y(y + (int64_t) c*stride_col_y, j, yv, dy0, dy1);
+        } else {
 #pragma unroll
             for (int g = 0; g < 16; ++g) {
-                q[g] = __vsub4(q[g], z4);
+                yv[g] = 0;
             }
         }
-#pragma unroll
-        for (int c = 0; c < ncols; ++c) {
-            int   yv[16];
-            float dy0 = 0.0f, dy1 = 0.0f;
-            if (exists) {
-                mlwq_load_y(y + (int64_t) c*stride_col_y, j, yv, dy0, dy1);
-            } else {
-#pragma unroll
-                for (int g = 0; g < 16; ++g) {
-                    yv[g] = 0;
-                }
-            }
-            acc[c] += d*mlwq_block_dot(q, wide, zero, yv, dy0, dy1);
-        }
+        acc[c] += d*mlwq_block_dot(q, wide, zero, yv, dy0, dy1);
     }
 }
 
@@ -359,10 +375,19 @@ static __device__ __forceinline__ bool mlwq_sum_row(float v[n], const int S, con
 // several rounds (K > 32). Grid: x = row tiles of MLWQ_WARPS/S rows, y = dst channels, z = dst samples
 // (without ids) or tokens (with ids, ncols == 1). Strides of x in bytes; of y in q8_1 blocks; of
 // dst in floats.
+// A warp per row (lane j: block j of each round of 32), S = 1, 2 or 4 warps per row for rows of
+// several rounds (K > 32). Grid: x = row tiles of MLWQ_WARPS/S rows, y = dst channels, z = dst samples
+// (without ids) or tokens (with ids, ncols == 1). Strides of x in bytes; of y in q8_1 blocks; of
+// dst in floats. vy_gate: the gate's own activations (its column permutation), or vy.
+//
+// Without ids, a warp loads its first round of weights (headers, then the codes they locate: two
+// dependent memory round trips) before it waits for the kernels it depends on (PDL), so that
+// latency overlaps the activations' quantization. No kernel writes an MLWQ tensor (the types have
+// no from_float; CPY/SET_ROWS to them are not supported), so the weights are ready at launch.
 template <int ncols, bool has_fusion>
 __launch_bounds__(WARP_SIZE*MLWQ_WARPS, 1)
 static __global__ void mlwq_mul_mat_vec_q(
-        const char * vx, const char * vgate, const block_q8_1 * vy, const int32_t * ids,
+        const char * vx, const char * vgate, const block_q8_1 * vy, const block_q8_1 * vy_gate, const int32_t * ids,
         const float * x_bias, const float * gate_bias, const ggml_glu_op glu_op, const float glu_limit, float * dst,
         const int K, const int code_bytes, const int nrows_x, const int S,
         const int64_t stride_row_x, const int stride_col_y, const int stride_col_dst,
@@ -375,6 +400,23 @@ static __global__ void mlwq_mul_mat_vec_q(
     const int  row    = blockIdx.x*(MLWQ_WARPS/S) + warp/S;
     const bool active = row < nrows_x;
     const int  channel_dst = blockIdx.y;
+    const int  M      = (K + WARP_SIZE - 1)/WARP_SIZE;    // rounds per row; s < S <= M
+    const bool gated  = has_fusion && vgate != nullptr;
+
+    mlwq_cursor cx = {}, cg = {};
+    mlwq_round  rx, rg;
+    int64_t x_off = 0;
+    if (active && !ids) {
+        const int64_t channel_x = channel_dst / channel_ratio;
+        const int64_t sample_x  = blockIdx.z / sample_ratio;
+        x_off = sample_x*stride_sample_x + channel_x*stride_channel_x + row*stride_row_x;
+        cx = mlwq_cursor_at(vx + x_off, K);
+        mlwq_load_round(cx, K, code_bytes, s, rx);
+        if (gated) {
+            cg = mlwq_cursor_at(vgate + x_off, K);
+            mlwq_load_round(cg, K, code_bytes, s, rg);
+        }
+    }
 
     // everything read below may come from earlier kernels (ids, activations, biases)
     ggml_cuda_pdl_sync();
@@ -384,33 +426,49 @@ static __global__ void mlwq_mul_mat_vec_q(
     int64_t dst_off  = 0;
     int64_t bias_off = 0;
     if (active) {
-        int64_t channel_x;
-        int64_t sample_x;
         const block_q8_1 * y;
+        const block_q8_1 * yg;
         if (ids) {
             const int token = blockIdx.z;
-            channel_x = ids[channel_dst + token*ids_stride];
-            sample_x  = 0;
-            y         = vy + (int64_t) (channel_dst % nchannels_y)*stride_channel_y + (int64_t) token*stride_col_y;
+            const int64_t channel_x = ids[channel_dst + token*ids_stride];
+            const int64_t y_off = (int64_t) (channel_dst % nchannels_y)*stride_channel_y + (int64_t) token*stride_col_y;
+            y         = vy + y_off;
+            yg        = vy_gate + y_off;
             dst_off   = (int64_t) channel_dst*stride_channel_dst + (int64_t) token*stride_col_dst + row;
             bias_off  = channel_x*stride_channel_dst + row;
+            x_off     = channel_x*stride_channel_x + row*stride_row_x;
+            cx = mlwq_cursor_at(vx + x_off, K);
+            mlwq_load_round(cx, K, code_bytes, s, rx);
+            if (gated) {
+                cg = mlwq_cursor_at(vgate + x_off, K);
+                mlwq_load_round(cg, K, code_bytes, s, rg);
+            }
         } else {
             const int sample_dst = blockIdx.z;
-            channel_x = channel_dst / channel_ratio;
-            sample_x  = sample_dst  / sample_ratio;
-            y         = vy + (int64_t) sample_dst*stride_sample_y + (int64_t) channel_dst*stride_channel_y;
+            const int64_t y_off = (int64_t) sample_dst*stride_sample_y + (int64_t) channel_dst*stride_channel_y;
+            y         = vy + y_off;
+            yg        = vy_gate + y_off;
             dst_off   = (int64_t) sample_dst*stride_sample_dst + (int64_t) channel_dst*stride_channel_dst + row;
             bias_off  = dst_off;
         }
-        const int64_t x_off = sample_x*stride_sample_x + channel_x*stride_channel_x + row*stride_row_x;
-
-        mlwq_row_dot<ncols>(vx + x_off, K, code_bytes, y, stride_col_y, s, S, sums);
-        if constexpr (has_fusion) {
-            if (vgate) {
-                mlwq_row_dot<ncols>(vgate + x_off, K, code_bytes, y, stride_col_y, s, S, sums + ncols);
+        // round s is loaded; the later ones (rows of > 32*S blocks) load in the loop
+        mlwq_dot_round<ncols>(rx, s, y, stride_col_y, sums);
+        if (gated) {
+            mlwq_dot_round<ncols>(rg, s, yg, stride_col_y, sums + ncols);
+        }
+        for (int m = s + S; m < M; m += S) {
+            mlwq_load_round(cx, K, code_bytes, m, rx);
+            mlwq_dot_round<ncols>(rx, m, y, stride_col_y, sums);
+            if (gated) {
+                mlwq_load_round(cg, K, code_bytes, m, rg);
+                mlwq_dot_round<ncols>(rg, m, yg, stride_col_y, sums + ncols);
             }
         }
+        GGML_UNUSED(yg);
     }
+
+    // as mul_mat_vec_q: the next kernel may launch now (it waits for this one's results)
+    ggml_cuda_pdl_lc();
 
     if (!mlwq_sum_row<nsums>(sums, S, s) || !active) {
         return;
@@ -422,7 +480,7 @@ static __global__ void mlwq_mul_mat_vec_q(
             if (x_bias) {
                 result += x_bias[bias_off + (int64_t) c*stride_col_dst];
             }
-            if (vgate) {
+            if (gated) {
                 float g = sums[ncols + c];
                 if (gate_bias) {
                     g += gate_bias[bias_off + (int64_t) c*stride_col_dst];
@@ -438,7 +496,7 @@ static __global__ void mlwq_mul_mat_vec_q(
 template <int ncols, bool has_fusion>
 static void mlwq_launch_mmvq(
         const int S, const int nrows_x, const int64_t gy, const int64_t gz, cudaStream_t stream,
-        const char * vx, const char * vgate, const block_q8_1 * vy, const int32_t * ids,
+        const char * vx, const char * vgate, const block_q8_1 * vy, const block_q8_1 * vy_gate, const int32_t * ids,
         const float * x_bias, const float * gate_bias, const ggml_glu_op glu_op, const float glu_limit, float * dst,
         const int K, const int code_bytes,
         const int64_t stride_row_x, const int stride_col_y, const int stride_col_dst,
@@ -451,7 +509,7 @@ static void mlwq_launch_mmvq(
     const dim3 block(WARP_SIZE, MLWQ_WARPS, 1);
     const ggml_cuda_kernel_launch_params launch_params(grid, block, (size_t) 0, stream);
     ggml_cuda_kernel_launch(mlwq_mul_mat_vec_q<ncols, has_fusion>, launch_params,
-        vx, vgate, vy, ids, x_bias, gate_bias, glu_op, glu_limit, dst,
+        vx, vgate, vy, vy_gate, ids, x_bias, gate_bias, glu_op, glu_limit, dst,
         K, code_bytes, nrows_x, S, stride_row_x, stride_col_y, stride_col_dst,
         channel_ratio, stride_channel_x, stride_channel_y, stride_channel_dst, nchannels_y,
         sample_ratio, stride_sample_x, stride_sample_y, stride_sample_dst, ids_stride);
@@ -485,6 +543,10 @@ void ggml_cuda_mlwq_mul_mat_vec_q(
     const char  * gate   = (const char *) fusion.gate;
     const float * x_bias = (const float *) fusion.x_bias;
     const float * g_bias = (const float *) fusion.gate_bias;
+    // the gate's own q8_1 activations when its column permutation differs from x's (llama's MLWQ
+    // gate and up), else the same as x's
+    const block_q8_1 * y      = (const block_q8_1 *) vy;
+    const block_q8_1 * y_gate = fusion.gate_y ? (const block_q8_1 *) fusion.gate_y : y;
 
     // S warps share a row when it has several rounds of 32 blocks (K > 32: > 2048 columns)
     const int nrounds = (K + WARP_SIZE - 1) / WARP_SIZE;
@@ -493,7 +555,7 @@ void ggml_cuda_mlwq_mul_mat_vec_q(
     if (ids) {
         // one token per grid z, each token with its own expert matrix
         GGML_ASSERT(nchannels_dst <= 65535 && ncols_dst <= 65535);
-#define MLWQ_ARGS_IDS S, nrows_x, nchannels_dst, ncols_dst, stream, x, gate, (const block_q8_1 *) vy, ids, \
+#define MLWQ_ARGS_IDS S, nrows_x, nchannels_dst, ncols_dst, stream, x, gate, y, y_gate, ids, \
             x_bias, g_bias, fusion.glu_op, fusion.glu_limit, dst, K, code_bytes, stride_row_x*ts, stride_col_y, stride_col_dst, \
             1, stride_channel_x*ts, stride_channel_y, stride_channel_dst, nchannels_y, \
             1, stride_sample_x*ts, stride_sample_y, stride_sample_dst, ids_stride
@@ -509,7 +571,7 @@ void ggml_cuda_mlwq_mul_mat_vec_q(
     GGML_ASSERT(!has_fusion || ncols_dst == 1);
     GGML_ASSERT(nchannels_dst % nchannels_x == 0 && nsamples_dst % nsamples_x == 0);
     GGML_ASSERT(nchannels_dst <= 65535 && nsamples_dst <= 65535);
-#define MLWQ_ARGS S, nrows_x, nchannels_dst, nsamples_dst, stream, x, gate, (const block_q8_1 *) vy, ids, \
+#define MLWQ_ARGS S, nrows_x, nchannels_dst, nsamples_dst, stream, x, gate, y, y_gate, ids, \
         x_bias, g_bias, fusion.glu_op, fusion.glu_limit, dst, K, code_bytes, stride_row_x*ts, stride_col_y, stride_col_dst, \
         nchannels_dst/nchannels_x, stride_channel_x*ts, stride_channel_y, stride_channel_dst, nchannels_y, \
         nsamples_dst/nsamples_x, stride_sample_x*ts, stride_sample_y, stride_sample_dst, ids_stride
@@ -533,27 +595,59 @@ void ggml_cuda_mlwq_mul_mat_vec_q(
 #undef MLWQ_ARGS
 }
 
+// a permuted MLWQ product of one token: MUL_MAT of a 2-D MLWQ weight with its permutation, f32 in and out
+static bool mlwq_is_permuted_mat_vec(const ggml_tensor * mm) {
+    const ggml_tensor * perm = ggml_mlwq_mul_mat_perm(mm);
+    if (perm == nullptr || perm->type != GGML_TYPE_I32) {
+        return false;
+    }
+    const ggml_tensor * w = mm->src[0];
+    const ggml_tensor * x = mm->src[1];
+    return x->type == GGML_TYPE_F32 && mm->type == GGML_TYPE_F32 && w->ne[2] == 1 && w->ne[3] == 1 &&
+           x->ne[1] == 1 && x->ne[2] == 1 && x->ne[3] == 1;
+}
+
+bool ggml_cuda_mlwq_can_fuse(const ggml_tensor * mm, const ggml_tensor * gate) {
+    if (!mlwq_is_permuted_mat_vec(mm)) {
+        return false;
+    }
+    if (gate == nullptr) {
+        return true;
+    }
+    // one input, two weights of one type and layout
+    return mlwq_is_permuted_mat_vec(gate) && gate->src[1] == mm->src[1] && gate->src[0]->type == mm->src[0]->type &&
+           ggml_are_same_shape(gate->src[0], mm->src[0]) && ggml_are_same_stride(gate->src[0], mm->src[0]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // the permuted activations of an MLWQ product (ggml_mlwq_mul_mat: the node carries the weight's
 // column permutation perm; permuted column j is original column perm[j])
 
-// quantize_q8_1 of quantize.cu reading x[perm[i0]]: one thread per element, a q8_1 block per 32 threads
+// quantize_q8_1 of quantize.cu reading x[perm[i0]]: one thread per element, a q8_1 block per 32
+// threads. Grid z: (i3, i2) and then which permutation, so one launch serves the nperm (1 or 2)
+// products of one input (the gate and up of a fused GLU, each with its own column order).
 static __global__ void mlwq_quantize_q8_1_permuted(
-        const float * GGML_CUDA_RESTRICT x, const int32_t * GGML_CUDA_RESTRICT perm, block_q8_1 * GGML_CUDA_RESTRICT y,
+        const float * GGML_CUDA_RESTRICT x, const int32_t * perm0, const int32_t * perm1,
+        block_q8_1 * y0, block_q8_1 * y1,
         const int64_t ne00, const int64_t s01, const int64_t s02, const int64_t s03,
-        const int64_t ne0, const int ne1, const int ne2) {
+        const int64_t ne0, const int ne1, const int ne2, const int ne23) {
     ggml_cuda_pdl_lc();     // as quantize_q8_1: the mat-vec kernel may start loading its weights
     const int64_t i0 = (int64_t) blockDim.x*blockIdx.x + threadIdx.x;
     if (i0 >= ne0) {
         return;
     }
+    const int     k  = blockIdx.z / ne23;                  // which permutation
+    const int     z  = blockIdx.z % ne23;
     const int64_t i1 = blockIdx.y;
-    const int64_t i2 = blockIdx.z % ne2;
-    const int64_t i3 = blockIdx.z / ne2;
+    const int64_t i2 = z % ne2;
+    const int64_t i3 = z / ne2;
     const int64_t i_cont = ((i3*ne2 + i2)*ne1 + i1)*ne0 + i0;
+    block_q8_1 * y = k ? y1 : y0;
 
+    // the permutation is a weight: read it before waiting for the kernel that writes x
+    const int32_t p = i0 < ne00 ? (k ? perm1 : perm0)[i0] : 0;
     ggml_cuda_pdl_sync();
-    const float xi = i0 < ne00 ? x[i3*s03 + i2*s02 + i1*s01 + perm[i0]] : 0.0f;
+    const float xi = i0 < ne00 ? x[i3*s03 + i2*s02 + i1*s01 + p] : 0.0f;
     float amax = fabsf(xi);
     float sum  = xi;
     amax = warp_reduce_max<QK8_1>(amax);
@@ -569,16 +663,19 @@ static __global__ void mlwq_quantize_q8_1_permuted(
 }
 
 void ggml_cuda_mlwq_quantize_q8_1_permuted(
-        const float * x, const int32_t * perm, void * vy,
+        const float * x, const int32_t * perm, const int32_t * perm_gate, void * vy, void * vy_gate,
         const int64_t ne00, const int64_t s01, const int64_t s02, const int64_t s03,
         const int64_t ne0, const int64_t ne1, const int64_t ne2, const int64_t ne3, cudaStream_t stream) {
     GGML_ASSERT(ne0 % QK8_1 == 0);
-    GGML_ASSERT(ne1 <= 65535 && ne2*ne3 <= 65535);
+    GGML_ASSERT((perm_gate == nullptr) == (vy_gate == nullptr));
+    const int nperm = perm_gate ? 2 : 1;
+    GGML_ASSERT(ne1 <= 65535 && nperm*ne2*ne3 <= 65535);
     constexpr int block_size = 256;
-    const dim3 grid((ne0 + block_size - 1)/block_size, ne1, ne2*ne3);
+    const dim3 grid((ne0 + block_size - 1)/block_size, ne1, nperm*ne2*ne3);
     const ggml_cuda_kernel_launch_params launch_params(grid, dim3(block_size, 1, 1), (size_t) 0, stream);
     ggml_cuda_kernel_launch(mlwq_quantize_q8_1_permuted, launch_params,
-        x, perm, (block_q8_1 *) vy, ne00, s01, s02, s03, ne0, (int) ne1, (int) ne2);
+        x, perm, perm_gate, (block_q8_1 *) vy, (block_q8_1 *) vy_gate, ne00, s01, s02, s03, ne0, (int) ne1, (int) ne2,
+        (int) (ne2*ne3));
 }
 
 // y (contiguous ne00 x ne01 x ne02 x ne03) = x with its columns permuted; x strides in floats
@@ -593,8 +690,9 @@ static __global__ void mlwq_permute_f32(
     const int64_t i1 = blockIdx.y;
     const int64_t i2 = blockIdx.z % ne02;
     const int64_t i3 = blockIdx.z / ne02;
+    const int32_t p  = perm[i0];    // a weight: read before waiting for the kernel that writes x
     ggml_cuda_pdl_sync();
-    y[((i3*ne02 + i2)*ne01 + i1)*ne00 + i0] = x[i3*s03 + i2*s02 + i1*s01 + perm[i0]];
+    y[((i3*ne02 + i2)*ne01 + i1)*ne00 + i0] = x[i3*s03 + i2*s02 + i1*s01 + p];
 }
 
 void ggml_cuda_mlwq_permute_f32(

@@ -19,6 +19,7 @@
 // Quantized matrix-vector product against q8_1 activations (the mul_mat_vec_q path, MUL_MAT and
 // MUL_MAT_ID, ncols_dst <= MMVQ_MAX_BATCH_SIZE, optional bias/gate/GLU fusion).
 // Same arguments as mmvq.cu's mul_mat_vec_q_switch_type; strides of x in units of type_size bytes.
+// fusion.gate_y: the gate's own q8_1 activations (null: the same as vy).
 void ggml_cuda_mlwq_mul_mat_vec_q(
         const void * vx, ggml_type type_x, const void * vy, const int32_t * ids, const ggml_cuda_mm_fusion_args_device fusion, float * dst,
         int ncols_x, int nrows_x, int ncols_dst,
@@ -29,11 +30,22 @@ void ggml_cuda_mlwq_mul_mat_vec_q(
         int ids_stride, cudaStream_t stream);
 
 // q8_1 activations of an MLWQ product with a column permutation: quantize_row_q8_1_cuda's output
-// for x[..., perm[i0]] (same arguments, plus perm). mmvq.cu calls it for such nodes.
+// for x[..., perm[i0]] (same arguments, plus perm). mmvq.cu calls it for such nodes. With perm_gate
+// and vy_gate (else both null) the same launch also writes x[..., perm_gate[i0]] to vy_gate: the
+// gate's activations of a fused gate/up/GLU product.
 void ggml_cuda_mlwq_quantize_q8_1_permuted(
-        const float * x, const int32_t * perm, void * vy,
+        const float * x, const int32_t * perm, const int32_t * perm_gate, void * vy, void * vy_gate,
         int64_t ne00, int64_t s01, int64_t s02, int64_t s03,
         int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3, cudaStream_t stream);
+
+// Whether the permuted MLWQ product mm (one token, f32) may run as a fused mat-vec kernel: with
+// gate == nullptr, mm + bias (ggml-cuda.cu's {MUL_MAT, ADD} fusion: llama's residual adds); else
+// glu(gate, mm) ({MUL_MAT, MUL_MAT, GLU}), gate a permuted product of the same input with a weight of
+// the same type and layout. mmvq.cu's fusion path takes the permutations from
+// ggml_cuda_mm_fusion_args_host (x_perm, gate_perm); the kernel reads the gate's activations from
+// fusion.gate_y. (ggml_cuda_should_fuse_mul_mat_vec_q refuses permuted MLWQ nodes: a fusion that
+// does not pass the permutations would quantize x unpermuted.)
+bool ggml_cuda_mlwq_can_fuse(const ggml_tensor * mm, const ggml_tensor * gate);
 
 // y (contiguous, ne00 x ne01 x ne02 x ne03 floats) = x with its columns permuted, y[.., i0] =
 // x[.., perm[i0]]; x strides in floats. The cuBLAS path (batches > MMVQ_MAX_BATCH_SIZE) of an MLWQ
