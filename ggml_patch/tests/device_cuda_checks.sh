@@ -6,6 +6,8 @@
 #   bash ggml_patch/tests/device_cuda_checks.sh sanitize  # compute-sanitizer memcheck of the op tests
 #   bash ggml_patch/tests/device_cuda_checks.sh benchops  # mat-vec speed, MLWQ3 vs Q3_K/Q4_0/Q8_0
 #   bash ggml_patch/tests/device_cuda_checks.sh bench   # copy bandwidth, llama-bench MLWQ3 vs Q3_K_S (1B shape)
+#   bash ggml_patch/tests/device_cuda_checks.sh smollm2 # llama-bench of SmolLM2-shaped files (+ $MLWQ_REAL)
+#   bash ggml_patch/tests/device_cuda_checks.sh ncu     # per-kernel GPU time of generation (after smollm2)
 #   bash ggml_patch/tests/device_cuda_checks.sh all     # all of them, most important first, within MLWQ_DEV_LIMIT s
 #
 # Needs, carried in .cache/cuda_src/ (ignored by git): llama.cpp.tar.xz (the pristine vendored
@@ -115,12 +117,64 @@ EOF
         | tee "$OUT/llama-bench.md"
 }
 
+# SmolLM2-135M shape, random weights: F16 -> Q3_K_S, Q4_K_M (llama-quantize picks their types from
+# the shapes, so their speed is that of the real model's files); MLWQ3 with Q3_K_S's other tensors;
+# $MLWQ_REAL (optional): a real exported MLWQ file benched in the same llama-bench run
+stage_smollm2() {
+    local S="$W/smollm2-synth"
+    mkdir -p "$S"
+    [ -f "$S/f16.gguf" ] || PYTHONPATH=$GGUFPY python3 ggml_patch/tests/make_synthetic_gguf.py f16 \
+        --shape smollm2-135m --tokenizer "$C/smollm2_tokenizer.json.gz" -o "$S/f16.gguf"
+    for t in Q3_K_S Q4_K_M; do
+        [ -f "$S/$t.gguf" ] || "$BIN/llama-quantize" "$S/f16.gguf" "$S/$t.gguf" "$t" 16 > "$OUT/quantize-$t.log" 2>&1
+    done
+    [ -f "$S/mlwq3.gguf" ] || PYTHONPATH=$GGUFPY python3 ggml_patch/tests/make_synthetic_gguf.py mlwq \
+        --shape smollm2-135m --tokenizer "$C/smollm2_tokenizer.json.gz" --bits 3 --like "$S/Q3_K_S.gguf" -o "$S/mlwq3.gguf"
+    local real=()
+    [ -n "${MLWQ_REAL:-}" ] && real=(-m "$MLWQ_REAL")
+    timeout 240 "$BIN/llama-bench" -m "$S/f16.gguf" -m "$S/Q4_K_M.gguf" -m "$S/Q3_K_S.gguf" -m "$S/mlwq3.gguf" "${real[@]}" \
+        -ngl 99 -p 512 -n 128 -r 5 -o md 2>&1 | grep -E "^\|" | tee "$OUT/llama-bench-smollm2.md"
+}
+
+# GPU time of each kernel of generated tokens (ncu; kernels run isolated, caches not flushed), per
+# kernel name, for the synthetic SmolLM2 Q3_K_S and MLWQ3 files of stage_smollm2
+stage_ncu() {
+    local S="$W/smollm2-synth"
+    for f in Q3_K_S mlwq3; do
+        timeout 150 ncu --metrics gpu__time_duration.sum --cache-control none --graph-profiling node \
+            --launch-skip 3000 --launch-count 900 --csv "$BIN/llama-bench" -m "$S/$f.gguf" -ngl 99 -p 0 -n 16 -r 1 \
+            > "$OUT/ncu-$f.csv" 2> "$OUT/ncu-$f.err"
+        echo "== $f"
+        python3 - "$OUT/ncu-$f.csv" <<'PY'
+import collections, csv, re, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+hdr, rows = rows[0], rows[1:]
+ki, vi, ui = hdr.index("Kernel Name"), hdr.index("Metric Value"), hdr.index("Metric Unit")
+scale = {"nsecond": 1, "usecond": 1e3, "msecond": 1e6}
+tot, cnt = collections.defaultdict(float), collections.Counter()
+for r in rows:
+    try:
+        v = float(r[vi].replace(",", "")) * scale.get(r[ui], 1)
+    except ValueError:
+        continue
+    name = re.sub(r"\(.*", "", r[ki])[:70]
+    tot[name] += v
+    cnt[name] += 1
+print(f"kernels {sum(cnt.values())}, total {sum(tot.values())/1e3:.1f} us")
+for k, v in sorted(tot.items(), key=lambda x: -x[1])[:16]:
+    print(f"  {v/1e3:9.1f} us {cnt[k]:5d} x {v/cnt[k]:8.0f} ns  {k}")
+PY
+    done
+}
+
 case "${1:-all}" in
     build) stage_build ;;
     test)  stage_test ;;
     bench) stage_bench ;;
     sanitize) stage_sanitize ;;
     benchops) stage_benchops ;;
+    smollm2) stage_smollm2 ;;
+    ncu)   stage_ncu ;;
     all)   # most important first; each later stage only if the call has time left (10 min limit)
            T0=$(date +%s)
            left() { [ $(( $(date +%s) - T0 )) -lt "$1" ]; }
@@ -137,5 +191,5 @@ case "${1:-all}" in
                && for f in test-mlwq-cuda.log llama-bench.md bench-ops.log bandwidth.log; do \
                     [ -f "$f" ] && cp "$f" /tmp/keep/; done \
                && rm -f ./* && cp /tmp/keep/* . 2>/dev/null; mv /tmp/mlwq-logs.tar.gz .) ;;
-    *)     echo "usage: $0 build|test|bench|benchops|sanitize|all"; exit 2 ;;
+    *)     echo "usage: $0 build|test|bench|benchops|sanitize|smollm2|ncu|all"; exit 2 ;;
 esac
