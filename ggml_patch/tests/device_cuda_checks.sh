@@ -7,7 +7,12 @@
 #   bash ggml_patch/tests/device_cuda_checks.sh benchops  # mat-vec speed, MLWQ3 vs Q3_K/Q4_0/Q8_0
 #   bash ggml_patch/tests/device_cuda_checks.sh bench   # copy bandwidth, llama-bench MLWQ3 vs Q3_K_S (1B shape)
 #   bash ggml_patch/tests/device_cuda_checks.sh smollm2 # llama-bench of SmolLM2-shaped files (+ $MLWQ_REAL)
-#   bash ggml_patch/tests/device_cuda_checks.sh ncu     # per-kernel GPU time of generation (after smollm2)
+#   bash ggml_patch/tests/device_cuda_checks.sh ncu     # per-kernel GPU time and DRAM bytes of generation
+#                                                       # (after smollm2; NCU_FILES="a.gguf b.gguf" for others)
+#   MLWQ_VARIANT_SED='s/x/y/' bash ggml_patch/tests/device_cuda_checks.sh variant
+#                                                       # (after build) mlwq.cu edited by sed, rebuilt into
+#                                                       # build/cuda-dev/bin-variant; benchops and llama-bench of
+#                                                       # the committed and the variant libraries, alternating
 #   bash ggml_patch/tests/device_cuda_checks.sh all     # all of them, most important first, within MLWQ_DEV_LIMIT s
 #
 # Needs, carried in .cache/cuda_src/ (ignored by git): llama.cpp.tar.xz (the pristine vendored
@@ -136,34 +141,76 @@ stage_smollm2() {
         -ngl 99 -p 512 -n 128 -r 5 -o md 2>&1 | grep -E "^\|" | tee "$OUT/llama-bench-smollm2.md"
 }
 
-# GPU time of each kernel of generated tokens (ncu; kernels run isolated, caches not flushed), per
-# kernel name, for the synthetic SmolLM2 Q3_K_S and MLWQ3 files of stage_smollm2
+# GPU time and DRAM bytes read of each kernel of generated tokens (ncu; kernels run isolated, caches
+# not flushed: a weight bigger than L2's share comes from DRAM), summed per kernel name, with the
+# kernel's own bandwidth (bytes read / its time). Files: $NCU_FILES, else the synthetic SmolLM2
+# Q3_K_S and MLWQ3 files of stage_smollm2.
 stage_ncu() {
     local S="$W/smollm2-synth"
-    for f in Q3_K_S mlwq3; do
-        timeout 150 ncu --metrics gpu__time_duration.sum --cache-control none --graph-profiling node \
-            --launch-skip 3000 --launch-count 900 --csv "$BIN/llama-bench" -m "$S/$f.gguf" -ngl 99 -p 0 -n 16 -r 1 \
-            > "$OUT/ncu-$f.csv" 2> "$OUT/ncu-$f.err"
+    local files=(${NCU_FILES:-$S/Q3_K_S.gguf $S/mlwq3.gguf})
+    for f in "${files[@]}"; do
+        local n=$(basename "$f" .gguf)
+        timeout 200 ncu --metrics gpu__time_duration.sum,dram__bytes_read.sum --cache-control none --clock-control none \
+            --graph-profiling node --launch-skip 3000 --launch-count 900 --csv \
+            "$BIN/llama-bench" -m "$f" -ngl 99 -p 0 -n 16 -r 1 > "$OUT/ncu-$n.csv" 2> "$OUT/ncu-$n.err"
         echo "== $f"
-        python3 - "$OUT/ncu-$f.csv" <<'PY'
+        python3 - "$OUT/ncu-$n.csv" <<'PY'
 import collections, csv, re, sys
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 hdr, rows = rows[0], rows[1:]
-ki, vi, ui = hdr.index("Kernel Name"), hdr.index("Metric Value"), hdr.index("Metric Unit")
-scale = {"nsecond": 1, "usecond": 1e3, "msecond": 1e6}
-tot, cnt = collections.defaultdict(float), collections.Counter()
+ii, ki, mi = hdr.index("ID"), hdr.index("Kernel Name"), hdr.index("Metric Name")
+vi, ui = hdr.index("Metric Value"), hdr.index("Metric Unit")
+scale = {"nsecond": 1, "usecond": 1e3, "msecond": 1e6, "byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9}
+per = collections.defaultdict(dict)          # launch id -> metric -> value (ns, bytes)
+names = {}
 for r in rows:
     try:
-        v = float(r[vi].replace(",", "")) * scale.get(r[ui], 1)
+        per[r[ii]][r[mi]] = float(r[vi].replace(",", "")) * scale.get(r[ui], 1)
     except ValueError:
         continue
-    name = re.sub(r"\(.*", "", r[ki])[:70]
-    tot[name] += v
-    cnt[name] += 1
-print(f"kernels {sum(cnt.values())}, total {sum(tot.values())/1e3:.1f} us")
+    names[r[ii]] = re.sub(r"\(.*", "", r[ki])[:70]
+tot, byt, cnt = collections.defaultdict(float), collections.defaultdict(float), collections.Counter()
+for i, m in per.items():
+    tot[names[i]] += m.get("gpu__time_duration.sum", 0)
+    byt[names[i]] += m.get("dram__bytes_read.sum", 0)
+    cnt[names[i]] += 1
+print(f"kernels {sum(cnt.values())}, total {sum(tot.values())/1e3:.1f} us, DRAM read {sum(byt.values())/1e6:.1f} MB")
+print(f"  {'us':>9} {'launches':>8} {'ns each':>9} {'GB/s':>6}  kernel")
 for k, v in sorted(tot.items(), key=lambda x: -x[1])[:16]:
-    print(f"  {v/1e3:9.1f} us {cnt[k]:5d} x {v/cnt[k]:8.0f} ns  {k}")
+    print(f"  {v/1e3:9.1f} {cnt[k]:8d} {v/cnt[k]:9.0f} {byt[k]/v if v else 0:6.0f}  {k}")
 PY
+    done
+}
+
+# A/B of one change to mlwq.cu without a second full build: the tree's mlwq.cu edited by
+# $MLWQ_VARIANT_SED, libggml-cuda rebuilt and copied to bin-variant, the source restored and the
+# committed library rebuilt; then the same benchmarks with each, alternating (binaries' RUNPATH
+# points at bin/, so the variant runs through LD_LIBRARY_PATH).
+stage_variant() {
+    [ -n "${MLWQ_VARIANT_SED:-}" ] || { echo "set MLWQ_VARIANT_SED"; return 1; }
+    local V=$W/bin-variant
+    local cu="$SRC/ggml/src/ggml-cuda/mlwq.cu"
+    cp "$cu" "$W/mlwq.cu.orig"
+    sed -i "$MLWQ_VARIANT_SED" "$cu"
+    diff "$W/mlwq.cu.orig" "$cu" > "$OUT/variant.diff" && { echo "the sed changed nothing"; return 1; }
+    cat "$OUT/variant.diff"
+    ninja -C "$B" ggml-cuda > "$OUT/ninja-variant.log" 2>&1 || { grep -A12 error "$OUT/ninja-variant.log" | head -40; cp "$W/mlwq.cu.orig" "$cu"; return 1; }
+    rm -rf "$V" && mkdir -p "$V" && cp -a "$BIN"/libggml-cuda.so* "$V"/
+    cp "$W/mlwq.cu.orig" "$cu" && touch "$cu"
+    ninja -C "$B" ggml-cuda > "$OUT/ninja-restore.log" 2>&1 || return 1
+    local S="$W/smollm2-synth"
+    local files=(-m "$S/Q3_K_S.gguf" -m "$S/mlwq3.gguf")
+    [ -n "${MLWQ_REAL:-}" ] && files+=(-m "$MLWQ_REAL")
+    [ -f "$W/l1b-mlwq3.gguf" ] && files+=(-m "$W/l1b-q3ks.gguf" -m "$W/l1b-mlwq3.gguf")
+    for round in 1 2; do
+        for lib in committed variant; do
+            local env=()
+            [ $lib = variant ] && env=(env LD_LIBRARY_PATH="$V")
+            echo "== round $round, $lib"
+            timeout 100 "${env[@]}" "$BIN/test-mlwq-cuda" --bench mlwq 2>&1 | grep -E "^  (1B|135M)" | tee -a "$OUT/variant-ops-$lib.log"
+            timeout 150 "${env[@]}" "$BIN/llama-bench" "${files[@]}" -ngl 99 -p 0 -n 128 -r 5 -o md 2>&1 \
+                | grep -E "^\|" | tee -a "$OUT/variant-bench-$lib.md"
+        done
     done
 }
 
@@ -175,6 +222,7 @@ case "${1:-all}" in
     benchops) stage_benchops ;;
     smollm2) stage_smollm2 ;;
     ncu)   stage_ncu ;;
+    variant) stage_variant ;;
     all)   # most important first; each later stage only if the call has time left (10 min limit)
            T0=$(date +%s)
            left() { [ $(( $(date +%s) - T0 )) -lt "$1" ]; }
@@ -191,5 +239,5 @@ case "${1:-all}" in
                && for f in test-mlwq-cuda.log llama-bench.md bench-ops.log bandwidth.log; do \
                     [ -f "$f" ] && cp "$f" /tmp/keep/; done \
                && rm -f ./* && cp /tmp/keep/* . 2>/dev/null; mv /tmp/mlwq-logs.tar.gz .) ;;
-    *)     echo "usage: $0 build|test|bench|benchops|sanitize|smollm2|ncu|all"; exit 2 ;;
+    *)     echo "usage: $0 build|test|bench|benchops|sanitize|smollm2|ncu|variant|all"; exit 2 ;;
 esac

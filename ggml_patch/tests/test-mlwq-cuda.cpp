@@ -123,6 +123,14 @@ static std::vector<float> dequant(ggml_type type, const std::vector<uint8_t> & d
     return out;
 }
 
+// a random column permutation of n columns
+static std::vector<int32_t> rand_perm(int64_t n) {
+    std::vector<int32_t> perm(n);
+    for (int64_t j = 0; j < n; ++j) perm[j] = (int32_t) j;
+    std::shuffle(perm.begin(), perm.end(), g_rng);
+    return perm;
+}
+
 static std::vector<float> rand_vec(size_t n, float scale = 1.0f) {
     std::vector<float> v(n);
     for (auto & x : v) x = rnd_f(-scale, scale);
@@ -249,9 +257,7 @@ static void test_mul_mat_perm(int b, int64_t ne0, int64_t nr, int64_t nc, int64_
     const ggml_type type = mlwq_type(b);
     const auto wq = make_mlwq(b, ne0, nr, WIDTHS_TIERS);
     const auto w  = dequant(type, wq, ne0, nr);
-    std::vector<int32_t> perm(ne0);
-    for (int64_t j = 0; j < ne0; ++j) perm[j] = (int32_t) j;
-    std::shuffle(perm.begin(), perm.end(), g_rng);
+    const auto perm = rand_perm(ne0);
     const int64_t ld = ne0 + pad;
     const auto x = rand_vec(ld*nc);
     std::vector<float> xp(ne0*nc);       // x in the weight's column order
@@ -449,18 +455,18 @@ static void test_fusion(int b, int64_t ne0, int64_t nr) {
 }
 
 // llama's FFN: swiglu(gate, up) of two permuted products of one input, each weight with its own
-// column permutation; CUDA runs it as one fused mat-vec over two permuted quantizations of x.
+// column permutation and MLWQ width (bg, bu: mlwq-export gives gate and up their own BPLL widths);
+// CUDA runs it as one fused mat-vec over two permuted quantizations of x.
 // And llama's residual add after a permuted product, fused as a bias.
-static void test_fusion_perm(int b, int64_t ne0, int64_t nr) {
-    const ggml_type type = mlwq_type(b);
-    const auto uq = make_mlwq(b, ne0, nr, WIDTHS_TIERS);
-    const auto gq = make_mlwq(b, ne0, nr, WIDTHS_TIERS);
-    const auto u  = dequant(type, uq, ne0, nr);
-    const auto g  = dequant(type, gq, ne0, nr);
-    std::vector<int32_t> pu(ne0), pg(ne0);
-    for (int64_t j = 0; j < ne0; ++j) pu[j] = pg[j] = (int32_t) j;
-    std::shuffle(pu.begin(), pu.end(), g_rng);
-    std::shuffle(pg.begin(), pg.end(), g_rng);
+static void test_fusion_perm(int bu, int bg, int64_t ne0, int64_t nr) {
+    const ggml_type type   = mlwq_type(bu);
+    const ggml_type type_g = mlwq_type(bg);
+    const auto uq = make_mlwq(bu, ne0, nr, WIDTHS_TIERS);
+    const auto gq = make_mlwq(bg, ne0, nr, WIDTHS_TIERS);
+    const auto u  = dequant(type,   uq, ne0, nr);
+    const auto g  = dequant(type_g, gq, ne0, nr);
+    const auto pu = rand_perm(ne0);
+    const auto pg = rand_perm(ne0);
     const auto x = rand_vec(ne0);
     std::vector<float> xu(ne0), xg(ne0);
     for (int64_t j = 0; j < ne0; ++j) {
@@ -474,8 +480,8 @@ static void test_fusion_perm(int b, int64_t ne0, int64_t nr) {
         ref[i] = rg[i]/(1.0 + std::exp(-rg[i]))*ru[i];
     }
     builder bld = [&](ggml_context * ctx, std::vector<input> & ins) {
-        ggml_tensor * tu  = ggml_new_tensor_2d(ctx, type, ne0, nr);
-        ggml_tensor * tg  = ggml_new_tensor_2d(ctx, type, ne0, nr);
+        ggml_tensor * tu  = ggml_new_tensor_2d(ctx, type,   ne0, nr);
+        ggml_tensor * tg  = ggml_new_tensor_2d(ctx, type_g, ne0, nr);
         ggml_tensor * tpu = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, ne0);
         ggml_tensor * tpg = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, ne0);
         ggml_tensor * tx  = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, 1);
@@ -487,8 +493,8 @@ static void test_fusion_perm(int b, int64_t ne0, int64_t nr) {
         return ggml_swiglu_split(ctx, ggml_mlwq_mul_mat(ctx, tg, tx, tpg), ggml_mlwq_mul_mat(ctx, tu, tx, tpu));
     };
     char name[128];
-    snprintf(name, sizeof(name), "swiglu(gate, up) permuted (fusable) %s %lldx%lld", ggml_type_name(type),
-             (long long) nr, (long long) ne0);
+    snprintf(name, sizeof(name), "swiglu(gate %s, up %s) permuted (fusable) %lldx%lld", ggml_type_name(type_g),
+             ggml_type_name(type), (long long) nr, (long long) ne0);
     check(name, bld, ref, TOL_Q8_REF, TOL_Q8_CPU);
 
     // llama's residual: a permuted product + a vector of its shape, fused as a bias
@@ -521,10 +527,8 @@ static double bench_mv(ggml_type type, const std::vector<uint8_t> & one, int64_t
                        int ncols, bool glu) {
     std::vector<float> x = rand_vec(ne0*ncols);
     const bool permuted = ggml_mlwq_is_type(type);
-    std::vector<int32_t> perm(ne0), perm_g(ne0);
-    for (int64_t j = 0; j < ne0; ++j) perm[j] = perm_g[j] = (int32_t) j;
-    std::shuffle(perm.begin(), perm.end(), g_rng);
-    std::shuffle(perm_g.begin(), perm_g.end(), g_rng);
+    const auto perm   = rand_perm(ne0);
+    const auto perm_g = rand_perm(ne0);
     const int nw = glu ? 2*copies : copies;
     ggml_init_params ip = { (size_t) (4*nw + 16)*ggml_tensor_overhead() + ggml_graph_overhead_custom(4*nw + 16, false), nullptr, true };
     ggml_context * ctx = ggml_init(ip);
@@ -658,8 +662,10 @@ int main(int argc, char ** argv) {
         test_mul_mat_id(b, 512, 96, 4, 2, 5);
         test_mul_mat_id(b, 512, 96, 4, 2, 12);
         test_fusion(b, 576, 300);
-        test_fusion_perm(b, 576, 1536);
-        test_fusion_perm(b, 64*70, 130);                      // 3 rounds: 2 warps a row
+        test_fusion_perm(b, b, 576, 1536);
+        test_fusion_perm(b, b, 64*70, 130);                   // 3 rounds: 2 warps a row
+        test_fusion_perm(b, b == 2 ? 3 : b - 1, 576, 1536);   // gate and up of two widths
+        test_fusion_perm(b, b == 4 ? 2 : b + 1, 64*70, 130);
     }
     printf("test-mlwq-cuda: %d/%d cases passed\n", g_pass, g_total);
     ggml_backend_free(g_cuda);

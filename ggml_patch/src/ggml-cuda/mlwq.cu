@@ -374,11 +374,9 @@ static __device__ __forceinline__ bool mlwq_sum_row(float v[n], const int S, con
 // A warp per row (lane j: block j of each round of 32), S = 1, 2 or 4 warps per row for rows of
 // several rounds (K > 32). Grid: x = row tiles of MLWQ_WARPS/S rows, y = dst channels, z = dst samples
 // (without ids) or tokens (with ids, ncols == 1). Strides of x in bytes; of y in q8_1 blocks; of
-// dst in floats.
-// A warp per row (lane j: block j of each round of 32), S = 1, 2 or 4 warps per row for rows of
-// several rounds (K > 32). Grid: x = row tiles of MLWQ_WARPS/S rows, y = dst channels, z = dst samples
-// (without ids) or tokens (with ids, ncols == 1). Strides of x in bytes; of y in q8_1 blocks; of
-// dst in floats. vy_gate: the gate's own activations (its column permutation), or vy.
+// dst in floats. vy_gate: the gate's own activations (its column permutation), or vy. The gate may
+// have another MLWQ width than x (llama's ffn_gate and ffn_up usually do): its own code area
+// (code_bytes_gate) and row stride (stride_row_gate, bytes); its channel and sample strides are x's.
 //
 // Without ids, a warp loads its first round of weights (headers, then the codes they locate: two
 // dependent memory round trips) before it waits for the kernels it depends on (PDL), so that
@@ -389,8 +387,8 @@ __launch_bounds__(WARP_SIZE*MLWQ_WARPS, 1)
 static __global__ void mlwq_mul_mat_vec_q(
         const char * vx, const char * vgate, const block_q8_1 * vy, const block_q8_1 * vy_gate, const int32_t * ids,
         const float * x_bias, const float * gate_bias, const ggml_glu_op glu_op, const float glu_limit, float * dst,
-        const int K, const int code_bytes, const int nrows_x, const int S,
-        const int64_t stride_row_x, const int stride_col_y, const int stride_col_dst,
+        const int K, const int code_bytes, const int code_bytes_gate, const int nrows_x, const int S,
+        const int64_t stride_row_x, const int64_t stride_row_gate, const int stride_col_y, const int stride_col_dst,
         const int channel_ratio, const int64_t stride_channel_x, const int stride_channel_y, const int stride_channel_dst,
         const int nchannels_y,
         const int sample_ratio, const int64_t stride_sample_x, const int stride_sample_y, const int stride_sample_dst,
@@ -405,17 +403,19 @@ static __global__ void mlwq_mul_mat_vec_q(
 
     mlwq_cursor cx = {}, cg = {};
     mlwq_round  rx, rg;
-    int64_t x_off = 0;
+    // round s of this row of x (and of the gate) in the matrix at byte offset mat_off
+    auto load_first_round = [&](const int64_t mat_off) {
+        cx = mlwq_cursor_at(vx + mat_off + row*stride_row_x, K);
+        mlwq_load_round(cx, K, code_bytes, s, rx);
+        if (gated) {
+            cg = mlwq_cursor_at(vgate + mat_off + row*stride_row_gate, K);
+            mlwq_load_round(cg, K, code_bytes_gate, s, rg);
+        }
+    };
     if (active && !ids) {
         const int64_t channel_x = channel_dst / channel_ratio;
         const int64_t sample_x  = blockIdx.z / sample_ratio;
-        x_off = sample_x*stride_sample_x + channel_x*stride_channel_x + row*stride_row_x;
-        cx = mlwq_cursor_at(vx + x_off, K);
-        mlwq_load_round(cx, K, code_bytes, s, rx);
-        if (gated) {
-            cg = mlwq_cursor_at(vgate + x_off, K);
-            mlwq_load_round(cg, K, code_bytes, s, rg);
-        }
+        load_first_round(sample_x*stride_sample_x + channel_x*stride_channel_x);
     }
 
     // everything read below may come from earlier kernels (ids, activations, biases)
@@ -436,13 +436,7 @@ static __global__ void mlwq_mul_mat_vec_q(
             yg        = vy_gate + y_off;
             dst_off   = (int64_t) channel_dst*stride_channel_dst + (int64_t) token*stride_col_dst + row;
             bias_off  = channel_x*stride_channel_dst + row;
-            x_off     = channel_x*stride_channel_x + row*stride_row_x;
-            cx = mlwq_cursor_at(vx + x_off, K);
-            mlwq_load_round(cx, K, code_bytes, s, rx);
-            if (gated) {
-                cg = mlwq_cursor_at(vgate + x_off, K);
-                mlwq_load_round(cg, K, code_bytes, s, rg);
-            }
+            load_first_round(channel_x*stride_channel_x);
         } else {
             const int sample_dst = blockIdx.z;
             const int64_t y_off = (int64_t) sample_dst*stride_sample_y + (int64_t) channel_dst*stride_channel_y;
@@ -460,7 +454,7 @@ static __global__ void mlwq_mul_mat_vec_q(
             mlwq_load_round(cx, K, code_bytes, m, rx);
             mlwq_dot_round<ncols>(rx, m, y, stride_col_y, sums);
             if (gated) {
-                mlwq_load_round(cg, K, code_bytes, m, rg);
+                mlwq_load_round(cg, K, code_bytes_gate, m, rg);
                 mlwq_dot_round<ncols>(rg, m, yg, stride_col_y, sums + ncols);
             }
         }
@@ -498,8 +492,8 @@ static void mlwq_launch_mmvq(
         const int S, const int nrows_x, const int64_t gy, const int64_t gz, cudaStream_t stream,
         const char * vx, const char * vgate, const block_q8_1 * vy, const block_q8_1 * vy_gate, const int32_t * ids,
         const float * x_bias, const float * gate_bias, const ggml_glu_op glu_op, const float glu_limit, float * dst,
-        const int K, const int code_bytes,
-        const int64_t stride_row_x, const int stride_col_y, const int stride_col_dst,
+        const int K, const int code_bytes, const int code_bytes_gate,
+        const int64_t stride_row_x, const int64_t stride_row_gate, const int stride_col_y, const int stride_col_dst,
         const int channel_ratio, const int64_t stride_channel_x, const int stride_channel_y, const int stride_channel_dst,
         const int nchannels_y,
         const int sample_ratio, const int64_t stride_sample_x, const int stride_sample_y, const int stride_sample_dst,
@@ -510,7 +504,7 @@ static void mlwq_launch_mmvq(
     const ggml_cuda_kernel_launch_params launch_params(grid, block, (size_t) 0, stream);
     ggml_cuda_kernel_launch(mlwq_mul_mat_vec_q<ncols, has_fusion>, launch_params,
         vx, vgate, vy, vy_gate, ids, x_bias, gate_bias, glu_op, glu_limit, dst,
-        K, code_bytes, nrows_x, S, stride_row_x, stride_col_y, stride_col_dst,
+        K, code_bytes, code_bytes_gate, nrows_x, S, stride_row_x, stride_row_gate, stride_col_y, stride_col_dst,
         channel_ratio, stride_channel_x, stride_channel_y, stride_channel_dst, nchannels_y,
         sample_ratio, stride_sample_x, stride_sample_y, stride_sample_dst, ids_stride);
 }
@@ -535,6 +529,17 @@ void ggml_cuda_mlwq_mul_mat_vec_q(
     GGML_ASSERT((int64_t) K*ts == (int64_t) K*MLWQ_HDR_BYTES + code_bytes);
 
     const bool has_fusion = fusion.gate != nullptr || fusion.x_bias != nullptr || fusion.gate_bias != nullptr;
+    // the gate: of x's type and strides, or (a fused MLWQ gate/up of two widths) contiguous rows of
+    // another MLWQ type in one channel and sample, so that x's channel and sample strides are moot
+    int     code_bytes_gate = code_bytes;
+    int64_t stride_row_gate = stride_row_x*ts;
+    if (fusion.gate && fusion.gate_type != type_x) {
+        GGML_ASSERT(ggml_mlwq_is_type(fusion.gate_type));
+        GGML_ASSERT(!ids && nchannels_x == 1 && nsamples_x == 1);
+        code_bytes_gate = 8*K*mlwq_avg_bits(fusion.gate_type);
+        stride_row_gate = K*(int64_t) ggml_type_size(fusion.gate_type);
+        GGML_ASSERT(stride_row_gate == (int64_t) K*MLWQ_HDR_BYTES + code_bytes_gate);
+    }
     if (fusion.gate) {
         GGML_ASSERT((uintptr_t) fusion.gate % 4 == 0);
     }
@@ -556,7 +561,8 @@ void ggml_cuda_mlwq_mul_mat_vec_q(
         // one token per grid z, each token with its own expert matrix
         GGML_ASSERT(nchannels_dst <= 65535 && ncols_dst <= 65535);
 #define MLWQ_ARGS_IDS S, nrows_x, nchannels_dst, ncols_dst, stream, x, gate, y, y_gate, ids, \
-            x_bias, g_bias, fusion.glu_op, fusion.glu_limit, dst, K, code_bytes, stride_row_x*ts, stride_col_y, stride_col_dst, \
+            x_bias, g_bias, fusion.glu_op, fusion.glu_limit, dst, K, code_bytes, code_bytes_gate, \
+            stride_row_x*ts, stride_row_gate, stride_col_y, stride_col_dst, \
             1, stride_channel_x*ts, stride_channel_y, stride_channel_dst, nchannels_y, \
             1, stride_sample_x*ts, stride_sample_y, stride_sample_dst, ids_stride
         if (has_fusion) {
@@ -572,7 +578,8 @@ void ggml_cuda_mlwq_mul_mat_vec_q(
     GGML_ASSERT(nchannels_dst % nchannels_x == 0 && nsamples_dst % nsamples_x == 0);
     GGML_ASSERT(nchannels_dst <= 65535 && nsamples_dst <= 65535);
 #define MLWQ_ARGS S, nrows_x, nchannels_dst, nsamples_dst, stream, x, gate, y, y_gate, ids, \
-        x_bias, g_bias, fusion.glu_op, fusion.glu_limit, dst, K, code_bytes, stride_row_x*ts, stride_col_y, stride_col_dst, \
+        x_bias, g_bias, fusion.glu_op, fusion.glu_limit, dst, K, code_bytes, code_bytes_gate, \
+            stride_row_x*ts, stride_row_gate, stride_col_y, stride_col_dst, \
         nchannels_dst/nchannels_x, stride_channel_x*ts, stride_channel_y, stride_channel_dst, nchannels_y, \
         nsamples_dst/nsamples_x, stride_sample_x*ts, stride_sample_y, stride_sample_dst, ids_stride
     switch (ncols_dst) {
@@ -614,9 +621,17 @@ bool ggml_cuda_mlwq_can_fuse(const ggml_tensor * mm, const ggml_tensor * gate) {
     if (gate == nullptr) {
         return true;
     }
-    // one input, two weights of one type and layout
-    return mlwq_is_permuted_mat_vec(gate) && gate->src[1] == mm->src[1] && gate->src[0]->type == mm->src[0]->type &&
-           ggml_are_same_shape(gate->src[0], mm->src[0]) && ggml_are_same_stride(gate->src[0], mm->src[0]);
+    // one input, two weights of one shape: of one type and layout, or contiguous of two MLWQ widths
+    // (the kernel gives the gate its own code area and row stride)
+    const ggml_tensor * wg = gate->src[0];
+    const ggml_tensor * wx = mm->src[0];
+    if (!mlwq_is_permuted_mat_vec(gate) || gate->src[1] != mm->src[1] || !ggml_are_same_shape(wg, wx)) {
+        return false;
+    }
+    if (wg->type == wx->type) {
+        return ggml_are_same_stride(wg, wx);
+    }
+    return ggml_is_contiguous(wg) && ggml_is_contiguous(wx);
 }
 
 // ---------------------------------------------------------------------------------------------
