@@ -519,6 +519,46 @@ static void test_fusion_perm(int bu, int bg, int64_t ne0, int64_t nr) {
     check(name, bld_res, ref_res, TOL_Q8_REF, TOL_Q8_CPU);
 }
 
+// llama's q, k and v: permuted products of ONE input with their own weights, widths and column
+// orders; CUDA quantizes the input once for all of them (up to 4; a 5th quantizes on its own).
+// share: products 0 and 1 use one permutation tensor.
+static void test_shared_input(const std::vector<int> & widths, const std::vector<int64_t> & rows, int64_t ne0, bool share) {
+    const size_t n = widths.size();
+    const auto x = rand_vec(ne0);
+    std::vector<std::vector<uint8_t>> wq(n);
+    std::vector<std::vector<int32_t>> perms(n);
+    std::vector<double> ref;
+    for (size_t k = 0; k < n; ++k) {
+        wq[k]    = make_mlwq(widths[k], ne0, rows[k], WIDTHS_TIERS);
+        perms[k] = share && k == 1 ? perms[0] : rand_perm(ne0);
+        std::vector<float> xp(ne0);
+        for (int64_t j = 0; j < ne0; ++j) xp[j] = x[perms[k][j]];
+        const auto r = ref_mm(dequant(mlwq_type(widths[k]), wq[k], ne0, rows[k]), xp, ne0, rows[k], 1);
+        ref.insert(ref.end(), r.begin(), r.end());
+    }
+    builder bld = [&](ggml_context * ctx, std::vector<input> & ins) {
+        ggml_tensor * tx = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, 1);
+        ins.push_back({tx, x.data()});
+        ggml_tensor * out = nullptr;
+        ggml_tensor * tp  = nullptr;
+        for (size_t k = 0; k < n; ++k) {
+            ggml_tensor * tw = ggml_new_tensor_2d(ctx, mlwq_type(widths[k]), ne0, rows[k]);
+            ins.push_back({tw, wq[k].data()});
+            if (!(share && k == 1)) {
+                tp = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, ne0);
+                ins.push_back({tp, perms[k].data()});
+            }
+            ggml_tensor * y = ggml_mlwq_mul_mat(ctx, tw, tx, tp);
+            out = out ? ggml_concat(ctx, out, y, 0) : y;
+        }
+        return out;
+    };
+    char name[128];
+    snprintf(name, sizeof(name), "%zu permuted products of one input%s, K = %lld", n,
+             share ? " (two share a permutation)" : "", (long long) ne0);
+    check(name, bld, ref, TOL_Q8_REF, TOL_Q8_CPU);
+}
+
 // ---- speed ----
 
 // us per product (glu: per swiglu(gate, up) pair) of `copies` weights holding the bytes `one`, in one
@@ -667,6 +707,9 @@ int main(int argc, char ** argv) {
         test_fusion_perm(b, b == 2 ? 3 : b - 1, 576, 1536);   // gate and up of two widths
         test_fusion_perm(b, b == 4 ? 2 : b + 1, 64*70, 130);
     }
+    test_shared_input({3, 2, 4}, {576, 192, 192}, 576, false);         // SmolLM2's q, k, v
+    test_shared_input({2, 3}, {2048, 512}, 2048, true);
+    test_shared_input({4, 3, 2, 3, 2}, {64, 100, 33, 64, 7}, 64*70, false);
     printf("test-mlwq-cuda: %d/%d cases passed\n", g_pass, g_total);
     ggml_backend_free(g_cuda);
     ggml_backend_free(g_cpu);

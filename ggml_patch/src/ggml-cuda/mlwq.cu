@@ -638,12 +638,18 @@ bool ggml_cuda_mlwq_can_fuse(const ggml_tensor * mm, const ggml_tensor * gate) {
 // the permuted activations of an MLWQ product (ggml_mlwq_mul_mat: the node carries the weight's
 // column permutation perm; permuted column j is original column perm[j])
 
+// The column orders one quantization launch writes: order k is x[..., perm[k][i0]] into y[k].
+#define MLWQ_MAX_ORDERS ggml_cuda_mlwq_q8_ahead::MAX_PRODUCTS
+struct mlwq_orders {
+    const int32_t * perm[MLWQ_MAX_ORDERS];
+    block_q8_1    * y[MLWQ_MAX_ORDERS];
+};
+
 // quantize_q8_1 of quantize.cu reading x[perm[i0]]: one thread per element, a q8_1 block per 32
-// threads. Grid z: (i3, i2) and then which permutation, so one launch serves the nperm (1 or 2)
-// products of one input (the gate and up of a fused GLU, each with its own column order).
+// threads. Grid z: (i3, i2) and then which order, so one launch serves several permuted products
+// of one input (gate and up of a fused GLU; llama's q, k and v), each with its own column order.
 static __global__ void mlwq_quantize_q8_1_permuted(
-        const float * GGML_CUDA_RESTRICT x, const int32_t * perm0, const int32_t * perm1,
-        block_q8_1 * y0, block_q8_1 * y1,
+        const float * GGML_CUDA_RESTRICT x, const mlwq_orders orders,
         const int64_t ne00, const int64_t s01, const int64_t s02, const int64_t s03,
         const int64_t ne0, const int ne1, const int ne2, const int ne23) {
     ggml_cuda_pdl_lc();     // as quantize_q8_1: the mat-vec kernel may start loading its weights
@@ -651,16 +657,25 @@ static __global__ void mlwq_quantize_q8_1_permuted(
     if (i0 >= ne0) {
         return;
     }
-    const int     k  = blockIdx.z / ne23;                  // which permutation
+    const int     k  = blockIdx.z / ne23;                  // which order
     const int     z  = blockIdx.z % ne23;
     const int64_t i1 = blockIdx.y;
     const int64_t i2 = z % ne2;
     const int64_t i3 = z / ne2;
     const int64_t i_cont = ((i3*ne2 + i2)*ne1 + i1)*ne0 + i0;
-    block_q8_1 * y = k ? y1 : y0;
+    // constant indices only (a parameter array indexed at run time would be copied to local memory)
+    const int32_t * perm = orders.perm[0];
+    block_q8_1    * y    = orders.y[0];
+#pragma unroll
+    for (int kk = 1; kk < MLWQ_MAX_ORDERS; ++kk) {
+        if (k == kk) {
+            perm = orders.perm[kk];
+            y    = orders.y[kk];
+        }
+    }
 
     // the permutation is a weight: read it before waiting for the kernel that writes x
-    const int32_t p = i0 < ne00 ? (k ? perm1 : perm0)[i0] : 0;
+    const int32_t p = i0 < ne00 ? perm[i0] : 0;
     ggml_cuda_pdl_sync();
     const float xi = i0 < ne00 ? x[i3*s03 + i2*s02 + i1*s01 + p] : 0.0f;
     float amax = fabsf(xi);
@@ -677,20 +692,126 @@ static __global__ void mlwq_quantize_q8_1_permuted(
     }
 }
 
+static void mlwq_quantize_orders(
+        const float * x, const mlwq_orders & orders, const int norders,
+        const int64_t ne00, const int64_t s01, const int64_t s02, const int64_t s03,
+        const int64_t ne0, const int64_t ne1, const int64_t ne2, const int64_t ne3, cudaStream_t stream) {
+    GGML_ASSERT(ne0 % QK8_1 == 0);
+    GGML_ASSERT(norders >= 1 && norders <= MLWQ_MAX_ORDERS);
+    GGML_ASSERT(ne1 <= 65535 && norders*ne2*ne3 <= 65535);
+    constexpr int block_size = 256;
+    const dim3 grid((ne0 + block_size - 1)/block_size, ne1, norders*ne2*ne3);
+    const ggml_cuda_kernel_launch_params launch_params(grid, dim3(block_size, 1, 1), (size_t) 0, stream);
+    ggml_cuda_kernel_launch(mlwq_quantize_q8_1_permuted, launch_params,
+        x, orders, ne00, s01, s02, s03, ne0, (int) ne1, (int) ne2, (int) (ne2*ne3));
+}
+
 void ggml_cuda_mlwq_quantize_q8_1_permuted(
         const float * x, const int32_t * perm, const int32_t * perm_gate, void * vy, void * vy_gate,
         const int64_t ne00, const int64_t s01, const int64_t s02, const int64_t s03,
         const int64_t ne0, const int64_t ne1, const int64_t ne2, const int64_t ne3, cudaStream_t stream) {
-    GGML_ASSERT(ne0 % QK8_1 == 0);
     GGML_ASSERT((perm_gate == nullptr) == (vy_gate == nullptr));
-    const int nperm = perm_gate ? 2 : 1;
-    GGML_ASSERT(ne1 <= 65535 && nperm*ne2*ne3 <= 65535);
-    constexpr int block_size = 256;
-    const dim3 grid((ne0 + block_size - 1)/block_size, ne1, nperm*ne2*ne3);
-    const ggml_cuda_kernel_launch_params launch_params(grid, dim3(block_size, 1, 1), (size_t) 0, stream);
-    ggml_cuda_kernel_launch(mlwq_quantize_q8_1_permuted, launch_params,
-        x, perm, perm_gate, (block_q8_1 *) vy, (block_q8_1 *) vy_gate, ne00, s01, s02, s03, ne0, (int) ne1, (int) ne2,
-        (int) (ne2*ne3));
+    mlwq_orders orders = {};
+    orders.perm[0] = perm;
+    orders.y[0]    = (block_q8_1 *) vy;
+    orders.perm[1] = perm_gate;
+    orders.y[1]    = (block_q8_1 *) vy_gate;
+    mlwq_quantize_orders(x, orders, perm_gate ? 2 : 1, ne00, s01, s02, s03, ne0, ne1, ne2, ne3, stream);
+}
+
+// ---------------------------------------------------------------------------------------------
+// one quantization launch for the permuted products of one input (llama's q, k and v)
+
+static bool mlwq_is_view_or_noop(const ggml_tensor * t) {
+    return ggml_is_empty(t) || t->op == GGML_OP_RESHAPE || t->op == GGML_OP_TRANSPOSE ||
+           t->op == GGML_OP_VIEW || t->op == GGML_OP_PERMUTE || t->op == GGML_OP_NONE;
+}
+
+// a product that a GLU within the next few nodes takes: the fused gate/up path quantizes for it
+static bool mlwq_feeds_glu(ggml_tensor * const * nodes, const int n_nodes, const int i) {
+    for (int j = i + 1; j < n_nodes && j <= i + 4; ++j) {
+        if (nodes[j]->op == GGML_OP_GLU && (nodes[j]->src[0] == nodes[i] || nodes[j]->src[1] == nodes[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool mlwq_ahead_candidate(ggml_tensor * const * nodes, const int n_nodes, const int i) {
+    const ggml_tensor * t = nodes[i];
+    return t->op == GGML_OP_MUL_MAT && (t->flags & GGML_TENSOR_FLAG_COMPUTE) && mlwq_is_permuted_mat_vec(t) &&
+           !mlwq_feeds_glu(nodes, n_nodes, i);
+}
+
+void ggml_cuda_mlwq_quantize_ahead(ggml_backend_cuda_context & ctx, ggml_tensor * const * nodes, const int n_nodes, const int i) {
+    constexpr int window = 24;      // llama's q, k and v are within a dozen nodes of each other
+    ggml_cuda_mlwq_q8_ahead & a = ctx.mlwq_ahead;
+    if (a.q8 != nullptr || !mlwq_ahead_candidate(nodes, n_nodes, i)) {
+        return;
+    }
+    const ggml_tensor * x = nodes[i]->src[1];
+    const char * x_lo = (const char *) x->data;
+    const char * x_hi = x_lo + ggml_nbytes(x);
+    const ggml_tensor * perms[MLWQ_MAX_ORDERS] = { ggml_mlwq_mul_mat_perm(nodes[i]) };
+    int n = 1;
+    for (int j = i + 1; j < n_nodes && j <= i + window && n < MLWQ_MAX_ORDERS; ++j) {
+        const ggml_tensor * t = nodes[j];
+        if (t->src[1] == x && mlwq_ahead_candidate(nodes, n_nodes, j)) {
+            perms[n++] = ggml_mlwq_mul_mat_perm(t);
+            continue;
+        }
+        // a node that writes into x's memory ends the search: a later product would read other values
+        const char * lo = (const char *) t->data;
+        if (!mlwq_is_view_or_noop(t) && lo < x_hi && lo + ggml_nbytes(t) > x_lo) {
+            break;
+        }
+    }
+    if (n < 2) {
+        return;
+    }
+    const int64_t ne10_padded = GGML_PAD(x->ne[0], MATRIX_ROW_PADDING);
+    a.x     = x;
+    a.n     = n;
+    a.slice = ne10_padded*sizeof(block_q8_1)/QK8_1;
+    a.q8    = (char *) ctx.pool().alloc(n*a.slice, &a.size);
+    mlwq_orders orders = {};
+    for (int k = 0; k < n; ++k) {
+        a.perm[k]      = perms[k];
+        orders.perm[k] = (const int32_t *) perms[k]->data;
+        orders.y[k]    = (block_q8_1 *) (a.q8 + k*a.slice);
+    }
+    const int64_t ts = ggml_type_size(x->type);
+    mlwq_quantize_orders((const float *) x->data, orders, n, x->ne[0], x->nb[1]/ts, x->nb[2]/ts, x->nb[3]/ts,
+        ne10_padded, 1, 1, 1, ctx.stream());
+}
+
+const void * ggml_cuda_mlwq_q8_take(ggml_backend_cuda_context & ctx, const ggml_tensor * x, const ggml_tensor * perm) {
+    ggml_cuda_mlwq_q8_ahead & a = ctx.mlwq_ahead;
+    if (a.q8 == nullptr || x != a.x) {
+        return nullptr;
+    }
+    for (int k = 0; k < a.n; ++k) {
+        if (a.perm[k] == perm) {
+            a.perm[k] = nullptr;
+            return a.q8 + k*a.slice;
+        }
+    }
+    return nullptr;
+}
+
+void ggml_cuda_mlwq_q8_release(ggml_backend_cuda_context & ctx, const bool end_of_graph) {
+    ggml_cuda_mlwq_q8_ahead & a = ctx.mlwq_ahead;
+    if (a.q8 == nullptr) {
+        return;
+    }
+    bool all_taken = true;
+    for (int k = 0; k < a.n; ++k) {
+        all_taken = all_taken && a.perm[k] == nullptr;
+    }
+    if (all_taken || end_of_graph) {
+        ctx.pool().free(a.q8, a.size);
+        a = ggml_cuda_mlwq_q8_ahead();
+    }
 }
 
 // y (contiguous ne00 x ne01 x ne02 x ne03) = x with its columns permuted; x strides in floats

@@ -47,6 +47,19 @@ void ggml_cuda_mlwq_quantize_q8_1_permuted(
 // does not pass the permutations would quantize x unpermuted.)
 bool ggml_cuda_mlwq_can_fuse(const ggml_tensor * mm, const ggml_tensor * gate);
 
+// One quantization launch for several permuted products of one input (llama's q, k and v: three
+// weights, three column orders). ggml-cuda.cu's graph loop, before node i: if node i is a permuted
+// MLWQ product of one token and later nodes (within a window, until a node writes x's memory) are
+// such products of the same x, quantize x in each of their orders into one pool buffer kept in
+// ctx.mlwq_ahead (not for products that a GLU fusion takes: it quantizes its pair itself).
+void ggml_cuda_mlwq_quantize_ahead(ggml_backend_cuda_context & ctx, ggml_tensor * const * nodes, int n_nodes, int i);
+// mmvq.cu: the q8_1 activations of x in the order perm if they were quantized ahead, else nullptr;
+// each part is taken once
+const void * ggml_cuda_mlwq_q8_take(ggml_backend_cuda_context & ctx, const ggml_tensor * x, const ggml_tensor * perm);
+// the graph loop, before each node: the buffer goes back to the pool once every part is taken (the
+// pool is a stack: nothing allocated after it is live between nodes); at the end of the graph, always
+void ggml_cuda_mlwq_q8_release(ggml_backend_cuda_context & ctx, bool end_of_graph);
+
 // y (contiguous, ne00 x ne01 x ne02 x ne03 floats) = x with its columns permuted, y[.., i0] =
 // x[.., perm[i0]]; x strides in floats. The cuBLAS path (batches > MMVQ_MAX_BATCH_SIZE) of an MLWQ
 // product with a column permutation multiplies this copy.
