@@ -577,13 +577,13 @@ static double bench_mv(ggml_type type, const std::vector<uint8_t> & one, int64_t
     ggml_tensor * tp  = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, ne0);
     ggml_tensor * tpg = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, ne0);
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, 4*nw + 16, false);
-    // each product reads its own view of x: the CUDA graph loop quantizes once for the products of
-    // one input tensor (llama's q, k, v), and here each product is timed with its own quantization
-    auto mm = [&](ggml_tensor * w, ggml_tensor * p) {
-        ggml_tensor * xv = ggml_view_2d(ctx, tx, ne0, ncols, tx->nb[1], 0);
-        return permuted ? ggml_mlwq_mul_mat(ctx, w, xv, p) : ggml_mul_mat(ctx, w, xv);
-    };
+    // each copy reads its own view of x: the CUDA graph loop quantizes once for the products of one
+    // input tensor (llama's q, k, v), and here each copy is timed with its own quantization (a GLU
+    // pair shares its view: gate and up of one input fuse)
+    ggml_tensor * xv = nullptr;
+    auto mm = [&](ggml_tensor * w, ggml_tensor * p) { return permuted ? ggml_mlwq_mul_mat(ctx, w, xv, p) : ggml_mul_mat(ctx, w, xv); };
     for (int c = 0; c < copies; ++c) {
+        xv = ggml_view_2d(ctx, tx, ne0, ncols, tx->nb[1], 0);
         if (glu) {
             ws[2*c]     = ggml_new_tensor_2d(ctx, type, ne0, nr);
             ws[2*c + 1] = ggml_new_tensor_2d(ctx, type, ne0, nr);
