@@ -118,6 +118,7 @@ EOF
     [ -f "$W/l1b-mlwq3.gguf" ] || PYTHONPATH=$GGUFPY python3 ggml_patch/tests/make_synthetic_gguf.py mlwq \
         --shape llama-3.2-1b --tokenizer "$C/smollm2_tokenizer.json.gz" --bits 3 --like "$W/l1b-q3ks.gguf" -o "$W/l1b-mlwq3.gguf"
     ls -la "$W"/*.gguf
+    sync
     timeout 240 "$BIN/llama-bench" -m "$W/l1b-q3ks.gguf" -m "$W/l1b-mlwq3.gguf" -ngl 99 -p 512 -n 128 -r 5 -o md 2>&1 \
         | tee "$OUT/llama-bench.md"
 }
@@ -137,6 +138,7 @@ stage_smollm2() {
         --shape smollm2-135m --tokenizer "$C/smollm2_tokenizer.json.gz" --bits 3 --like "$S/Q3_K_S.gguf" -o "$S/mlwq3.gguf"
     local real=()
     [ -n "${MLWQ_REAL:-}" ] && real=(-m "$MLWQ_REAL")
+    sync    # the files just written: their writeback must not overlap the timing
     timeout 240 "$BIN/llama-bench" -m "$S/f16.gguf" -m "$S/Q4_K_M.gguf" -m "$S/Q3_K_S.gguf" -m "$S/mlwq3.gguf" "${real[@]}" \
         -ngl 99 -p 512 -n 128 -r 5 -o md 2>&1 | grep -E "^\|" | tee "$OUT/llama-bench-smollm2.md"
 }
