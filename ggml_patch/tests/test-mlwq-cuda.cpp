@@ -131,6 +131,19 @@ static std::vector<int32_t> rand_perm(int64_t n) {
     return perm;
 }
 
+// x in a weight's column order: nc columns of perm.size() values, column c of x starting at c*ld
+// (ld = 0: perm.size()); y[c][j] = x[c][perm[j]]
+static std::vector<float> permute_cols(const std::vector<float> & x, const std::vector<int32_t> & perm,
+                                       int64_t nc = 1, int64_t ld = 0) {
+    const int64_t ne0 = (int64_t) perm.size();
+    ld = ld ? ld : ne0;
+    std::vector<float> y(ne0*nc);
+    for (int64_t c = 0; c < nc; ++c) {
+        for (int64_t j = 0; j < ne0; ++j) y[c*ne0 + j] = x[c*ld + perm[j]];
+    }
+    return y;
+}
+
 static std::vector<float> rand_vec(size_t n, float scale = 1.0f) {
     std::vector<float> v(n);
     for (auto & x : v) x = rnd_f(-scale, scale);
@@ -260,11 +273,7 @@ static void test_mul_mat_perm(int b, int64_t ne0, int64_t nr, int64_t nc, int64_
     const auto perm = rand_perm(ne0);
     const int64_t ld = ne0 + pad;
     const auto x = rand_vec(ld*nc);
-    std::vector<float> xp(ne0*nc);       // x in the weight's column order
-    for (int64_t c = 0; c < nc; ++c) {
-        for (int64_t j = 0; j < ne0; ++j) xp[c*ne0 + j] = x[c*ld + perm[j]];
-    }
-    const auto ref = ref_mm(w, xp, ne0, nr, nc);
+    const auto ref = ref_mm(w, permute_cols(x, perm, nc, ld), ne0, nr, nc);
     builder bld = [&](ggml_context * ctx, std::vector<input> & ins) {
         ggml_tensor * tw = ggml_new_tensor_2d(ctx, type, ne0, nr);
         ggml_tensor * tp = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, ne0);
@@ -468,13 +477,8 @@ static void test_fusion_perm(int bu, int bg, int64_t ne0, int64_t nr) {
     const auto pu = rand_perm(ne0);
     const auto pg = rand_perm(ne0);
     const auto x = rand_vec(ne0);
-    std::vector<float> xu(ne0), xg(ne0);
-    for (int64_t j = 0; j < ne0; ++j) {
-        xu[j] = x[pu[j]];
-        xg[j] = x[pg[j]];
-    }
-    const auto ru = ref_mm(u, xu, ne0, nr, 1);
-    const auto rg = ref_mm(g, xg, ne0, nr, 1);
+    const auto ru = ref_mm(u, permute_cols(x, pu), ne0, nr, 1);
+    const auto rg = ref_mm(g, permute_cols(x, pg), ne0, nr, 1);
     std::vector<double> ref(nr);
     for (int64_t i = 0; i < nr; ++i) {
         ref[i] = rg[i]/(1.0 + std::exp(-rg[i]))*ru[i];
@@ -531,9 +535,7 @@ static void test_shared_input(const std::vector<int> & widths, const std::vector
     for (size_t k = 0; k < n; ++k) {
         wq[k]    = make_mlwq(widths[k], ne0, rows[k], WIDTHS_TIERS);
         perms[k] = share && k == 1 ? perms[0] : rand_perm(ne0);
-        std::vector<float> xp(ne0);
-        for (int64_t j = 0; j < ne0; ++j) xp[j] = x[perms[k][j]];
-        const auto r = ref_mm(dequant(mlwq_type(widths[k]), wq[k], ne0, rows[k]), xp, ne0, rows[k], 1);
+        const auto r = ref_mm(dequant(mlwq_type(widths[k]), wq[k], ne0, rows[k]), permute_cols(x, perms[k]), ne0, rows[k], 1);
         ref.insert(ref.end(), r.begin(), r.end());
     }
     builder bld = [&](ggml_context * ctx, std::vector<input> & ins) {

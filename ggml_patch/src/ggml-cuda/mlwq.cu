@@ -533,15 +533,15 @@ void ggml_cuda_mlwq_mul_mat_vec_q(
     // another MLWQ type in one channel and sample, so that x's channel and sample strides are moot
     int     code_bytes_gate = code_bytes;
     int64_t stride_row_gate = stride_row_x*ts;
-    if (fusion.gate && fusion.gate_type != type_x) {
-        GGML_ASSERT(ggml_mlwq_is_type(fusion.gate_type));
-        GGML_ASSERT(!ids && nchannels_x == 1 && nsamples_x == 1);
-        code_bytes_gate = 8*K*mlwq_avg_bits(fusion.gate_type);
-        stride_row_gate = K*(int64_t) ggml_type_size(fusion.gate_type);
-        GGML_ASSERT(stride_row_gate == (int64_t) K*MLWQ_HDR_BYTES + code_bytes_gate);
-    }
     if (fusion.gate) {
         GGML_ASSERT((uintptr_t) fusion.gate % 4 == 0);
+        if (fusion.gate_type != type_x) {
+            GGML_ASSERT(ggml_mlwq_is_type(fusion.gate_type));
+            GGML_ASSERT(!ids && nchannels_x == 1 && nsamples_x == 1);
+            code_bytes_gate = 8*K*mlwq_avg_bits(fusion.gate_type);
+            stride_row_gate = K*(int64_t) ggml_type_size(fusion.gate_type);
+            GGML_ASSERT(stride_row_gate == (int64_t) K*MLWQ_HDR_BYTES + code_bytes_gate);
+        }
     }
 
     const char  * x      = (const char *) vx;
@@ -722,11 +722,6 @@ void ggml_cuda_mlwq_quantize_q8_1_permuted(
 // ---------------------------------------------------------------------------------------------
 // one quantization launch for the permuted products of one input (llama's q, k and v)
 
-static bool mlwq_is_view_or_noop(const ggml_tensor * t) {
-    return ggml_is_empty(t) || t->op == GGML_OP_RESHAPE || t->op == GGML_OP_TRANSPOSE ||
-           t->op == GGML_OP_VIEW || t->op == GGML_OP_PERMUTE || t->op == GGML_OP_NONE;
-}
-
 // a product that a GLU within the next few nodes takes: the fused gate/up path quantizes for it
 static bool mlwq_feeds_glu(ggml_tensor * const * nodes, const int n_nodes, const int i) {
     for (int j = i + 1; j < n_nodes && j <= i + 4; ++j) {
@@ -762,7 +757,7 @@ void ggml_cuda_mlwq_quantize_ahead(ggml_backend_cuda_context & ctx, ggml_tensor 
         }
         // a node that writes into x's memory ends the search: a later product would read other values
         const char * lo = (const char *) t->data;
-        if (!mlwq_is_view_or_noop(t) && lo < x_hi && lo + ggml_nbytes(t) > x_lo) {
+        if (!ggml_cuda_is_view_or_noop(t) && lo < x_hi && lo + ggml_nbytes(t) > x_lo) {
             break;
         }
     }

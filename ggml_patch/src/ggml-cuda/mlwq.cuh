@@ -59,6 +59,9 @@ const void * ggml_cuda_mlwq_q8_take(ggml_backend_cuda_context & ctx, const ggml_
 // the graph loop, before each node: the buffer goes back to the pool once every part is taken (the
 // pool is a stack: nothing allocated after it is live between nodes); at the end of the graph, always
 void ggml_cuda_mlwq_q8_release(ggml_backend_cuda_context & ctx, bool end_of_graph);
+// ggml-cuda.cu's test for nodes that compute nothing (made non-static by 0002-cuda.patch for the
+// search above)
+bool ggml_cuda_is_view_or_noop(const ggml_tensor * t);
 
 // y (contiguous, ne00 x ne01 x ne02 x ne03 floats) = x with its columns permuted, y[.., i0] =
 // x[.., perm[i0]]; x strides in floats. The cuBLAS path (batches > MMVQ_MAX_BATCH_SIZE) of an MLWQ
