@@ -13,6 +13,7 @@
 #                                                       # (after build) mlwq.cu edited by sed, rebuilt into
 #                                                       # build/cuda-dev/bin-variant; benchops and llama-bench of
 #                                                       # the committed and the variant libraries, alternating
+#   MLWQ_REAL=x.gguf bash ggml_patch/tests/device_cuda_checks.sh order  # llama-bench, files in several orders
 #   bash ggml_patch/tests/device_cuda_checks.sh all     # all of them, most important first, within MLWQ_DEV_LIMIT s
 #
 # Needs, carried in .cache/cuda_src/ (ignored by git): llama.cpp.tar.xz (the pristine vendored
@@ -184,6 +185,24 @@ PY
     done
 }
 
+# Does MLWQ's generation speed depend on what else ran in the same llama-bench process? The lines
+# of the fifth GPU session's order tests (after smollm2; $MLWQ_REAL required), one invocation each.
+stage_order() {
+    local S="$W/smollm2-synth" R="${MLWQ_REAL:?set MLWQ_REAL}"
+    local runs=("-m $R -m $S/Q3_K_S.gguf -m $S/mlwq3.gguf -p 512"
+                "-m $S/f16.gguf -m $R -p 512"
+                "-m $S/Q4_K_M.gguf -m $R -p 512"
+                "-m $S/f16.gguf -m $S/Q4_K_M.gguf -m $S/Q3_K_S.gguf -m $S/mlwq3.gguf -m $R -p 512"
+                "-m $S/f16.gguf -m $S/Q4_K_M.gguf -m $S/Q3_K_S.gguf -m $S/mlwq3.gguf -m $R -p 0"
+                "-m $R -m $S/f16.gguf -m $R -p 0"
+                "-m $S/Q3_K_S.gguf -m $R -m $S/f16.gguf -m $S/Q3_K_S.gguf -m $R -p 0")
+    for r in "${runs[@]}"; do
+        echo "== $r" | tee -a "$OUT/order.md"
+        # shellcheck disable=SC2086
+        timeout 120 "$BIN/llama-bench" $r -n 128 -ngl 99 -r 5 -o md 2>&1 | grep -E "^\| llama" | tee -a "$OUT/order.md"
+    done
+}
+
 # A/B of one change to mlwq.cu without a second full build: the tree's mlwq.cu edited by
 # $MLWQ_VARIANT_SED, libggml-cuda rebuilt and copied to bin-variant, the source restored and the
 # committed library rebuilt; then the same benchmarks with each, alternating (binaries' RUNPATH
@@ -225,6 +244,7 @@ case "${1:-all}" in
     smollm2) stage_smollm2 ;;
     ncu)   stage_ncu ;;
     variant) stage_variant ;;
+    order) stage_order ;;
     all)   # most important first; each later stage only if the call has time left (10 min limit)
            T0=$(date +%s)
            left() { [ $(( $(date +%s) - T0 )) -lt "$1" ]; }
@@ -241,5 +261,5 @@ case "${1:-all}" in
                && for f in test-mlwq-cuda.log llama-bench.md bench-ops.log bandwidth.log; do \
                     [ -f "$f" ] && cp "$f" /tmp/keep/; done \
                && rm -f ./* && cp /tmp/keep/* . 2>/dev/null; mv /tmp/mlwq-logs.tar.gz .) ;;
-    *)     echo "usage: $0 build|test|bench|benchops|sanitize|smollm2|ncu|variant|all"; exit 2 ;;
+    *)     echo "usage: $0 build|test|bench|benchops|sanitize|smollm2|ncu|variant|order|all"; exit 2 ;;
 esac
