@@ -13,7 +13,8 @@
 #                                                       # (after build) mlwq.cu edited by sed, rebuilt into
 #                                                       # build/cuda-dev/bin-variant; benchops and llama-bench of
 #                                                       # the committed and the variant libraries, alternating
-#   MLWQ_REAL=x.gguf bash ggml_patch/tests/device_cuda_checks.sh order  # llama-bench, files in several orders
+#   MLWQ_REAL=x.gguf bash ggml_patch/tests/device_cuda_checks.sh order  # the slow llama-bench configuration:
+#                                                       # graphs off, fewer models before, GPU clocks
 #   bash ggml_patch/tests/device_cuda_checks.sh all     # all of them, most important first, within MLWQ_DEV_LIMIT s
 #
 # Needs, carried in .cache/cuda_src/ (ignored by git): llama.cpp.tar.xz (the pristine vendored
@@ -187,20 +188,31 @@ PY
 
 # Does MLWQ's generation speed depend on what else ran in the same llama-bench process? The lines
 # of the fifth GPU session's order tests (after smollm2; $MLWQ_REAL required), one invocation each.
+# The one slow llama-bench configuration of the fifth session (SmolLM2 MLWQ3 after F16, Q4_K_M and
+# Q3_K_S, all with -p 512, in one invocation): the same five files again, then with CUDA graphs off,
+# then with fewer models before MLWQ, and MLWQ both first and last. Files: $ORDER_DIR/{f16,Q4_K_M,
+# Q3_K_S}.gguf (default: stage_smollm2's synthetic ones) and $MLWQ_REAL. The GPU's clocks, power and
+# throttle reasons are sampled every 100 ms meanwhile (clocks.csv), each line's start time in order.md.
 stage_order() {
-    local S="$W/smollm2-synth" R="${MLWQ_REAL:?set MLWQ_REAL}"
-    local runs=("-m $R -m $S/Q3_K_S.gguf -m $S/mlwq3.gguf -p 512"
-                "-m $S/f16.gguf -m $R -p 512"
-                "-m $S/Q4_K_M.gguf -m $R -p 512"
-                "-m $S/f16.gguf -m $S/Q4_K_M.gguf -m $S/Q3_K_S.gguf -m $S/mlwq3.gguf -m $R -p 512"
-                "-m $S/f16.gguf -m $S/Q4_K_M.gguf -m $S/Q3_K_S.gguf -m $S/mlwq3.gguf -m $R -p 0"
-                "-m $R -m $S/f16.gguf -m $R -p 0"
-                "-m $S/Q3_K_S.gguf -m $R -m $S/f16.gguf -m $S/Q3_K_S.gguf -m $R -p 0")
+    local S="${ORDER_DIR:-$W/smollm2-synth}" R="${MLWQ_REAL:?set MLWQ_REAL}"
+    local F="-m $S/f16.gguf" Q4="-m $S/Q4_K_M.gguf" Q3="-m $S/Q3_K_S.gguf"
+    local runs=("$F $Q4 $Q3 -m $R -p 512"
+                "GRAPHS_OFF $F $Q4 $Q3 -m $R -p 512"
+                "$Q4 $Q3 -m $R -p 512"
+                "$Q3 -m $R -p 512"
+                "-m $R $F $Q4 $Q3 -m $R -p 512"
+                "$F $Q4 $Q3 -m $R -p 0")
+    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
+        --format=csv -lms 100 > "$OUT/clocks.csv" 2>&1 &
+    local smi=$!
     for r in "${runs[@]}"; do
-        echo "== $r" | tee -a "$OUT/order.md"
+        local env=()
+        case "$r" in GRAPHS_OFF*) env=(env GGML_CUDA_DISABLE_GRAPHS=1); r=${r#GRAPHS_OFF } ;; esac
+        echo "== $(date +%T.%N | cut -c1-12) ${env[*]} $r" | tee -a "$OUT/order.md"
         # shellcheck disable=SC2086
-        timeout 120 "$BIN/llama-bench" $r -n 128 -ngl 99 -r 5 -o md 2>&1 | grep -E "^\| llama" | tee -a "$OUT/order.md"
+        timeout 120 "${env[@]}" "$BIN/llama-bench" $r -n 128 -ngl 99 -r 5 -o md 2>&1 | grep -E "^\| llama" | tee -a "$OUT/order.md"
     done
+    kill "$smi"
 }
 
 # A/B of one change to mlwq.cu without a second full build: the tree's mlwq.cu edited by
@@ -219,10 +231,12 @@ stage_variant() {
     rm -rf "$V" && mkdir -p "$V" && cp -a "$BIN"/libggml-cuda.so* "$V"/
     cp "$W/mlwq.cu.orig" "$cu" && touch "$cu"
     ninja -C "$B" ggml-cuda > "$OUT/ninja-restore.log" 2>&1 || return 1
-    local S="$W/smollm2-synth"
-    local files=(-m "$S/Q3_K_S.gguf" -m "$S/mlwq3.gguf")
-    [ -n "${MLWQ_REAL:-}" ] && files+=(-m "$MLWQ_REAL")
-    [ -f "$W/l1b-mlwq3.gguf" ] && files+=(-m "$W/l1b-q3ks.gguf" -m "$W/l1b-mlwq3.gguf")
+    # the files that exist of: Q3_K_S (and MLWQ3) of SmolLM2 ($ORDER_DIR, else stage_smollm2's
+    # synthetic ones), $MLWQ_REAL, the 1B shape's of stage_bench
+    local S="${ORDER_DIR:-$W/smollm2-synth}" files=() f
+    for f in "$S/Q3_K_S.gguf" "$S/mlwq3.gguf" ${MLWQ_REAL:-} "$W/l1b-q3ks.gguf" "$W/l1b-mlwq3.gguf"; do
+        [ -f "$f" ] && files+=(-m "$f")
+    done
     for round in 1 2; do
         for lib in committed variant; do
             local env=()

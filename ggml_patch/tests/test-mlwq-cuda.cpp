@@ -561,6 +561,52 @@ static void test_shared_input(const std::vector<int> & widths, const std::vector
     check(name, bld, ref, TOL_Q8_REF, TOL_Q8_CPU);
 }
 
+// Two permuted products of one input next to each other (llama: V, RESHAPE, K), which the graph loop
+// runs as one launch (ggml_cuda_mlwq_try_pair), optionally after a third product of the same input
+// (llama's q: then their activations come from the quantization ahead). Widths wq (0: no third
+// product), wa, wb; a and b have `rows` rows.
+static void test_product_pair(int wq, int wa, int wb, int64_t rows, int64_t ne0, bool reshape_between) {
+    const auto x = rand_vec(ne0);
+    const int64_t rows_q = rows + 64;
+    std::vector<int> widths = {wa, wb};
+    std::vector<int64_t> nrows = {rows, rows};
+    if (wq) {
+        widths.insert(widths.begin(), wq);
+        nrows.insert(nrows.begin(), rows_q);
+    }
+    const size_t n = widths.size();
+    std::vector<std::vector<uint8_t>> wts(n);
+    std::vector<std::vector<int32_t>> perms(n);
+    std::vector<double> ref;
+    for (size_t k = 0; k < n; ++k) {
+        wts[k]   = make_mlwq(widths[k], ne0, nrows[k], WIDTHS_TIERS);
+        perms[k] = rand_perm(ne0);
+        const auto r = ref_mm(dequant(mlwq_type(widths[k]), wts[k], ne0, nrows[k]), permute_cols(x, perms[k]), ne0, nrows[k], 1);
+        ref.insert(ref.end(), r.begin(), r.end());
+    }
+    builder bld = [&](ggml_context * ctx, std::vector<input> & ins) {
+        ggml_tensor * tx = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, 1);
+        ins.push_back({tx, x.data()});
+        std::vector<ggml_tensor *> y(n);
+        for (size_t k = 0; k < n; ++k) {
+            ggml_tensor * tw = ggml_new_tensor_2d(ctx, mlwq_type(widths[k]), ne0, nrows[k]);
+            ggml_tensor * tp = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, ne0);
+            ins.push_back({tw, wts[k].data()});
+            ins.push_back({tp, perms[k].data()});
+            y[k] = ggml_mlwq_mul_mat(ctx, tw, tx, tp);
+        }
+        // node order: [q,] a, [RESHAPE,] b, CONCAT[, CONCAT]
+        ggml_tensor * ya  = y[n - 2];
+        ggml_tensor * ga  = reshape_between ? ggml_reshape_2d(ctx, ya, rows, 1) : ya;
+        ggml_tensor * out = ggml_concat(ctx, ga, y[n - 1], 0);
+        return wq ? ggml_concat(ctx, y[0], out, 0) : out;
+    };
+    char name[128];
+    snprintf(name, sizeof(name), "two products in one launch: widths %d/%d, %lld x %lld%s%s", wa, wb,
+             (long long) rows, (long long) ne0, reshape_between ? ", RESHAPE between" : "", wq ? ", after q" : "");
+    check(name, bld, ref, TOL_Q8_REF, TOL_Q8_CPU);
+}
+
 // ---- speed ----
 
 // us per product (glu: per swiglu(gate, up) pair) of `copies` weights holding the bytes `one`, in one
@@ -717,6 +763,11 @@ int main(int argc, char ** argv) {
     test_shared_input({3, 2, 4}, {576, 192, 192}, 576, false);         // SmolLM2's q, k, v
     test_shared_input({2, 3}, {2048, 512}, 2048, true);
     test_shared_input({4, 3, 2, 3, 2}, {64, 100, 33, 64, 7}, 64*70, false);
+    test_product_pair(0, 3, 3, 192, 576, false);
+    test_product_pair(0, 2, 4, 192, 576, true);
+    test_product_pair(3, 2, 3, 192, 576, true);                        // SmolLM2's q, v, k
+    test_product_pair(4, 3, 3, 512, 2048, true);                       // Llama-3.2-1B's
+    test_product_pair(2, 4, 2, 100, 64*70, true);                      // 3 rounds: 2 warps a row
     printf("test-mlwq-cuda: %d/%d cases passed\n", g_pass, g_total);
     ggml_backend_free(g_cuda);
     ggml_backend_free(g_cpu);

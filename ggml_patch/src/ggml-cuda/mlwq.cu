@@ -387,6 +387,7 @@ __launch_bounds__(WARP_SIZE*MLWQ_WARPS, 1)
 static __global__ void mlwq_mul_mat_vec_q(
         const char * vx, const char * vgate, const block_q8_1 * vy, const block_q8_1 * vy_gate, const int32_t * ids,
         const float * x_bias, const float * gate_bias, const ggml_glu_op glu_op, const float glu_limit, float * dst,
+        float * dst_gate,
         const int K, const int code_bytes, const int code_bytes_gate, const int nrows_x, const int S,
         const int64_t stride_row_x, const int64_t stride_row_gate, const int stride_col_y, const int stride_col_dst,
         const int channel_ratio, const int64_t stride_channel_x, const int stride_channel_y, const int stride_channel_dst,
@@ -471,10 +472,13 @@ static __global__ void mlwq_mul_mat_vec_q(
     for (int c = 0; c < ncols; ++c) {
         float result = sums[c];
         if constexpr (has_fusion) {
+            if (dst_gate) {     // two products in one launch (ggml_cuda_mlwq_try_pair): each its own output
+                dst_gate[dst_off + (int64_t) c*stride_col_dst] = sums[ncols + c];
+            }
             if (x_bias) {
                 result += x_bias[bias_off + (int64_t) c*stride_col_dst];
             }
-            if (gated) {
+            if (gated && !dst_gate) {
                 float g = sums[ncols + c];
                 if (gate_bias) {
                     g += gate_bias[bias_off + (int64_t) c*stride_col_dst];
@@ -484,7 +488,7 @@ static __global__ void mlwq_mul_mat_vec_q(
         }
         dst[dst_off + (int64_t) c*stride_col_dst] = result;
     }
-    GGML_UNUSED_VARS(x_bias, gate_bias, glu_op, glu_limit);
+    GGML_UNUSED_VARS(x_bias, gate_bias, glu_op, glu_limit, dst_gate);
 }
 
 template <int ncols, bool has_fusion>
@@ -492,7 +496,7 @@ static void mlwq_launch_mmvq(
         const int S, const int nrows_x, const int64_t gy, const int64_t gz, cudaStream_t stream,
         const char * vx, const char * vgate, const block_q8_1 * vy, const block_q8_1 * vy_gate, const int32_t * ids,
         const float * x_bias, const float * gate_bias, const ggml_glu_op glu_op, const float glu_limit, float * dst,
-        const int K, const int code_bytes, const int code_bytes_gate,
+        float * dst_gate, const int K, const int code_bytes, const int code_bytes_gate,
         const int64_t stride_row_x, const int64_t stride_row_gate, const int stride_col_y, const int stride_col_dst,
         const int channel_ratio, const int64_t stride_channel_x, const int stride_channel_y, const int stride_channel_dst,
         const int nchannels_y,
@@ -503,15 +507,16 @@ static void mlwq_launch_mmvq(
     const dim3 block(WARP_SIZE, MLWQ_WARPS, 1);
     const ggml_cuda_kernel_launch_params launch_params(grid, block, (size_t) 0, stream);
     ggml_cuda_kernel_launch(mlwq_mul_mat_vec_q<ncols, has_fusion>, launch_params,
-        vx, vgate, vy, vy_gate, ids, x_bias, gate_bias, glu_op, glu_limit, dst,
+        vx, vgate, vy, vy_gate, ids, x_bias, gate_bias, glu_op, glu_limit, dst, dst_gate,
         K, code_bytes, code_bytes_gate, nrows_x, S, stride_row_x, stride_row_gate, stride_col_y, stride_col_dst,
         channel_ratio, stride_channel_x, stride_channel_y, stride_channel_dst, nchannels_y,
         sample_ratio, stride_sample_x, stride_sample_y, stride_sample_dst, ids_stride);
 }
 
-void ggml_cuda_mlwq_mul_mat_vec_q(
-        const void * vx, const ggml_type type_x, const void * vy, const int32_t * ids, const ggml_cuda_mm_fusion_args_device fusion, float * dst,
-        const int ncols_x, const int nrows_x, const int ncols_dst,
+// dst_gate: the gate's product is not fused with x's but written there (two products in one launch)
+static void mlwq_mul_mat_vec_q_cuda(
+        const void * vx, const ggml_type type_x, const void * vy, const int32_t * ids, const ggml_cuda_mm_fusion_args_device fusion,
+        float * dst, float * dst_gate, const int ncols_x, const int nrows_x, const int ncols_dst,
         const int stride_row_x, const int stride_col_y, const int stride_col_dst,
         const int nchannels_x, const int nchannels_y, const int nchannels_dst,
         const int stride_channel_x, const int stride_channel_y, const int stride_channel_dst,
@@ -561,7 +566,7 @@ void ggml_cuda_mlwq_mul_mat_vec_q(
         // one token per grid z, each token with its own expert matrix
         GGML_ASSERT(nchannels_dst <= 65535 && ncols_dst <= 65535);
 #define MLWQ_ARGS_IDS S, nrows_x, nchannels_dst, ncols_dst, stream, x, gate, y, y_gate, ids, \
-            x_bias, g_bias, fusion.glu_op, fusion.glu_limit, dst, K, code_bytes, code_bytes_gate, \
+            x_bias, g_bias, fusion.glu_op, fusion.glu_limit, dst, dst_gate, K, code_bytes, code_bytes_gate, \
             stride_row_x*ts, stride_row_gate, stride_col_y, stride_col_dst, \
             1, stride_channel_x*ts, stride_channel_y, stride_channel_dst, nchannels_y, \
             1, stride_sample_x*ts, stride_sample_y, stride_sample_dst, ids_stride
@@ -578,7 +583,7 @@ void ggml_cuda_mlwq_mul_mat_vec_q(
     GGML_ASSERT(nchannels_dst % nchannels_x == 0 && nsamples_dst % nsamples_x == 0);
     GGML_ASSERT(nchannels_dst <= 65535 && nsamples_dst <= 65535);
 #define MLWQ_ARGS S, nrows_x, nchannels_dst, nsamples_dst, stream, x, gate, y, y_gate, ids, \
-        x_bias, g_bias, fusion.glu_op, fusion.glu_limit, dst, K, code_bytes, code_bytes_gate, \
+        x_bias, g_bias, fusion.glu_op, fusion.glu_limit, dst, dst_gate, K, code_bytes, code_bytes_gate, \
             stride_row_x*ts, stride_row_gate, stride_col_y, stride_col_dst, \
         nchannels_dst/nchannels_x, stride_channel_x*ts, stride_channel_y, stride_channel_dst, nchannels_y, \
         nsamples_dst/nsamples_x, stride_sample_x*ts, stride_sample_y, stride_sample_dst, ids_stride
@@ -600,6 +605,20 @@ void ggml_cuda_mlwq_mul_mat_vec_q(
         default: GGML_ABORT("fatal error");
     }
 #undef MLWQ_ARGS
+}
+
+void ggml_cuda_mlwq_mul_mat_vec_q(
+        const void * vx, const ggml_type type_x, const void * vy, const int32_t * ids, const ggml_cuda_mm_fusion_args_device fusion, float * dst,
+        const int ncols_x, const int nrows_x, const int ncols_dst,
+        const int stride_row_x, const int stride_col_y, const int stride_col_dst,
+        const int nchannels_x, const int nchannels_y, const int nchannels_dst,
+        const int stride_channel_x, const int stride_channel_y, const int stride_channel_dst,
+        const int nsamples_x, const int nsamples_dst, const int stride_sample_x, const int stride_sample_y, const int stride_sample_dst,
+        const int ids_stride, cudaStream_t stream) {
+    mlwq_mul_mat_vec_q_cuda(vx, type_x, vy, ids, fusion, dst, nullptr, ncols_x, nrows_x, ncols_dst,
+        stride_row_x, stride_col_y, stride_col_dst, nchannels_x, nchannels_y, nchannels_dst,
+        stride_channel_x, stride_channel_y, stride_channel_dst,
+        nsamples_x, nsamples_dst, stride_sample_x, stride_sample_y, stride_sample_dst, ids_stride, stream);
 }
 
 // a permuted MLWQ product of one token: MUL_MAT of a 2-D MLWQ weight with its permutation, f32 in and out
@@ -807,6 +826,73 @@ void ggml_cuda_mlwq_q8_release(ggml_backend_cuda_context & ctx, const bool end_o
         ctx.pool().free(a.q8, a.size);
         a = ggml_cuda_mlwq_q8_ahead();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// two permuted products of one input in one mat-vec launch (llama's v and k)
+
+static bool mlwq_overlap(const ggml_tensor * a, const ggml_tensor * b) {
+    const char * a0 = (const char *) a->data;
+    const char * b0 = (const char *) b->data;
+    return a0 < b0 + ggml_nbytes(b) && b0 < a0 + ggml_nbytes(a);
+}
+
+int ggml_cuda_mlwq_try_pair(ggml_backend_cuda_context & ctx, ggml_tensor * const * nodes, const int n_nodes, const int i) {
+    static const bool disable_fusion = getenv("GGML_CUDA_DISABLE_FUSION") != nullptr && atoi(getenv("GGML_CUDA_DISABLE_FUSION"));
+    if (disable_fusion || !mlwq_ahead_candidate(nodes, n_nodes, i)) {
+        return 0;
+    }
+    // the next node that computes something: only views and reshapes may lie between (llama: V,
+    // RESHAPE, K), so that b's output is written early with no other kernel in between
+    int j = i + 1;
+    while (j < n_nodes && ggml_cuda_is_view_or_noop(nodes[j])) {
+        ++j;
+    }
+    if (j >= n_nodes) {
+        return 0;
+    }
+    ggml_tensor * a = nodes[i];
+    ggml_tensor * b = nodes[j];
+    const ggml_tensor * x = a->src[1];
+    // same input and weight shape (the kernel runs both rows of a warp's row index); a bias or
+    // residual {MUL_MAT, ADD} fusion of b stays b's
+    if (b->src[1] != x || !mlwq_ahead_candidate(nodes, n_nodes, j) || !ggml_cuda_mlwq_can_fuse(a, b) ||
+        mlwq_overlap(a, b) || mlwq_overlap(b, x)) {
+        return 0;
+    }
+    if (j + 1 < n_nodes && nodes[j + 1]->op == GGML_OP_ADD && (nodes[j + 1]->src[0] == b || nodes[j + 1]->src[1] == b)) {
+        return 0;
+    }
+    const ggml_tensor * perm_a = ggml_mlwq_mul_mat_perm(a);
+    const ggml_tensor * perm_b = ggml_mlwq_mul_mat_perm(b);
+    const int64_t ne10_padded = GGML_PAD(x->ne[0], MATRIX_ROW_PADDING);
+    const size_t  slice       = ne10_padded*sizeof(block_q8_1)/QK8_1;
+
+    // the activations: quantized ahead (with q), else both orders in one launch here
+    const void * ya = ggml_cuda_mlwq_q8_take(ctx, x, perm_a);
+    const void * yb = ggml_cuda_mlwq_q8_take(ctx, x, perm_b);
+    ggml_cuda_pool_alloc<char> own(ctx.pool());
+    if (ya == nullptr || yb == nullptr) {
+        own.alloc(2*slice);
+        const int64_t ts = ggml_type_size(x->type);
+        ggml_cuda_mlwq_quantize_q8_1_permuted((const float *) x->data, (const int32_t *) perm_a->data,
+            (const int32_t *) perm_b->data, own.get(), own.get() + slice,
+            x->ne[0], x->nb[1]/ts, x->nb[2]/ts, x->nb[3]/ts, ne10_padded, 1, 1, 1, ctx.stream());
+        ya = own.get();
+        yb = own.get() + slice;
+    }
+
+    const ggml_tensor * wa = a->src[0];
+    const ggml_tensor * wb = b->src[0];
+    ggml_cuda_mm_fusion_args_device fusion{};
+    fusion.gate      = wb->data;
+    fusion.gate_y    = yb;
+    fusion.gate_type = wb->type;
+    const int64_t ts = ggml_type_size(wa->type);
+    mlwq_mul_mat_vec_q_cuda(wa->data, wa->type, ya, nullptr, fusion, (float *) a->data, (float *) b->data,
+        wa->ne[0], wa->ne[1], 1, wa->nb[1]/ts, ne10_padded/QK8_1, a->ne[0],
+        1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, ctx.stream());
+    return j - i;
 }
 
 // y (contiguous ne00 x ne01 x ne02 x ne03) = x with its columns permuted; x strides in floats

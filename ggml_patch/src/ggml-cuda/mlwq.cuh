@@ -59,6 +59,13 @@ const void * ggml_cuda_mlwq_q8_take(ggml_backend_cuda_context & ctx, const ggml_
 // the graph loop, before each node: the buffer goes back to the pool once every part is taken (the
 // pool is a stack: nothing allocated after it is live between nodes); at the end of the graph, always
 void ggml_cuda_mlwq_q8_release(ggml_backend_cuda_context & ctx, bool end_of_graph);
+// Two products in one mat-vec launch. ggml-cuda.cu's graph loop, before node i: if node i and the
+// next node that computes something (only views and reshapes between: llama's V, RESHAPE, K) are
+// permuted MLWQ products of one token of the same input, with weights of one shape, one kernel
+// computes both (as a gate/up pair, each written to its own output; activations from the
+// quantization ahead or quantized here in one launch). Returns the nodes it consumed after i (0:
+// none, the node runs as usual). Off with GGML_CUDA_DISABLE_FUSION=1, as llama.cpp's fusions.
+int ggml_cuda_mlwq_try_pair(ggml_backend_cuda_context & ctx, ggml_tensor * const * nodes, int n_nodes, int i);
 // ggml-cuda.cu's test for nodes that compute nothing (made non-static by 0002-cuda.patch for the
 // search above)
 bool ggml_cuda_is_view_or_noop(const ggml_tensor * t);
