@@ -192,7 +192,7 @@ PY
 # Q3_K_S, all with -p 512, in one invocation): the same five files again, then with CUDA graphs off,
 # then with fewer models before MLWQ, and MLWQ both first and last. Files: $ORDER_DIR/{f16,Q4_K_M,
 # Q3_K_S}.gguf (default: stage_smollm2's synthetic ones) and $MLWQ_REAL. The GPU's clocks, power and
-# throttle reasons are sampled every 100 ms meanwhile (clocks.csv), each line's start time in order.md.
+# throttle reasons are sampled every 250 ms meanwhile (clocks.csv), each line's start time in order.md.
 stage_order() {
     local S="${ORDER_DIR:-$W/smollm2-synth}" R="${MLWQ_REAL:?set MLWQ_REAL}"
     local F="-m $S/f16.gguf" Q4="-m $S/Q4_K_M.gguf" Q3="-m $S/Q3_K_S.gguf"
@@ -203,7 +203,7 @@ stage_order() {
                 "-m $R $F $Q4 $Q3 -m $R -p 512"
                 "$F $Q4 $Q3 -m $R -p 0")
     nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
-        --format=csv -lms 100 > "$OUT/clocks.csv" 2>&1 &
+        --format=csv -lms 250 > "$OUT/clocks.csv" 2>&1 &
     local smi=$!
     for r in "${runs[@]}"; do
         local env=()
