@@ -20,7 +20,8 @@
 # After a kernel change, with an MLWQ file exported here (no GPU export): start2, stash (twice),
 # recheck, baselines; see those modes below.
 #
-# Logs and tables go to $OUT. Builds with device_cuda_checks.sh (build/cuda-dev/, sm_90).
+# .device/data/wikitext-2/ holds wiki.test.raw (perplexity) and wiki.valid.tokens (the importance
+# matrix of the baselines), copied from ../shared/data. Logs and tables go to $OUT. Builds with device_cuda_checks.sh (build/cuda-dev/, sm_90).
 set -uo pipefail
 OUT=${OUT:-/tmp/mlwq-out}
 mkdir -p "$OUT"
