@@ -9,6 +9,9 @@
 #   bash ggml_patch/tests/device_cuda_checks.sh smollm2 # llama-bench of SmolLM2-shaped files (+ $MLWQ_REAL)
 #   bash ggml_patch/tests/device_cuda_checks.sh ncu     # per-kernel GPU time and DRAM bytes of generation
 #                                                       # (after smollm2; NCU_FILES="a.gguf b.gguf" for others)
+#   bash ggml_patch/tests/device_cuda_checks.sh ncudetail  # (after bench) why the mat-vec kernels of the
+#                                                       # 1B shape stop where they do: ncu's stall, occupancy
+#                                                       # and memory sections (not yet run)
 #   MLWQ_VARIANT_SED='s/x/y/' bash ggml_patch/tests/device_cuda_checks.sh variant
 #                                                       # (after build) mlwq.cu edited by sed, rebuilt into
 #                                                       # build/cuda-dev/bin-variant; benchops and llama-bench of
@@ -188,6 +191,24 @@ PY
 
 # Does MLWQ's generation speed depend on what else ran in the same llama-bench process? The lines
 # of the fifth GPU session's order tests (after smollm2; $MLWQ_REAL required), one invocation each.
+# Why a mat-vec kernel reaches only a part of the bandwidth: ncu's speed-of-light, occupancy, warp
+# stall and memory sections for a few launches of the MLWQ mat-vec kernels (the fused gate/up one
+# and the plain one) and of Q3_K's, in generation of the 1B-shape files of stage_bench (after it).
+# Files: $NCU_FILES. The text reports go to $OUT/ncu-detail-<file>.txt.
+stage_ncudetail() {
+    local files=(${NCU_FILES:-$W/l1b-mlwq3.gguf $W/l1b-q3ks.gguf})
+    for f in "${files[@]}"; do
+        local n=$(basename "$f" .gguf)
+        timeout 240 ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+            --section MemoryWorkloadAnalysis --section SchedulerStats --cache-control none --clock-control none \
+            --graph-profiling node -k 'regex:mul_mat_vec_q' --launch-skip 200 --launch-count 6 \
+            "$BIN/llama-bench" -m "$f" -ngl 99 -p 0 -n 16 -r 1 > "$OUT/ncu-detail-$n.txt" 2> "$OUT/ncu-detail-$n.err"
+        echo "== $f"
+        grep -E "mul_mat_vec_q|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Stall|Issued Ipc" \
+            "$OUT/ncu-detail-$n.txt" | head -60
+    done
+}
+
 # The one slow llama-bench configuration of the fifth session (SmolLM2 MLWQ3 after F16, Q4_K_M and
 # Q3_K_S, all with -p 512, in one invocation): the same five files again, then with CUDA graphs off,
 # then with fewer models before MLWQ, and MLWQ both first and last. Files: $ORDER_DIR/{f16,Q4_K_M,
@@ -257,6 +278,7 @@ case "${1:-all}" in
     benchops) stage_benchops ;;
     smollm2) stage_smollm2 ;;
     ncu)   stage_ncu ;;
+    ncudetail) stage_ncudetail ;;
     variant) stage_variant ;;
     order) stage_order ;;
     all)   # most important first; each later stage only if the call has time left (10 min limit)
@@ -275,5 +297,5 @@ case "${1:-all}" in
                && for f in test-mlwq-cuda.log llama-bench.md bench-ops.log bandwidth.log; do \
                     [ -f "$f" ] && cp "$f" /tmp/keep/; done \
                && rm -f ./* && cp /tmp/keep/* . 2>/dev/null; mv /tmp/mlwq-logs.tar.gz .) ;;
-    *)     echo "usage: $0 build|test|bench|benchops|sanitize|smollm2|ncu|variant|order|all"; exit 2 ;;
+    *)     echo "usage: $0 build|test|bench|benchops|sanitize|smollm2|ncu|ncudetail|variant|order|all"; exit 2 ;;
 esac
