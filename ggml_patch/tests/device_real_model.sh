@@ -86,6 +86,38 @@ for r in rows:
 EOF
 }
 
+# The five files of bench_all in five llama-bench runs, the order rotated by one each time, so that
+# each file runs once in each place (in a -p 512 run the 4th and 5th model generate 6-11 % slower,
+# whatever the type: docs/BENCHMARKS.md, sixth session); then tg128 per place, the mean, and the
+# ratio to Q3_K_S. $1: the MLWQ file.
+bench_rotated() {
+    local files=(f16.gguf Q4_K_M.gguf Q3_K_S.gguf IQ3_XXS.gguf "$1") r k
+    for r in 0 1 2 3 4; do
+        local args=()
+        for k in 0 1 2 3 4; do args+=(-m "${files[$(( (k + r) % 5 ))]}"); done
+        echo "== rotation $r: ${args[*]}" | tee -a "$OUT/rotation.md"
+        timeout 120 "$BIN/llama-bench" "${args[@]}" -ngl 99 -p 512 -n 128 -r 5 -o json > "$OUT/rotation-$r.json" 2> /dev/null
+    done
+    python3 - "$OUT" <<'EOF' | tee -a "$OUT/rotation.md"
+import json, sys
+tg, pp = {}, {}
+for r in range(5):
+    runs = json.load(open(f"{sys.argv[1]}/rotation-{r}.json"))
+    for place, x in enumerate(x for x in runs if x["n_gen"]):
+        tg.setdefault(x["model_filename"].split("/")[-1], {})[place + 1] = x["avg_ts"]
+    for x in runs:
+        if x["n_prompt"]:
+            pp.setdefault(x["model_filename"].split("/")[-1], []).append(x["avg_ts"])
+q3 = sum(tg["Q3_K_S.gguf"].values()) / 5
+print("| file | pp512 t/s (mean of 5) | tg128 in place 1 | 2 | 3 | 4 | 5 | tg128 mean | / Q3_K_S |")
+print("|---|---|---|---|---|---|---|---|---|")
+for f, by in tg.items():
+    m = sum(by.values()) / len(by)
+    print(f"| {f} | {sum(pp[f]) / len(pp[f]):.0f} | " + " | ".join(f"{by[p]:.1f}" for p in sorted(by))
+          + f" | {m:.1f} | {m / q3:.3f} |")
+EOF
+}
+
 case "${1:-}" in
 start)
     cp .device/p1/model.part.aa "$W/" || exit 1
@@ -168,6 +200,9 @@ baselines)
     wait_for "$W/build.rc" 420 && [ "$(cat "$W/build.rc")" = 0 ] || { echo "build failed or not done"; exit 1; }
     make_baselines || exit 1
     bench_all mlwq-cpu-calib.gguf ;;
+rotation)   # after baselines
+    cd "$W" || exit 1
+    bench_rotated mlwq-cpu-calib.gguf ;;
 *)
-    echo "usage: $0 start|quantize|wait|run|bench1b|start2|recheck|stash|baselines"; exit 2 ;;
+    echo "usage: $0 start|quantize|wait|run|bench1b|start2|recheck|stash|baselines|rotation"; exit 2 ;;
 esac
