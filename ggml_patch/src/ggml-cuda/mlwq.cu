@@ -751,6 +751,13 @@ static bool mlwq_feeds_glu(ggml_tensor * const * nodes, const int n_nodes, const
     return false;
 }
 
+// whether the memory of two tensors overlaps
+static bool mlwq_overlap(const ggml_tensor * a, const ggml_tensor * b) {
+    const char * a0 = (const char *) a->data;
+    const char * b0 = (const char *) b->data;
+    return a0 < b0 + ggml_nbytes(b) && b0 < a0 + ggml_nbytes(a);
+}
+
 static bool mlwq_ahead_candidate(ggml_tensor * const * nodes, const int n_nodes, const int i) {
     const ggml_tensor * t = nodes[i];
     return t->op == GGML_OP_MUL_MAT && (t->flags & GGML_TENSOR_FLAG_COMPUTE) && mlwq_is_permuted_mat_vec(t) &&
@@ -764,8 +771,6 @@ void ggml_cuda_mlwq_quantize_ahead(ggml_backend_cuda_context & ctx, ggml_tensor 
         return;
     }
     const ggml_tensor * x = nodes[i]->src[1];
-    const char * x_lo = (const char *) x->data;
-    const char * x_hi = x_lo + ggml_nbytes(x);
     const ggml_tensor * perms[MLWQ_MAX_ORDERS] = { ggml_mlwq_mul_mat_perm(nodes[i]) };
     int n = 1;
     for (int j = i + 1; j < n_nodes && j <= i + window && n < MLWQ_MAX_ORDERS; ++j) {
@@ -775,8 +780,7 @@ void ggml_cuda_mlwq_quantize_ahead(ggml_backend_cuda_context & ctx, ggml_tensor 
             continue;
         }
         // a node that writes into x's memory ends the search: a later product would read other values
-        const char * lo = (const char *) t->data;
-        if (!ggml_cuda_is_view_or_noop(t) && lo < x_hi && lo + ggml_nbytes(t) > x_lo) {
+        if (!ggml_cuda_is_view_or_noop(t) && mlwq_overlap(t, x)) {
             break;
         }
     }
@@ -830,12 +834,6 @@ void ggml_cuda_mlwq_q8_release(ggml_backend_cuda_context & ctx, const bool end_o
 
 // ---------------------------------------------------------------------------------------------
 // two permuted products of one input in one mat-vec launch (llama's v and k)
-
-static bool mlwq_overlap(const ggml_tensor * a, const ggml_tensor * b) {
-    const char * a0 = (const char *) a->data;
-    const char * b0 = (const char *) b->data;
-    return a0 < b0 + ggml_nbytes(b) && b0 < a0 + ggml_nbytes(a);
-}
 
 int ggml_cuda_mlwq_try_pair(ggml_backend_cuda_context & ctx, ggml_tensor * const * nodes, const int n_nodes, const int i) {
     static const bool disable_fusion = getenv("GGML_CUDA_DISABLE_FUSION") != nullptr && atoi(getenv("GGML_CUDA_DISABLE_FUSION"));
