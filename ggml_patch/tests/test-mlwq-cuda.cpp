@@ -607,6 +607,66 @@ static void test_product_pair(int wq, int wa, int wb, int64_t rows, int64_t ne0,
     check(name, bld, ref, TOL_Q8_REF, TOL_Q8_CPU);
 }
 
+// llama's attn_norm / ffn_norm before permuted products: RMS_NORM, MUL by a weight, then q, v, k
+// (the v/k pair) or swiglu(gate, up) of its result. The graph loop runs the norm and the
+// quantization for every product in one kernel (ggml_cuda_mlwq_try_norm_ahead).
+static void test_norm_ahead(int64_t ne0, const std::vector<int> & widths, const std::vector<int64_t> & rows, bool glu) {
+    const float eps = 1e-5f;
+    const size_t n = widths.size();
+    const auto x  = rand_vec(ne0);
+    auto nw = rand_vec(ne0);
+    for (auto & v : nw) v = 1.0f + 0.5f*v;
+    double ss = 0;
+    for (float v : x) ss += (double) v*v;
+    const double sc = 1.0/std::sqrt(ss/ne0 + eps);
+    std::vector<float> xn(ne0);
+    for (int64_t k = 0; k < ne0; ++k) xn[k] = (float) (x[k]*sc*nw[k]);
+    std::vector<std::vector<uint8_t>> wts(n);
+    std::vector<std::vector<int32_t>> perms(n);
+    std::vector<std::vector<double>> prod(n);
+    for (size_t k = 0; k < n; ++k) {
+        wts[k]   = make_mlwq(widths[k], ne0, rows[k], WIDTHS_TIERS);
+        perms[k] = rand_perm(ne0);
+        prod[k]  = ref_mm(dequant(mlwq_type(widths[k]), wts[k], ne0, rows[k]), permute_cols(xn, perms[k]), ne0, rows[k], 1);
+    }
+    std::vector<double> ref;
+    if (glu) {      // products 0 and 1: gate and up
+        for (int64_t i = 0; i < rows[0]; ++i) {
+            const double g = prod[0][i];
+            ref.push_back(g/(1.0 + std::exp(-g))*prod[1][i]);
+        }
+    } else {
+        for (auto & p : prod) ref.insert(ref.end(), p.begin(), p.end());
+    }
+    builder bld = [&](ggml_context * ctx, std::vector<input> & ins) {
+        ggml_tensor * tx = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, 1);
+        ggml_tensor * tn = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, ne0);
+        ins.push_back({tx, x.data()});
+        ins.push_back({tn, nw.data()});
+        ggml_tensor * xn_t = ggml_mul(ctx, ggml_rms_norm(ctx, tx, eps), tn);
+        std::vector<ggml_tensor *> y(n);
+        for (size_t k = 0; k < n; ++k) {
+            ggml_tensor * tw = ggml_new_tensor_2d(ctx, mlwq_type(widths[k]), ne0, rows[k]);
+            ggml_tensor * tp = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, ne0);
+            ins.push_back({tw, wts[k].data()});
+            ins.push_back({tp, perms[k].data()});
+            y[k] = ggml_mlwq_mul_mat(ctx, tw, xn_t, tp);
+        }
+        if (glu) {
+            return ggml_swiglu_split(ctx, y[0], y[1]);
+        }
+        // node order: RMS_NORM, MUL, y0, y1, ..., CONCAT...
+        ggml_tensor * out = y[n - 1];
+        for (size_t k = n - 1; k-- > 0;) {
+            out = ggml_concat(ctx, y[k], out, 0);
+        }
+        return out;
+    };
+    char name[128];
+    snprintf(name, sizeof(name), "RMS norm + %zu permuted products%s, K = %lld", n, glu ? " (swiglu)" : "", (long long) ne0);
+    check(name, bld, ref, TOL_Q8_REF, TOL_Q8_CPU);
+}
+
 // ---- speed ----
 
 // us per product (glu: per swiglu(gate, up) pair) of `copies` weights holding the bytes `one`, in one
@@ -768,6 +828,11 @@ int main(int argc, char ** argv) {
     test_product_pair(3, 2, 3, 192, 576, true);                        // SmolLM2's q, v, k
     test_product_pair(4, 3, 3, 512, 2048, true);                       // Llama-3.2-1B's
     test_product_pair(2, 4, 2, 100, 64*70, true);                      // 3 rounds: 2 warps a row
+    test_norm_ahead(576, {3, 2, 3}, {576, 192, 192}, false);          // SmolLM2's attn_norm, q, v, k
+    test_norm_ahead(576, {2, 3}, {1536, 1536}, true);                  // SmolLM2's ffn_norm, gate, up
+    test_norm_ahead(2048, {3, 4, 3, 2}, {2048, 512, 512, 100}, false);  // 1B shape (1024 threads), 4 orders
+    test_norm_ahead(2048, {3, 3}, {8192, 8192}, true);
+    test_norm_ahead(64*70, {4}, {70}, false);                         // one product, a padded row
     printf("test-mlwq-cuda: %d/%d cases passed\n", g_pass, g_total);
     ggml_backend_free(g_cuda);
     ggml_backend_free(g_cpu);

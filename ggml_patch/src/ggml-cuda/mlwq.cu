@@ -833,6 +833,138 @@ void ggml_cuda_mlwq_q8_release(ggml_backend_cuda_context & ctx, const bool end_o
 }
 
 // ---------------------------------------------------------------------------------------------
+// the RMS norm of a token (llama's attn_norm and ffn_norm: RMS_NORM, then MUL by the norm weight)
+// and the q8_1 quantization of its result in the column orders of the permuted products that read it
+
+// norm.cu's rms_norm_f32 with a multiplier, for one row, in the same arithmetic (block size and
+// reduction), so dst is bit for bit llama's; then the row, kept in shared memory, is quantized as
+// mlwq_quantize_q8_1_permuted does, once per order. One CTA: the row is short (<= 8192 floats).
+template <int block_size>
+static __global__ void mlwq_rms_norm_mul_quantize(
+        const float * x, const float * mul, float * dst, const int ncols, const float eps,
+        const mlwq_orders orders, const int norders, const int ncols_padded) {
+    ggml_cuda_pdl_lc();     // the first product may start loading its weights
+    extern __shared__ float smem[];
+    float * s_sum = smem;           // block_reduce's 32 partial sums
+    float * row   = smem + 32;      // the normalized row
+    const int tid = threadIdx.x;
+
+    ggml_cuda_pdl_sync();
+    float tmp = 0.0f;
+    for (int col = tid; col < ncols; col += block_size) {
+        const float xi = x[col];
+        tmp += xi * xi;
+    }
+    tmp = block_reduce<block_reduce_method::SUM, block_size>(tmp, s_sum);
+    const float mean  = tmp / ncols;
+    const float scale = rsqrtf(mean + eps);
+    for (int col = tid; col < ncols; col += block_size) {
+        const float v = scale * x[col] * mul[col];
+        dst[col] = v;
+        row[col] = v;
+    }
+    __syncthreads();
+
+    // a warp holds 32 consecutive columns: one q8_1 block (block_size and ncols_padded are multiples of 32)
+#pragma unroll
+    for (int k = 0; k < MLWQ_MAX_ORDERS; ++k) {
+        if (k >= norders) {
+            break;
+        }
+        const int32_t * perm = orders.perm[k];
+        block_q8_1    * y    = orders.y[k];
+        for (int j = tid; j < ncols_padded; j += block_size) {
+            const float xi = j < ncols ? row[perm[j]] : 0.0f;
+            float amax = fabsf(xi);
+            float sum  = xi;
+            amax = warp_reduce_max<QK8_1>(amax);
+            sum  = warp_reduce_sum<QK8_1>(sum);
+            const float  d = amax / 127.0f;
+            const int8_t q = amax == 0.0f ? 0 : roundf(xi / d);
+            y[j / QK8_1].qs[j % QK8_1] = q;
+            if (j % QK8_1 == 0) {
+                y[j / QK8_1].ds = make_half2(d, sum);
+            }
+        }
+    }
+}
+
+int ggml_cuda_mlwq_try_norm_ahead(ggml_backend_cuda_context & ctx, ggml_tensor * const * nodes, const int n_nodes, const int i) {
+    static const bool disable_fusion = getenv("GGML_CUDA_DISABLE_FUSION") != nullptr && atoi(getenv("GGML_CUDA_DISABLE_FUSION"));
+    constexpr int window = 24;
+    constexpr int max_cols = 8192;  // the row in shared memory
+    ggml_cuda_mlwq_q8_ahead & a = ctx.mlwq_ahead;
+    if (disable_fusion || a.q8 != nullptr || i + 1 >= n_nodes) {
+        return 0;
+    }
+    ggml_tensor * norm = nodes[i];
+    ggml_tensor * mul  = nodes[i + 1];
+    if (norm->op != GGML_OP_RMS_NORM || mul->op != GGML_OP_MUL || (mul->flags & GGML_TENSOR_FLAG_COMPUTE) == 0) {
+        return 0;
+    }
+    const ggml_tensor * w = mul->src[0] == norm ? mul->src[1] : mul->src[1] == norm ? mul->src[0] : nullptr;
+    const ggml_tensor * x = norm->src[0];
+    const int64_t ne0 = x->ne[0];
+    // one token of f32, a contiguous weight of one row, a row that fits shared memory
+    if (w == nullptr || x->type != GGML_TYPE_F32 || norm->type != GGML_TYPE_F32 || mul->type != GGML_TYPE_F32 ||
+        w->type != GGML_TYPE_F32 || ggml_nrows(x) != 1 || x->nb[0] != sizeof(float) || !ggml_is_contiguous(mul) ||
+        !ggml_are_same_shape(mul, norm) || !ggml_is_contiguous(w) || ggml_nelements(w) != ne0 || w->ne[0] != ne0 ||
+        ne0 > max_cols || ne0 % QK8_1 != 0 || (norm->flags & GGML_TENSOR_FLAG_OUTPUT)) {
+        return 0;
+    }
+    // the norm's own output is not written: nothing but the MUL may read it
+    for (int j = i + 2; j < n_nodes; ++j) {
+        for (int s = 0; s < GGML_MAX_SRC; ++s) {
+            const ggml_tensor * src = nodes[j]->src[s];
+            if (src != nullptr && (src == norm || src->view_src == norm)) {
+                return 0;
+            }
+        }
+    }
+    // the permuted mat-vec products of the MUL's result that follow (llama: q, v, k; or gate, up)
+    const ggml_tensor * perms[MLWQ_MAX_ORDERS];
+    int n = 0;
+    for (int j = i + 2; j < n_nodes && j <= i + 1 + window && n < MLWQ_MAX_ORDERS; ++j) {
+        const ggml_tensor * t = nodes[j];
+        if (t->op == GGML_OP_MUL_MAT && (t->flags & GGML_TENSOR_FLAG_COMPUTE) && t->src[1] == mul && mlwq_is_permuted_mat_vec(t)) {
+            perms[n++] = ggml_mlwq_mul_mat_perm(t);
+            continue;
+        }
+        if (!ggml_cuda_is_view_or_noop(t) && mlwq_overlap(t, mul)) {
+            break;
+        }
+    }
+    if (n == 0) {
+        return 0;
+    }
+    float eps = 0.0f;
+    memcpy(&eps, norm->op_params, sizeof(float));
+
+    const int64_t ne0_padded = GGML_PAD(ne0, MATRIX_ROW_PADDING);
+    a.x     = mul;
+    a.n     = n;
+    a.slice = ne0_padded*sizeof(block_q8_1)/QK8_1;
+    a.q8    = (char *) ctx.pool().alloc(n*a.slice, &a.size);
+    mlwq_orders orders = {};
+    for (int k = 0; k < n; ++k) {
+        a.perm[k]      = perms[k];
+        orders.perm[k] = (const int32_t *) perms[k]->data;
+        orders.y[k]    = (block_q8_1 *) (a.q8 + k*a.slice);
+    }
+    const size_t shmem = (32 + ne0)*sizeof(float);
+    if (ne0 < 1024) {
+        const ggml_cuda_kernel_launch_params launch_params(dim3(1, 1, 1), dim3(256, 1, 1), shmem, ctx.stream());
+        ggml_cuda_kernel_launch(mlwq_rms_norm_mul_quantize<256>, launch_params, (const float *) x->data,
+            (const float *) w->data, (float *) mul->data, (int) ne0, eps, orders, n, (int) ne0_padded);
+    } else {
+        const ggml_cuda_kernel_launch_params launch_params(dim3(1, 1, 1), dim3(1024, 1, 1), shmem, ctx.stream());
+        ggml_cuda_kernel_launch(mlwq_rms_norm_mul_quantize<1024>, launch_params, (const float *) x->data,
+            (const float *) w->data, (float *) mul->data, (int) ne0, eps, orders, n, (int) ne0_padded);
+    }
+    return 1;
+}
+
+// ---------------------------------------------------------------------------------------------
 // two permuted products of one input in one mat-vec launch (llama's v and k)
 
 int ggml_cuda_mlwq_try_pair(ggml_backend_cuda_context & ctx, ggml_tensor * const * nodes, const int n_nodes, const int i) {

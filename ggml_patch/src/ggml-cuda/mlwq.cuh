@@ -59,6 +59,14 @@ const void * ggml_cuda_mlwq_q8_take(ggml_backend_cuda_context & ctx, const ggml_
 // the graph loop, before each node: the buffer goes back to the pool once every part is taken (the
 // pool is a stack: nothing allocated after it is live between nodes); at the end of the graph, always
 void ggml_cuda_mlwq_q8_release(ggml_backend_cuda_context & ctx, bool end_of_graph);
+// The RMS norm of one token and the quantization of its result for the products that read it, in
+// one launch. ggml-cuda.cu's graph loop, before node i: if nodes i, i+1 are RMS_NORM and a MUL by a
+// one-row weight (llama's attn_norm, ffn_norm; nothing else reads the norm) and permuted MLWQ
+// products of the MUL's result follow (llama's q, v, k or gate, up), one kernel writes the MUL's
+// result (norm.cu's arithmetic) and its q8_1 activations in each product's column order into
+// ctx.mlwq_ahead, where the products take them. Returns 1 (the MUL is done too) or 0. Off with
+// GGML_CUDA_DISABLE_FUSION=1.
+int ggml_cuda_mlwq_try_norm_ahead(ggml_backend_cuda_context & ctx, ggml_tensor * const * nodes, int n_nodes, int i);
 // Two products in one mat-vec launch. ggml-cuda.cu's graph loop, before node i: if node i and the
 // next node that computes something (only views and reshapes between: llama's V, RESHAPE, K) are
 // permuted MLWQ products of one token of the same input, with weights of one shape, one kernel
