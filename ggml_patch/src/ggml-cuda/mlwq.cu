@@ -836,20 +836,37 @@ void ggml_cuda_mlwq_q8_release(ggml_backend_cuda_context & ctx, const bool end_o
 // the RMS norm of a token (llama's attn_norm and ffn_norm: RMS_NORM, then MUL by the norm weight)
 // and the q8_1 quantization of its result in the column orders of the permuted products that read it
 
-// norm.cu's rms_norm_f32 with a multiplier, for one row, in the same arithmetic (block size and
-// reduction), so dst is bit for bit llama's; then the row, kept in shared memory, is quantized as
-// mlwq_quantize_q8_1_permuted does, once per order. One CTA: the row is short (<= 8192 floats).
+// norm.cu's rms_norm_f32 with a multiplier for one row, and the q8_1 quantization of its result in
+// the products' column orders, as mlwq_quantize_q8_1_permuted does it. Grid: x = slices of
+// block_size permuted columns (of ncols_padded), y = which order. Every CTA computes the row's sum
+// of squares in norm.cu's arithmetic (block size and reduction: the row is short, and a CTA waiting
+// for another would cost more), then quantizes its slice, permuted column j being
+// scale*x[perm[j]]*mul[perm[j]]: the value the MUL writes at perm[j]. CTA (0, 0) also writes the
+// MUL's result, bit for bit llama's. (The first version ran in ONE CTA, the orders one after the
+// other: SmolLM2 tg -18 %, the 1B shape -8 %, A/B in one call, docs/BENCHMARKS.md "Seventh GPU session".)
 template <int block_size>
 static __global__ void mlwq_rms_norm_mul_quantize(
         const float * x, const float * mul, float * dst, const int ncols, const float eps,
-        const mlwq_orders orders, const int norders, const int ncols_padded) {
+        const mlwq_orders orders, const int ncols_padded) {
     ggml_cuda_pdl_lc();     // the first product may start loading its weights
-    extern __shared__ float smem[];
-    float * s_sum = smem;           // block_reduce's 32 partial sums
-    float * row   = smem + 32;      // the normalized row
+    __shared__ float s_sum[32];     // block_reduce's partial sums
     const int tid = threadIdx.x;
-
+    const int k   = blockIdx.y;     // which order
+    // constant indices only (a parameter array indexed at run time would be copied to local memory)
+    const int32_t * perm = orders.perm[0];
+    block_q8_1    * y    = orders.y[0];
+#pragma unroll
+    for (int kk = 1; kk < MLWQ_MAX_ORDERS; ++kk) {
+        if (k == kk) {
+            perm = orders.perm[kk];
+            y    = orders.y[kk];
+        }
+    }
+    const int j = blockIdx.x*block_size + tid;
+    // the permutation is a weight: read it before waiting for the kernel that writes x
+    const int32_t p = j < ncols ? perm[j] : 0;
     ggml_cuda_pdl_sync();
+
     float tmp = 0.0f;
     for (int col = tid; col < ncols; col += block_size) {
         const float xi = x[col];
@@ -858,41 +875,32 @@ static __global__ void mlwq_rms_norm_mul_quantize(
     tmp = block_reduce<block_reduce_method::SUM, block_size>(tmp, s_sum);
     const float mean  = tmp / ncols;
     const float scale = rsqrtf(mean + eps);
-    for (int col = tid; col < ncols; col += block_size) {
-        const float v = scale * x[col] * mul[col];
-        dst[col] = v;
-        row[col] = v;
+    if (blockIdx.x == 0 && blockIdx.y == 0) {
+        for (int col = tid; col < ncols; col += block_size) {
+            dst[col] = scale * x[col] * mul[col];
+        }
     }
-    __syncthreads();
 
     // a warp holds 32 consecutive columns: one q8_1 block (block_size and ncols_padded are multiples of 32)
-#pragma unroll
-    for (int k = 0; k < MLWQ_MAX_ORDERS; ++k) {
-        if (k >= norders) {
-            break;
-        }
-        const int32_t * perm = orders.perm[k];
-        block_q8_1    * y    = orders.y[k];
-        for (int j = tid; j < ncols_padded; j += block_size) {
-            const float xi = j < ncols ? row[perm[j]] : 0.0f;
-            float amax = fabsf(xi);
-            float sum  = xi;
-            amax = warp_reduce_max<QK8_1>(amax);
-            sum  = warp_reduce_sum<QK8_1>(sum);
-            const float  d = amax / 127.0f;
-            const int8_t q = amax == 0.0f ? 0 : roundf(xi / d);
-            y[j / QK8_1].qs[j % QK8_1] = q;
-            if (j % QK8_1 == 0) {
-                y[j / QK8_1].ds = make_half2(d, sum);
-            }
-        }
+    if (j >= ncols_padded) {
+        return;
+    }
+    const float xi = j < ncols ? scale * x[p] * mul[p] : 0.0f;
+    float amax = fabsf(xi);
+    float sum  = xi;
+    amax = warp_reduce_max<QK8_1>(amax);
+    sum  = warp_reduce_sum<QK8_1>(sum);
+    const float  d = amax / 127.0f;
+    const int8_t q = amax == 0.0f ? 0 : roundf(xi / d);
+    y[j / QK8_1].qs[j % QK8_1] = q;
+    if (j % QK8_1 == 0) {
+        y[j / QK8_1].ds = make_half2(d, sum);
     }
 }
 
 int ggml_cuda_mlwq_try_norm_ahead(ggml_backend_cuda_context & ctx, ggml_tensor * const * nodes, const int n_nodes, const int i) {
     static const bool disable_fusion = getenv("GGML_CUDA_DISABLE_FUSION") != nullptr && atoi(getenv("GGML_CUDA_DISABLE_FUSION"));
     constexpr int window = 24;
-    constexpr int max_cols = 8192;  // the row in shared memory
     ggml_cuda_mlwq_q8_ahead & a = ctx.mlwq_ahead;
     if (disable_fusion || a.q8 != nullptr || i + 1 >= n_nodes) {
         return 0;
@@ -905,11 +913,12 @@ int ggml_cuda_mlwq_try_norm_ahead(ggml_backend_cuda_context & ctx, ggml_tensor *
     const ggml_tensor * w = mul->src[0] == norm ? mul->src[1] : mul->src[1] == norm ? mul->src[0] : nullptr;
     const ggml_tensor * x = norm->src[0];
     const int64_t ne0 = x->ne[0];
-    // one token of f32, a contiguous weight of one row, a row that fits shared memory
+    // one token of f32, a contiguous weight of one row; the MUL's result not in x's or the weight's
+    // memory (the kernel's CTAs read x while one of them writes the result)
     if (w == nullptr || x->type != GGML_TYPE_F32 || norm->type != GGML_TYPE_F32 || mul->type != GGML_TYPE_F32 ||
         w->type != GGML_TYPE_F32 || ggml_nrows(x) != 1 || x->nb[0] != sizeof(float) || !ggml_is_contiguous(mul) ||
         !ggml_are_same_shape(mul, norm) || !ggml_is_contiguous(w) || ggml_nelements(w) != ne0 || w->ne[0] != ne0 ||
-        ne0 > max_cols || ne0 % QK8_1 != 0 || (norm->flags & GGML_TENSOR_FLAG_OUTPUT)) {
+        ne0 % QK8_1 != 0 || (norm->flags & GGML_TENSOR_FLAG_OUTPUT) || mlwq_overlap(mul, x) || mlwq_overlap(mul, w)) {
         return 0;
     }
     // the norm's own output is not written: nothing but the MUL may read it
@@ -951,15 +960,17 @@ int ggml_cuda_mlwq_try_norm_ahead(ggml_backend_cuda_context & ctx, ggml_tensor *
         orders.perm[k] = (const int32_t *) perms[k]->data;
         orders.y[k]    = (block_q8_1 *) (a.q8 + k*a.slice);
     }
-    const size_t shmem = (32 + ne0)*sizeof(float);
+    // norm.cu's block size for this row length (its reduction order), one CTA per slice and order
     if (ne0 < 1024) {
-        const ggml_cuda_kernel_launch_params launch_params(dim3(1, 1, 1), dim3(256, 1, 1), shmem, ctx.stream());
+        const dim3 grid((ne0_padded + 255)/256, n, 1);
+        const ggml_cuda_kernel_launch_params launch_params(grid, dim3(256, 1, 1), 0, ctx.stream());
         ggml_cuda_kernel_launch(mlwq_rms_norm_mul_quantize<256>, launch_params, (const float *) x->data,
-            (const float *) w->data, (float *) mul->data, (int) ne0, eps, orders, n, (int) ne0_padded);
+            (const float *) w->data, (float *) mul->data, (int) ne0, eps, orders, (int) ne0_padded);
     } else {
-        const ggml_cuda_kernel_launch_params launch_params(dim3(1, 1, 1), dim3(1024, 1, 1), shmem, ctx.stream());
+        const dim3 grid((ne0_padded + 1023)/1024, n, 1);
+        const ggml_cuda_kernel_launch_params launch_params(grid, dim3(1024, 1, 1), 0, ctx.stream());
         ggml_cuda_kernel_launch(mlwq_rms_norm_mul_quantize<1024>, launch_params, (const float *) x->data,
-            (const float *) w->data, (float *) mul->data, (int) ne0, eps, orders, n, (int) ne0_padded);
+            (const float *) w->data, (float *) mul->data, (int) ne0, eps, orders, (int) ne0_padded);
     }
     return 1;
 }
