@@ -11,7 +11,7 @@
 #                                                       # (after smollm2; NCU_FILES="a.gguf b.gguf" for others)
 #   bash ggml_patch/tests/device_cuda_checks.sh ncudetail  # (after bench) why the mat-vec kernels of the
 #                                                       # 1B shape stop where they do: ncu's stall, occupancy
-#                                                       # and memory sections (not yet run)
+#                                                       # and memory sections (under ncu's replays the weights sit in L2)
 #   MLWQ_VARIANT_SED='s/x/y/' bash ggml_patch/tests/device_cuda_checks.sh variant
 #                                                       # (after build) mlwq.cu edited by sed, rebuilt into
 #                                                       # build/cuda-dev/bin-variant; benchops and llama-bench of
