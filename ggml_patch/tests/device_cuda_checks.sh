@@ -268,6 +268,9 @@ stage_variant() {
                 | grep -E "^\|" | tee -a "$OUT/variant-bench-$lib.md"
         done
     done
+    # the device tool returns at most 8 files a call: the build logs and the diff go in one archive
+    (cd "$OUT" && tar czf variant-build.tgz variant.diff ninja-variant.log ninja-restore.log \
+        && rm -f variant.diff ninja-variant.log ninja-restore.log)
 }
 
 case "${1:-all}" in
