@@ -664,6 +664,38 @@ struct mlwq_orders {
     block_q8_1    * y[MLWQ_MAX_ORDERS];
 };
 
+// order k of a launch: constant indices only (a parameter array indexed at run time would be
+// copied to local memory)
+static __device__ __forceinline__ void mlwq_order(const mlwq_orders & orders, const int k,
+                                                  const int32_t * & perm, block_q8_1 * & y) {
+    perm = orders.perm[0];
+    y    = orders.y[0];
+#pragma unroll
+    for (int kk = 1; kk < MLWQ_MAX_ORDERS; ++kk) {
+        if (k == kk) {
+            perm = orders.perm[kk];
+            y    = orders.y[kk];
+        }
+    }
+}
+
+// element i of q8_1 blocks y, quantize_q8_1's arithmetic: the 32 lanes of a warp hold one block
+template <typename index_t>
+static __device__ __forceinline__ void mlwq_quantize_one(const float xi, block_q8_1 * y, const index_t i) {
+    float amax = fabsf(xi);
+    float sum  = xi;
+    amax = warp_reduce_max<QK8_1>(amax);
+    sum  = warp_reduce_sum<QK8_1>(sum);
+
+    const float  d = amax / 127.0f;
+    const int8_t q = amax == 0.0f ? 0 : roundf(xi / d);
+
+    y[i / QK8_1].qs[i % QK8_1] = q;
+    if (i % QK8_1 == 0) {
+        y[i / QK8_1].ds = make_half2(d, sum);
+    }
+}
+
 // quantize_q8_1 of quantize.cu reading x[perm[i0]]: one thread per element, a q8_1 block per 32
 // threads. Grid z: (i3, i2) and then which order, so one launch serves several permuted products
 // of one input (gate and up of a fused GLU; llama's q, k and v), each with its own column order.
@@ -682,33 +714,15 @@ static __global__ void mlwq_quantize_q8_1_permuted(
     const int64_t i2 = z % ne2;
     const int64_t i3 = z / ne2;
     const int64_t i_cont = ((i3*ne2 + i2)*ne1 + i1)*ne0 + i0;
-    // constant indices only (a parameter array indexed at run time would be copied to local memory)
-    const int32_t * perm = orders.perm[0];
-    block_q8_1    * y    = orders.y[0];
-#pragma unroll
-    for (int kk = 1; kk < MLWQ_MAX_ORDERS; ++kk) {
-        if (k == kk) {
-            perm = orders.perm[kk];
-            y    = orders.y[kk];
-        }
-    }
+    const int32_t * perm;
+    block_q8_1    * y;
+    mlwq_order(orders, k, perm, y);
 
     // the permutation is a weight: read it before waiting for the kernel that writes x
     const int32_t p = i0 < ne00 ? perm[i0] : 0;
     ggml_cuda_pdl_sync();
     const float xi = i0 < ne00 ? x[i3*s03 + i2*s02 + i1*s01 + p] : 0.0f;
-    float amax = fabsf(xi);
-    float sum  = xi;
-    amax = warp_reduce_max<QK8_1>(amax);
-    sum  = warp_reduce_sum<QK8_1>(sum);
-
-    const float  d = amax / 127.0f;
-    const int8_t q = amax == 0.0f ? 0 : roundf(xi / d);
-
-    y[i_cont / QK8_1].qs[i_cont % QK8_1] = q;
-    if (i_cont % QK8_1 == 0) {
-        y[i_cont / QK8_1].ds = make_half2(d, sum);
-    }
+    mlwq_quantize_one(xi, y, i_cont);
 }
 
 static void mlwq_quantize_orders(
@@ -853,16 +867,9 @@ static __global__ void mlwq_rms_norm_mul_quantize(
     __shared__ float s_sum[32];     // block_reduce's partial sums
     const int tid = threadIdx.x;
     const int k   = blockIdx.y;     // which order
-    // constant indices only (a parameter array indexed at run time would be copied to local memory)
-    const int32_t * perm = orders.perm[0];
-    block_q8_1    * y    = orders.y[0];
-#pragma unroll
-    for (int kk = 1; kk < MLWQ_MAX_ORDERS; ++kk) {
-        if (k == kk) {
-            perm = orders.perm[kk];
-            y    = orders.y[kk];
-        }
-    }
+    const int32_t * perm;
+    block_q8_1    * y;
+    mlwq_order(orders, k, perm, y);
     const int j = blockIdx.x*block_size + tid;
     // the permutation is a weight: read it before waiting for the kernel that writes x
     const int32_t p = j < ncols ? perm[j] : 0;
@@ -887,16 +894,7 @@ static __global__ void mlwq_rms_norm_mul_quantize(
         return;
     }
     const float xi = j < ncols ? scale * x[p] * mul[p] : 0.0f;
-    float amax = fabsf(xi);
-    float sum  = xi;
-    amax = warp_reduce_max<QK8_1>(amax);
-    sum  = warp_reduce_sum<QK8_1>(sum);
-    const float  d = amax / 127.0f;
-    const int8_t q = amax == 0.0f ? 0 : roundf(xi / d);
-    y[j / QK8_1].qs[j % QK8_1] = q;
-    if (j % QK8_1 == 0) {
-        y[j / QK8_1].ds = make_half2(d, sum);
-    }
+    mlwq_quantize_one(xi, y, j);
 }
 
 int ggml_cuda_mlwq_try_norm_ahead(ggml_backend_cuda_context & ctx, ggml_tensor * const * nodes, const int n_nodes, const int i) {
