@@ -857,8 +857,7 @@ void ggml_cuda_mlwq_q8_release(ggml_backend_cuda_context & ctx, const bool end_o
 // for another would cost more), then quantizes its slice, permuted column j being
 // scale*x[perm[j]]*mul[perm[j]]: the value the MUL writes at perm[j]. CTA (0, 0) also writes the
 // MUL's result, bit for bit llama's. (The first version ran in ONE CTA, the orders one after the
-// other: SmolLM2 tg -18 %, the 1B shape -8 to -11 %, A/B in one call; docs/BENCHMARKS.md,
-// "Seventh GPU session".)
+// other: SmolLM2 tg -18 %, A/B in one call; docs/BENCHMARKS.md, "Seventh GPU session".)
 template <int block_size>
 static __global__ void mlwq_rms_norm_mul_quantize(
         const float * x, const float * mul, float * dst, const int ncols, const float eps,
