@@ -772,6 +772,24 @@ static bool mlwq_overlap(const ggml_tensor * a, const ggml_tensor * b) {
     return a0 < b0 + ggml_nbytes(b) && b0 < a0 + ggml_nbytes(a);
 }
 
+// Fill ctx.mlwq_ahead for n permuted products of x: a pool buffer of one slice of q8_1 blocks of x's
+// padded row per product; returns the column orders the quantizing launch writes into it.
+static mlwq_orders mlwq_ahead_alloc(ggml_backend_cuda_context & ctx, const ggml_tensor * x,
+                                    const ggml_tensor * const * perms, const int n) {
+    ggml_cuda_mlwq_q8_ahead & a = ctx.mlwq_ahead;
+    a.x     = x;
+    a.n     = n;
+    a.slice = GGML_PAD(x->ne[0], MATRIX_ROW_PADDING)*sizeof(block_q8_1)/QK8_1;
+    a.q8    = (char *) ctx.pool().alloc(n*a.slice, &a.size);
+    mlwq_orders orders = {};
+    for (int k = 0; k < n; ++k) {
+        a.perm[k]      = perms[k];
+        orders.perm[k] = (const int32_t *) perms[k]->data;
+        orders.y[k]    = (block_q8_1 *) (a.q8 + k*a.slice);
+    }
+    return orders;
+}
+
 static bool mlwq_ahead_candidate(ggml_tensor * const * nodes, const int n_nodes, const int i) {
     const ggml_tensor * t = nodes[i];
     return t->op == GGML_OP_MUL_MAT && (t->flags & GGML_TENSOR_FLAG_COMPUTE) && mlwq_is_permuted_mat_vec(t) &&
@@ -801,17 +819,8 @@ void ggml_cuda_mlwq_quantize_ahead(ggml_backend_cuda_context & ctx, ggml_tensor 
     if (n < 2) {
         return;
     }
+    const mlwq_orders orders = mlwq_ahead_alloc(ctx, x, perms, n);
     const int64_t ne10_padded = GGML_PAD(x->ne[0], MATRIX_ROW_PADDING);
-    a.x     = x;
-    a.n     = n;
-    a.slice = ne10_padded*sizeof(block_q8_1)/QK8_1;
-    a.q8    = (char *) ctx.pool().alloc(n*a.slice, &a.size);
-    mlwq_orders orders = {};
-    for (int k = 0; k < n; ++k) {
-        a.perm[k]      = perms[k];
-        orders.perm[k] = (const int32_t *) perms[k]->data;
-        orders.y[k]    = (block_q8_1 *) (a.q8 + k*a.slice);
-    }
     const int64_t ts = ggml_type_size(x->type);
     mlwq_quantize_orders((const float *) x->data, orders, n, x->ne[0], x->nb[1]/ts, x->nb[2]/ts, x->nb[3]/ts,
         ne10_padded, 1, 1, 1, ctx.stream());
@@ -947,17 +956,8 @@ int ggml_cuda_mlwq_try_norm_ahead(ggml_backend_cuda_context & ctx, ggml_tensor *
     float eps = 0.0f;
     memcpy(&eps, norm->op_params, sizeof(float));
 
+    const mlwq_orders orders = mlwq_ahead_alloc(ctx, mul, perms, n);
     const int64_t ne0_padded = GGML_PAD(ne0, MATRIX_ROW_PADDING);
-    a.x     = mul;
-    a.n     = n;
-    a.slice = ne0_padded*sizeof(block_q8_1)/QK8_1;
-    a.q8    = (char *) ctx.pool().alloc(n*a.slice, &a.size);
-    mlwq_orders orders = {};
-    for (int k = 0; k < n; ++k) {
-        a.perm[k]      = perms[k];
-        orders.perm[k] = (const int32_t *) perms[k]->data;
-        orders.y[k]    = (block_q8_1 *) (a.q8 + k*a.slice);
-    }
     // norm.cu's block size for this row length (its reduction order), one CTA per slice and order
     if (ne0 < 1024) {
         const dim3 grid((ne0_padded + 255)/256, n, 1);
