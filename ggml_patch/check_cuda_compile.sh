@@ -16,6 +16,8 @@
 # Environment: LLAMA_SRC (a pristine llama.cpp tree to use instead of the sdist), MLWQ_CACHE
 # (default ~/.cache/mlwq; the sdist is looked for in $MLWQ_CACHE/dl as build.sh leaves it),
 # MLWQ_SDIST (a local copy of the sdist), NVCC (default nvcc), MLWQ_JOBS (default 2).
+# MLWQ_REGISTERS=1: also print ptxas's registers and spills per mlwq.cu kernel (sm_90);
+# MLWQ_CU_SOURCE=file: compile that file as mlwq.cu instead (a branch's or a sed-edited variant's).
 # A CUDA toolkit without cuBLAS headers gets ggml_patch/cuda_stub/ (declarations only).
 set -euo pipefail
 
@@ -81,6 +83,10 @@ shopt -u nullglob
     mkdir -p "$(dirname "$dest")"
     cp "$HERE/src/$f" "$dest"
 done
+if [ -n "${MLWQ_CU_SOURCE:-}" ]; then
+    cp "$MLWQ_CU_SOURCE" "$T/ggml/src/ggml-cuda/mlwq.cu" || die "MLWQ_CU_SOURCE=$MLWQ_CU_SOURCE"
+    log "mlwq.cu from $MLWQ_CU_SOURCE"
+fi
 
 # ---- compile -------------------------------------------------------------------------------
 INC=(-I"$T/ggml/include" -I"$T/ggml/src" -I"$T/ggml/src/ggml-cuda")
@@ -108,9 +114,11 @@ compile() { # name, then nvcc arguments
     fi
 }
 
+PTXAS_V=""
+[ "${MLWQ_REGISTERS:-0}" = 1 ] && PTXAS_V="-Xptxas -v"
 JOBS_LIST=(
     "mmvq.cu|-gencode=arch=compute_90,code=sm_90 -c $CU/mmvq.cu"
-    "mlwq.cu|-gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_87,code=sm_87 -Xcompiler=-Wall,-Wextra -c $CU/mlwq.cu"
+    "mlwq.cu|-gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_87,code=sm_87 -Xcompiler=-Wall,-Wextra $PTXAS_V -c $CU/mlwq.cu"
     "getrows.cu|-gencode=arch=compute_90,code=sm_90 -c $CU/getrows.cu"
     "convert.cu|-gencode=arch=compute_90,code=sm_90 -c $CU/convert.cu"
     "ggml-cuda.cu|-gencode=arch=compute_90,code=sm_90 -c $CU/ggml-cuda.cu"
@@ -144,6 +152,25 @@ for st in "$WORK"/*.status; do
         FAIL*) fail=1; cat "$WORK/$(basename "$st" .status).log" >&2 ;;
     esac
 done
+if [ -n "$PTXAS_V" ]; then
+    # ptxas -v: "Compiling entry function 'NAME' for 'sm_90'", then the spills, then "Used N registers"
+    "$PY" - "$WORK/mlwq.cu.log" <<'EOF'
+import re, subprocess, sys
+cur = None
+for line in open(sys.argv[1]):
+    m = re.search(r"Compiling entry function '(\S+)' for 'sm_90'", line)
+    if m:
+        cur, spill = m.group(1), ""
+        continue
+    if cur and "spill" in line:
+        spill = re.sub(r".*: *", "", line.strip())
+    m = re.search(r"Used (\d+) registers", line)
+    if cur and m:
+        name = subprocess.run(["c++filt", cur], capture_output=True, text=True).stdout.strip()
+        print(f"[mlwq-cuda-check] sm_90 {m.group(1):>3} registers ({spill})  {name.split('(')[0]}")
+        cur = None
+EOF
+fi
 log "done in $(( $(date +%s) - t0 )) s"
 [ "$fail" = 0 ] || die "compile check failed"
 echo "MLWQ CUDA compile check: OK ($(( $(date +%s) - t0 )) s)"
