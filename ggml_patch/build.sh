@@ -99,6 +99,20 @@ if [ "$CUDA" = "1" ]; then
 fi
 if [ "$NATIVE" = "1" ]; then
     CMAKE_EXTRA+=(-DGGML_NATIVE=ON)
+    # -march=native turns on AMX where cpuid reports it; some virtual machines report it and fault on
+    # the first tile instruction (llama.cpp's Q4_0/Q8_0 products die with SIGILL): probe, and build
+    # without AMX when it does not run
+    if grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
+        probe="$(mktemp)"
+        if cc -O1 -mamx-tile "$HERE/tools/amx-probe.c" -o "$probe" 2>/dev/null && ( "$probe" ) 2>/dev/null; then
+            log "AMX runs on this CPU"
+        else
+            log "cpuid reports AMX but its instructions fault here: building without AMX"
+            NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+            CMAKE_EXTRA+=("-DCMAKE_C_FLAGS=$NO_AMX" "-DCMAKE_CXX_FLAGS=$NO_AMX")
+        fi
+        rm -f "$probe"
+    fi
 else
     CMAKE_EXTRA+=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
 fi

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--method", choices=METHODS, default="mlwq")
     q.add_argument("--bits", type=float, default=3.0,
                    help="average code bits of the linear layers (fractional only with MLWQ's BPLL)")
+    q.add_argument("--target-mb", type=float, default=None,
+                   help="instead of --bits: the budget whose exported GGUF is at most this many MB (1e6 bytes); "
+                        "needs a GGUF source")
     q.add_argument("--out", required=True, help="checkpoint directory to write (atomically)")
     q.add_argument("--group-size", type=int, default=None,
                    help="rtn/gptq group size (multiple of 64; default 64 for rtn, 128 for gptq)")
@@ -56,6 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--bpll-loss", choices=("dist", "dist-rel", "kl"), default="dist-rel",
                    help="BPLL layer loss: channel-wise distribution loss (eq. 3), the same relative to the "
                         "float outputs' scale, or KL (ablation)")
+    q.add_argument("--bpll-scope", choices=("model", "block"), default=QuantConfig.bpll_scope,
+                   help="model: one bit budget for the whole model, each layer's width from its predicted loss "
+                        "increase (Fisher-weighted output error, one float pass with gradients); block: a budget "
+                        "per block from eq. 3 (the paper's BPLL)")
+    q.add_argument("--sensitivity-windows", type=int, default=QuantConfig.sensitivity_windows,
+                   help="calibration windows of the model-scope float pass")
+    q.add_argument("--no-weighted", action="store_true",
+                   help="ablation: fit each group's scale and zero on the plain l2 error only (TQP), not on "
+                        "GPTQ's importance-weighted error")
+    q.add_argument("--block-tune-steps", type=int, default=QuantConfig.block_tune_steps,
+                   help="block-output reconstruction: signed-gradient steps per block on the rounding and the "
+                        "scales (AutoRound-style; 0 = off; 200 on a GPU)")
     q.add_argument("--no-compensation", action="store_true",
                    help="mlwq: no GPTQ error compensation inside the tiers (RTN on the MLWQ grid)")
     q.add_argument("--tqp-steps", type=int, default=50, help="Adam steps of TQP per group")
@@ -85,13 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_quantize(args) -> int:
-    from . import api
+    from . import api, sizing
 
+    if args.target_mb is not None:
+        args.bits = sizing.budget_for_size(_resolve_model(args.model), int(args.target_mb * 1e6))
+        print(f"[mlwq] --target-mb {args.target_mb:g}: average code bits {args.bits:.2f}", file=sys.stderr)
     cfg = QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, act_order=args.act_order,
                       candidates=args.candidates, tiers=args.tiers, protect_fraction=args.protect_fraction,
                       bpll=not args.no_bpll, mqsa=not args.no_mqsa, tqp=not args.no_tqp,
                       bpll_loss=args.bpll_loss, compensate=not args.no_compensation, tqp_steps=args.tqp_steps,
-                      percdamp=args.percdamp, seed=args.seed)
+                      percdamp=args.percdamp, seed=args.seed, bpll_scope=args.bpll_scope,
+                      sensitivity_windows=args.sensitivity_windows, weighted=not args.no_weighted,
+                      block_tune_steps=args.block_tune_steps)
     cfg.validate()
     source = _resolve_model(args.model)
     meta = api.quantize(source, args.out, cfg, nsamples=args.nsamples, seqlen=args.seqlen, calib_path=args.calib,

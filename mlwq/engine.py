@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from . import bpll, mqsa
+from . import blockrec, bpll, mqsa
 from .errors import MLWQError
 from .gptq import GPTQ, QuantPlan, QuantResult, quantize_without_compensation, uniform_plan
 from .grid import GROUP_SIZE
@@ -40,7 +40,14 @@ class QuantConfig:
     mqsa: bool = True
     tqp: bool = True
     tqp_steps: int = 50                     # Adam steps of TQP per group
+    weighted: bool = True                   # importance-weighted search of each group's scale/zero
+    block_tune_steps: int = 0               # block-output reconstruction (mlwq/blockrec.py); 0 = off
+    block_tune_lr: float = 0.005            # signed-gradient step, decayed linearly to 0
+    block_tune_batch: int = 4               # calibration windows per step
     bpll_loss: str = "dist-rel"             # see docs/DESIGN.md: eq. 3 relative to the output scale
+    bpll_scope: str = "model"               # block: a budget per block (eq. 3-4); model: one budget,
+                                            # Fisher-weighted output error (mlwq/sensitivity.py)
+    sensitivity_windows: int = 16           # calibration windows of the model-scope float pass
     compensate: bool = True                 # GPTQ error compensation inside the tiers (mlwq)
     percdamp: float = 0.01
     bpll_tokens: int = 4096                 # input rows per layer kept for BPLL's losses
@@ -49,6 +56,8 @@ class QuantConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise MLWQError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.bpll_scope not in ("block", "model"):
+            raise MLWQError(f"unknown BPLL scope {self.bpll_scope!r}; choose block or model")
         if self.bpll_loss not in bpll.LOSSES:
             raise MLWQError(f"unknown BPLL loss {self.bpll_loss!r}; choose one of {', '.join(bpll.LOSSES)}")
         uses_bpll = self.method == "mlwq" and self.bpll
@@ -134,26 +143,30 @@ def _plan_for(cfg: QuantConfig, gptq: GPTQ, delta: torch.Tensor | None, width: i
     cols, H = gptq.cols, gptq.H
     tqp = cfg.tqp and cfg.method == "mlwq" and not proxy
     compensate = (cfg.method == "gptq" or (cfg.method == "mlwq" and cfg.compensate)) and not proxy
+    weighted = cfg.weighted and cfg.method == "mlwq" and not proxy
     if delta is not None:
         return mqsa.plan_tiers(delta, width, cfg.tiers, cfg.protect_fraction,
-                               tqp=tqp, tqp_steps=cfg.tqp_steps, compensate=compensate)
+                               tqp=tqp, tqp_steps=cfg.tqp_steps, compensate=compensate, weighted=weighted)
     perm = None
     if cfg.act_order and cfg.method == "gptq":
         perm = torch.argsort(torch.diag(H).cpu(), descending=True, stable=True)
     return uniform_plan(cols, width, cfg.effective_group_size(), perm, tqp=tqp, tqp_steps=cfg.tqp_steps,
-                        compensate=compensate)
+                        compensate=compensate, weighted=weighted)
 
 
 @torch.no_grad()
 def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | torch.device = "cpu",
                    progress: bool = True, done_blocks: int = 0, rng_state: torch.Tensor | None = None,
-                   on_block_done=None) -> tuple[dict[str, QuantResult], list[LayerReport]]:
+                   on_block_done=None, float_weights: dict[str, torch.Tensor] | None = None,
+                   model_widths: tuple[dict[str, int], dict[str, dict[int, float]]] | None = None) -> tuple[dict[str, QuantResult], list[LayerReport]]:
     """Quantize every block's linear layers in place (fake-quant) and return the packed results.
 
     Resuming: the first `done_blocks` blocks already hold their quantized weights (the caller
     restored them); they are only run forward to rebuild the next block's inputs, and the
     sampling generator restarts from `rng_state`, so the result is the uninterrupted run's.
     on_block_done(i, results_of_block, reports_of_block, rng_state) is called after each block.
+    float_weights (name -> float weight) of the resumed blocks' layers rebuild the float stream
+    that block tuning needs. model_widths: (widths, losses) of the model-scope BPLL, by full name.
     """
     cfg.validate()
     device = torch.device(device)
@@ -167,15 +180,20 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
     if rng_state is not None:
         gen.set_state(rng_state)
     inps, kwargs = _capture_block0_inputs(model, calib, device)
+    tune = cfg.block_tune_steps > 0 and cfg.method != "rtn"
+    fp_inps = inps.clone() if tune else None      # the float model's stream: the tuning's targets
     results: dict[str, QuantResult] = {}
     reports: list[LayerReport] = []
     bar = tqdm(range(len(blocks)), desc=f"{cfg.method} {cfg.bits:g}-bit", unit="block", disable=not progress)
     for i in bar:
         block = blocks[i].to(device)
         if i < done_blocks:                      # resumed: already quantized, only its outputs
+            if tune:
+                fp_inps = _block_forward_with(block, fp_inps, kwargs, _float_weights_of(block, float_weights, spec, i))
             inps = _block_forward(block, inps, kwargs)
             blocks[i] = block.cpu()
             continue
+        targets = _block_forward(block, fp_inps, kwargs) if tune else None
         layers = {name: get_module(block, name) for name in spec.linears}
         gptq = {name: GPTQ(layer) for name, layer in layers.items()}
         samples: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
@@ -198,20 +216,36 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
         use_mqsa = cfg.method == "mlwq" and cfg.mqsa
         delta = {name: mqsa.salience(layer.weight, gptq[name].H, cfg.percdamp) if use_mqsa else None
                  for name, layer in layers.items()}
-        widths = _choose_widths(cfg, layers, gptq, delta, samples)
+        if model_widths is not None:
+            widths = {name: LayerReport(name, model_widths[0][f"{spec.blocks}.{i}.{name}"], [],
+                                        model_widths[1][f"{spec.blocks}.{i}.{name}"]) for name in layers}
+        else:
+            widths = _choose_widths(cfg, layers, gptq, delta, samples)
+        block_results: dict[str, QuantResult] = {}
         for name, layer in layers.items():
-            full = f"{spec.blocks}.{i}.{name}"
             plan = _plan_for(cfg, gptq[name], delta[name], widths[name].width)
-            res = gptq[name].quantize(plan, percdamp=cfg.percdamp)
-            layer.weight.data = res.weight.to(layer.weight.dtype)
+            block_results[name] = gptq[name].quantize(plan, percdamp=cfg.percdamp)
+            layer.weight.data = block_results[name].weight.to(layer.weight.dtype)
+            gptq[name].free()
+        del gptq, samples
+        if tune:
+            block_results, loss_before, loss_after = blockrec.tune_block(
+                block, block_results, inps, targets, kwargs, cfg.block_tune_steps, cfg.block_tune_lr,
+                cfg.block_tune_batch, gen)
+            for name, layer in layers.items():
+                layer.weight.data = block_results[name].weight.to(layer.weight.dtype)
+            bar.set_description(f"{cfg.method} {cfg.bits:g}-bit (block loss {loss_before:.3g} -> {loss_after:.3g})")
+        for name in layers:
+            full = f"{spec.blocks}.{i}.{name}"
+            res = block_results[name]
             results[full] = _to_cpu(res)
             rep = widths[name]
             rep.name, rep.gptq_loss = full, res.loss
             rep.tiers = _tier_columns(res)
             reports.append(rep)
-            gptq[name].free()
-        del gptq, samples
+        del block_results
         inps = _block_forward(block, inps, kwargs)
+        fp_inps = targets
         blocks[i] = block.cpu()
         if on_block_done is not None:
             prefix = f"{spec.blocks}.{i}."
@@ -219,6 +253,24 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
                           [r for r in reports if r.name.startswith(prefix)], gen.get_state())
         bar.set_postfix(widths="/".join(str(widths[n].width) for n in spec.linears))
     return results, reports
+
+
+def _float_weights_of(block, float_weights, spec, i) -> dict[str, torch.Tensor]:
+    """The float weights of a resumed block's linear layers (their quantized ones are in the model)."""
+    if float_weights is None:
+        raise MLWQError("resuming with block tuning needs the float weights of the finished blocks")
+    dev = next(block.parameters()).device
+    return {f"{name}.weight": float_weights[f"{spec.blocks}.{i}.{name}"].to(dev) for name in spec.linears}
+
+
+def _block_forward_with(block, inps, kwargs, weights: dict[str, torch.Tensor]):
+    from torch.func import functional_call
+
+    outs = torch.empty_like(inps)
+    for j in range(inps.shape[0]):
+        out = functional_call(block, weights, (inps[j:j + 1],), kwargs)
+        outs[j:j + 1] = out[0] if isinstance(out, (tuple, list)) else out
+    return outs
 
 
 def _choose_widths(cfg, layers, gptq, delta, samples) -> dict[str, LayerReport]:
@@ -251,4 +303,4 @@ def _to_cpu(res: QuantResult) -> QuantResult:
     # the dequantized weight already lives in the model; keeping a copy would double memory
     return QuantResult(weight=None, codes=res.codes.cpu(), scale=res.scale.cpu(),
                        zero=res.zero.cpu(), perm=res.perm.cpu(), group_bits=res.group_bits.cpu(),
-                       group_size=res.group_size, loss=res.loss)
+                       group_size=res.group_size, loss=res.loss, continuous=None)

@@ -40,3 +40,40 @@ def perplexity(model, ids: torch.Tensor, seqlen: int = 2048, max_windows: int | 
         nll_sum += float(loss)
         count += seqlen - 1
     return math.exp(nll_sum / count)
+
+
+@torch.no_grad()
+def reference_logprobs(model, ids: torch.Tensor, seqlen: int, max_windows: int,
+                       device: str | torch.device = "cpu") -> torch.Tensor:
+    """[windows, seqlen, vocab] log-probabilities of the float model, to compare against, kept in
+    float16 on `device` (halves the memory; the rounding is unbiased and far below the KLDs measured)."""
+    n = min(ids.numel() // seqlen, max_windows)
+    if n < 1:
+        raise MLWQError(f"evaluation text has {ids.numel()} tokens, fewer than one window of {seqlen}")
+    model.to(device)
+    out = []
+    for i in tqdm(range(n), desc="reference log-probs", unit="window"):
+        window = ids[i * seqlen:(i + 1) * seqlen].unsqueeze(0).to(device)
+        out.append(torch.log_softmax(model(window).logits[0].float(), dim=-1).half())
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def quality(model, ids: torch.Tensor, ref_logprobs: torch.Tensor, device: str | torch.device = "cpu",
+            progress: bool = True) -> dict:
+    """Perplexity and KL divergence from the reference on ref_logprobs' windows (llama-perplexity's
+    KLD statistics: mean, 99th percentile, same top token), every position scored."""
+    n, seqlen, _ = ref_logprobs.shape
+    model.to(device)
+    nll_sum, kld, same = 0.0, [], 0
+    for i in tqdm(range(n), desc="quality", unit="window", disable=not progress):
+        window = ids[i * seqlen:(i + 1) * seqlen].unsqueeze(0).to(device)
+        logp = torch.log_softmax(model(window).logits[0].float(), dim=-1)
+        nll_sum += float(-logp[:-1].gather(1, window[0, 1:].unsqueeze(1)).sum())
+        ref = ref_logprobs[i].to(logp.device).float()
+        kld.append((ref.exp() * (ref - logp)).sum(-1))
+        same += int((ref.argmax(-1) == logp.argmax(-1)).sum())
+    kld = torch.cat(kld).cpu()
+    return {"ppl": math.exp(nll_sum / (n * (seqlen - 1))), "kld_mean": float(kld.mean()),
+            "kld_p99": float(torch.quantile(kld, 0.99)), "same_top_pct": 100.0 * same / kld.numel(),
+            "eval_tokens": int(kld.numel())}

@@ -18,7 +18,7 @@ import torch
 
 from .errors import MLWQError
 from .grid import GROUP_SIZE, fit_scale_zero, quantize_codes, dequantize
-from .tqp import learn_clipping
+from .tqp import learn_clipping, weighted_search
 
 
 @dataclass
@@ -29,6 +29,7 @@ class QuantPlan:
     tqp: bool = False           # learn clipping per group (TQP) instead of plain min/max
     tqp_steps: int = 50
     compensate: bool = True     # GPTQ error compensation; False gives RTN on the same grid
+    weighted: bool = False      # refine each group's scale and zero on GPTQ's importance-weighted error
 
 
 @dataclass
@@ -41,6 +42,7 @@ class QuantResult:
     group_bits: torch.Tensor    # [n_groups] uint8
     group_size: int
     loss: float                 # GPTQ's weighted error sum (0 without compensation)
+    continuous: torch.Tensor | None = None  # [rows, cols] the weights just before rounding, permuted order
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float weight in the original column order, from the codes (FORMAT.md formula)."""
@@ -108,6 +110,7 @@ class GPTQ:
         Hinv = torch.linalg.cholesky(damped_cholesky_inverse(H, percdamp), upper=True)
 
         Q = torch.zeros_like(W)
+        C = torch.zeros_like(W)
         D = torch.zeros((self.rows, n_groups), device=dev)
         Z = torch.zeros((self.rows, n_groups), device=dev)
         loss = 0.0
@@ -126,10 +129,14 @@ class GPTQ:
                         gamma, beta = learn_clipping(wg.unsqueeze(0), gbits[g:g + 1], plan.tqp_steps)
                         gamma, beta = gamma[0], beta[0]
                     D[:, g], Z[:, g] = fit_scale_zero(wg, gbits[g], gamma, beta)
+                    if plan.weighted:       # a column's error costs err^2 / Hinv_ii^2 in GPTQ's loss
+                        imp = Hinv1[i:i + gs, i:i + gs].diagonal().pow(-2)
+                        D[:, g], Z[:, g] = weighted_search(wg, gbits[g], imp, D[:, g], Z[:, g])
                     d, z = D[:, g:g + 1], Z[:, g:g + 1]
                 w = W1[:, i:i + 1]
                 q = quantize_codes(w, d.squeeze(1), z.squeeze(1), col_bits[col])
                 Q[:, col:col + 1] = q
+                C[:, col:col + 1] = w
                 if plan.compensate:
                     err = (w - dequantize(q, d.squeeze(1), z.squeeze(1))) / Hinv1[i, i]
                     loss += float((err.pow(2) * Hinv1[i, i] ** 2).sum()) / 2
@@ -138,7 +145,7 @@ class GPTQ:
             if plan.compensate:
                 W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
-        return _result(Q, D, Z, plan, loss)
+        return _result(Q, D, Z, plan, loss, C)
 
     def free(self) -> None:
         self.H = None
@@ -176,10 +183,10 @@ def quantize_without_compensation(weight: torch.Tensor, plan: QuantPlan) -> Quan
         q = quantize_codes(groups, d, z, bits)                    # [G, rows, width]
         D[:, g0:g1], Z[:, g0:g1] = d.t(), z.t()
         Q[:, g0 * gs: g0 * gs + (g1 - g0) * width] = q.transpose(0, 1).reshape(rows, -1)
-    return _result(Q, D, Z, plan, 0.0)
+    return _result(Q, D, Z, plan, 0.0, Wp)
 
 
-def _result(Q, D, Z, plan: QuantPlan, loss: float) -> QuantResult:
+def _result(Q, D, Z, plan: QuantPlan, loss: float, continuous: torch.Tensor | None = None) -> QuantResult:
     gs, cols = plan.group_size, Q.shape[1]
     Dc = D.repeat_interleave(gs, dim=1)[:, :cols]
     Zc = Z.repeat_interleave(gs, dim=1)[:, :cols]
@@ -187,4 +194,5 @@ def _result(Q, D, Z, plan: QuantPlan, loss: float) -> QuantResult:
     weight[:, plan.perm.to(Q.device)] = Dc * (Q - Zc)
     return QuantResult(weight=weight, codes=Q.to(torch.uint8), scale=D.to(torch.float16),
                        zero=Z.to(torch.uint8), perm=plan.perm.to(torch.int32).cpu(),
-                       group_bits=plan.group_bits.to(torch.uint8).cpu(), group_size=gs, loss=loss)
+                       group_bits=plan.group_bits.to(torch.uint8).cpu(), group_size=gs, loss=loss,
+                       continuous=continuous)

@@ -69,3 +69,48 @@ def learn_clipping(w: torch.Tensor, bits: torch.Tensor, steps: int = TQP_STEPS, 
 def _group_error(w, bits, gamma, beta):
     d, zero = fit_scale_zero(w, bits, gamma, beta)
     return (dequantize(quantize_codes(w, d, zero, bits), d, zero) - w).pow(2).sum(dim=-1)
+
+
+CLIP_GRID = torch.linspace(1.0, 0.6, 9)   # shrink factors of each end tried by the weighted search
+LS_ROUNDS = 2                               # least-squares refinements of the scale after the grid
+
+
+def weighted_search(w: torch.Tensor, bits, importance: torch.Tensor, d0: torch.Tensor, z0: torch.Tensor):
+    """Scale and zero of each row of one group w [rows, n] that minimise the importance-weighted
+    error sum_k h_k (w_k - w_hat_k)^2 (llama.cpp's imatrix idea, make_qkx3_quants' search).
+
+    Candidates: the start (d0, z0), every pair of clipping factors of CLIP_GRID for the two ends,
+    then LS_ROUNDS weighted least-squares refits of d for the best codes with zero and zero +- 1.
+    Returns (d, zero) on the format's grid (fp16 d, integer zero); never worse than the start.
+    """
+    w = w.float()
+    h = importance.float().to(w.device).clamp(min=0).expand_as(w)
+    maxq = float(2 ** int(bits) - 1)
+
+    def err_of(d, z):                       # d, z [..., rows] -> weighted error [..., rows]
+        q = torch.clamp(torch.round(w / d.unsqueeze(-1)) + z.unsqueeze(-1), 0, maxq)
+        return (h * (d.unsqueeze(-1) * (q - z.unsqueeze(-1)) - w).pow(2)).sum(-1), q
+
+    grid = CLIP_GRID.to(w.device)
+    gam, bet = grid.repeat_interleave(grid.numel()), grid.repeat(grid.numel())
+    d_c, z_c = fit_scale_zero(w.unsqueeze(0).expand(gam.numel(), *w.shape), bits,
+                              gam.view(-1, 1), bet.view(-1, 1))            # [C, rows]
+    d_c = torch.cat([d0.view(1, -1).float(), d_c])
+    z_c = torch.cat([z0.view(1, -1).float(), z_c])
+    e_c, _ = err_of(d_c, z_c)
+    pick = e_c.argmin(0, keepdim=True)                                     # the start wins ties
+    d, z = d_c.gather(0, pick)[0], z_c.gather(0, pick)[0]
+    best, q = err_of(d, z)
+    for _ in range(LS_ROUNDS):
+        for dz in (0.0, -1.0, 1.0):
+            zt = torch.clamp(z + dz, 0, maxq)
+            c = q - zt.unsqueeze(-1)
+            den = (h * c * c).sum(-1)
+            dt = torch.where(den > 0, (h * w * c).sum(-1) / den.clamp(min=1e-30), d)
+            dt = dt.to(torch.float16).to(torch.float32)
+            dt = torch.where(torch.isfinite(dt) & (dt > 0), dt, d)
+            et, qt = err_of(dt, zt)
+            better = et < best
+            d, z, best = torch.where(better, dt, d), torch.where(better, zt, z), torch.where(better, et, best)
+            q = torch.where(better.unsqueeze(-1), qt, q)
+    return d, z

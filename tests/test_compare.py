@@ -28,6 +28,10 @@ def test_results_cover_every_file(run_dir):
         assert 1.0 < r["ppl"] < 1e12 and r["ppl_pm"] > 0
         assert r["pp_ts"] > 0 and r["tg_ts"] > 0
     assert rows["F16"]["bpw_linear"] == 16.0
+    assert rows["F16"]["kld_mean"] == 0.0
+    for name in ("Q3_K_S", "RTN 2.5", "MLWQ 2.5"):      # llama-perplexity --kl-divergence against F16
+        assert rows[name]["kld_mean"] > 0 and rows[name]["kld_p99"] > 0
+        assert 0 < rows[name]["same_top_pct"] <= 100
     assert any(r["pareto"] for r in rows.values())
     with open(run_dir / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
@@ -62,6 +66,7 @@ def test_resume_reuses_artefacts_and_measurements(run_dir):
     assert {p: p.stat().st_mtime_ns for p in stored if p.parent.name == "models"} == \
         {p: t for p, t in stored.items() if p.parent.name == "models"}
     assert len(list((run_dir / "measure").glob("ppl-*.json"))) == 8
+    assert len(list((run_dir / "measure").glob("kld-base-*.bin"))) == 2
 
 
 def test_missing_tool_is_a_clear_error(tmp_path, monkeypatch, capsys):

@@ -47,8 +47,13 @@ def test_fewer_calibration_tokens_than_asked(default_model, tmp_path):
     _, tok = default_model
     short = tmp_path / "short.txt"
     short.write_text("only a few words of calibration text " * 20)
-    with pytest.raises(MLWQError, match="fewer than"):
-        calibration_windows(tok, short, nsamples=8, seqlen=64, seed=0)
+    # fewer tokens than N x L (Llama-3's tokenizer on wiki.valid.tokens at 128 x 2048): overlapping
+    # windows and one warning; fewer than one window: an error
+    with pytest.warns(UserWarning, match="overlap"):
+        windows = calibration_windows(tok, short, nsamples=8, seqlen=64, seed=0)
+    assert windows.shape == (8, 64)
+    with pytest.raises(MLWQError, match="fewer than one window"):
+        calibration_windows(tok, short, nsamples=8, seqlen=1000, seed=0)
     with pytest.raises(MLWQError, match="not found"):
         calibration_windows(tok, tmp_path / "missing.txt", 1, 8, 0)
 

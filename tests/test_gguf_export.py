@@ -161,3 +161,18 @@ def test_failed_write_leaves_nothing_and_says_so_on_one_line(rtn_checkpoint, tmp
     assert len(errors) == 1 and errors[0].startswith("mlwq-export: error: cannot write"), proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists() and not out.with_name(out.name + ".part").exists()
+
+
+def test_target_size_budget_predicts_the_exported_bytes(exported, reduced_gguf):
+    """--target-mb's budget: the size it predicts for the exported file's code bits is the file's
+    size within a few hundred bytes (tensor records), and the budget for that size is at least
+    the file's code bits less one hundredth."""
+    from mlwq import sizing
+    from mlwq.errors import MLWQError
+
+    path, report = exported
+    size = path.stat().st_size
+    bits = sizing.budget_for_size(reduced_gguf, size)
+    assert report.code_bpw_mlwq - 0.01 <= bits <= report.code_bpw_mlwq + 0.01
+    with pytest.raises(MLWQError, match="below the smallest file"):
+        sizing.budget_for_size(reduced_gguf, size // 3)

@@ -22,11 +22,10 @@ def test_mlwq_end_to_end_checkpoint(reduced_model, tmp_path):
     model = meta.pop("_model")
     names = linear_names(model)
     assert list(meta["layers"]) == names
-    # BPLL: every block's parameter-weighted width is within the 3-bit budget
-    for i in range(2):
-        block = {k: v for k, v in meta["layers"].items() if f"layers.{i}." in k}
-        bits = sum(v["bpll_width"] * v["shape"][0] * v["shape"][1] for v in block.values())
-        assert bits <= 3 * sum(v["shape"][0] * v["shape"][1] for v in block.values())
+    # BPLL (model scope, the default): the model's parameter-weighted width is within the 3-bit budget
+    layers = meta["layers"].values()
+    assert sum(v["bpll_width"] * v["shape"][0] * v["shape"][1] for v in layers) <= \
+        3 * sum(v["shape"][0] * v["shape"][1] for v in layers)
     # MQSA: three tiers around each layer's width, counted in whole 64-column blocks
     for info in meta["layers"].values():
         tiers = dict(info["tiers"])
@@ -47,6 +46,14 @@ def test_mlwq_end_to_end_checkpoint(reduced_model, tmp_path):
     for name in names:
         W = checkpoint.dequantize_layer(tensors, name)
         assert torch.equal(W, model.get_submodule(name).weight.data)
+
+
+def test_block_scope_bpll_keeps_every_block_within_the_budget(reduced_model, tmp_path):
+    meta = _quantize(reduced_model, tmp_path, "bs", method="mlwq", bits=3, bpll_scope="block")
+    for i in range(2):
+        block = {k: v for k, v in meta["layers"].items() if f"layers.{i}." in k}
+        bits = sum(v["bpll_width"] * v["shape"][0] * v["shape"][1] for v in block.values())
+        assert bits <= 3 * sum(v["shape"][0] * v["shape"][1] for v in block.values())
 
 
 def test_ablation_switches(reduced_model, tmp_path):
@@ -145,3 +152,35 @@ def test_resume_with_other_settings_is_refused(reduced_model, tmp_path):
     Progress(tmp_path / "o", {"a": 1}).start(resume=False)
     with pytest.raises(MLWQError, match="other settings"):
         Progress(tmp_path / "o", {"a": 2}).start(resume=True)
+
+
+def test_block_tuning_exports_the_tuned_weights_bit_for_bit(default_model, tmp_path):
+    """Block-output reconstruction keeps the format's grid: the checkpoint's codes reproduce the
+    tuned model exactly, and the tuned weights differ from plain GPTQ's."""
+    import copy
+    fresh_copy = lambda: (api.truncate_blocks(copy.deepcopy(default_model[0]), 2), default_model[1])
+    meta = _quantize(fresh_copy(), tmp_path, "bt", method="mlwq", bits=3, block_tune_steps=10, block_tune_batch=1,
+                     block_tune_lr=0.01)
+    model = meta.pop("_model")
+    _, tensors = checkpoint.load(tmp_path / "bt")
+    for name in linear_names(model):
+        assert torch.equal(checkpoint.dequantize_layer(tensors, name), model.get_submodule(name).weight.data)
+    fresh = _quantize(fresh_copy(), tmp_path, "plain", method="mlwq", bits=3).pop("_model")
+    assert any(not torch.equal(model.get_submodule(n).weight, fresh.get_submodule(n).weight)
+               for n in linear_names(model))
+
+
+def test_model_scope_allocation_moves_bits_between_blocks(reduced_model, tmp_path):
+    """One budget for the whole model: fractional budgets, the total within it, and blocks whose
+    own averages differ (the per-block BPLL cannot do that)."""
+    meta = _quantize(reduced_model, tmp_path, "ms", method="mlwq", bits=3.3, bpll_scope="model",
+                     sensitivity_windows=2)
+    layers = meta["layers"]
+    numel = {k: v["shape"][0] * v["shape"][1] for k, v in layers.items()}
+    assert sum(v["bpll_width"] * numel[k] for k, v in layers.items()) <= 3.3 * sum(numel.values())
+    for v in layers.values():                  # predicted losses fall with the width
+        losses = {int(b): x for b, x in v["bpll_losses"].items()}
+        assert losses[2] > losses[3] > losses[4] > 0
+    per_block = [sum(v["bpll_width"] * numel[k] for k, v in layers.items() if f"layers.{i}." in k)
+                 / sum(numel[k] for k in layers if f"layers.{i}." in k) for i in range(2)]
+    assert per_block[0] != per_block[1]

@@ -9,15 +9,17 @@ under DIR/models/:
   F16          the reference: `llama-quantize --allow-requantize MODEL F16` (always made)
   imatrix      (with step llamacpp) `llama-imatrix` of F16 over the calibration text MLWQ uses (same token count:
                nsamples chunks of seqlen tokens of wiki.valid.tokens)
-  llamacpp     `llama-quantize --imatrix` of F16 to Q2_K, Q3_K_S, Q3_K_M, IQ3_XXS, IQ3_S, Q4_K_M
-  ours         RTN, GPTQ (64-column groups) and MLWQ at 2.5, 3 and 4 average code bits, quantized
+  llamacpp     `llama-quantize --imatrix` of F16 to Q2_K, Q3_K_S, Q3_K_M, IQ3_XXS, IQ3_S, IQ4_NL, Q4_K_M
+  ours         RTN, GPTQ (64-column groups) and MLWQ at 2.5, 3, 3.59 and 4 average code bits, quantized
                by `mlwq.api.quantize` and written by `mlwq-export`. Uniform RTN/GPTQ cannot average
                2.5 bits: at 2.5 they take BPLL's per-layer widths (whole layers at 2 or 3 bits)
                with MQSA and TQP off, i.e. MLWQ's stage 1 alone.
 
 then measures each file: size and bits per weight from its bytes (whole file, and the linear
 layers with every scale, header and permutation), `llama-perplexity` on wiki.test.raw (the same
-context and chunks for all), and one `llama-bench` run with all files side by side. It writes
+context and chunks for all) with the KL divergence of every file's next-token distribution from
+the F16 reference's (`--kl-divergence`: mean, 99th percentile, same top token), and one
+`llama-bench` run with all files side by side. It writes
 DIR/results.json, results.csv, results.md, pareto.png (perplexity against bits per weight) and
 allocation.png (MLWQ's per-layer widths and tiers), and with `--ablation` the PyTorch-side
 ablation table of the paper (ablation.md).
@@ -53,9 +55,9 @@ from mlwq.errors import MLWQError
 from mlwq.resume import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
-LLAMA_TYPES = ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ3_XXS", "IQ3_S", "Q4_K_M")
+LLAMA_TYPES = ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ3_XXS", "IQ3_S", "IQ4_NL", "Q4_K_M")
 OUR_METHODS = ("rtn", "gptq", "mlwq")
-OUR_BITS = (2.5, 3.0, 4.0)
+OUR_BITS = (2.5, 3.0, 3.59, 4.0)
 # what a run does; the F16 reference and the sizes are always there. A step left out makes
 # nothing new, but what it made before is measured and reported.
 STEPS = ("llamacpp", "ours", "ppl", "bench", "report")
@@ -150,6 +152,25 @@ def run_tool(cmd: list, log_path: Path, desc: str, total: int | None = None) -> 
 
 def short(cmd: list) -> str:
     return shlex.join([Path(str(cmd[0])).name] + [str(c) for c in cmd[1:]])
+
+
+KLD_RE = {
+    "ppl": re.compile(r"Mean PPL\(Q\)\s*:\s*([0-9.]+)\s*±\s*([0-9.]+)"),
+    "kld": re.compile(r"Mean\s+KLD:\s*([0-9.]+)\s*±\s*([0-9.]+)"),
+    "p99": re.compile(r"99\.0%\s+KLD:\s*([0-9.]+)"),
+    "same": re.compile(r"Same top p:\s*([0-9.]+)\s*±\s*([0-9.]+)"),
+}
+
+
+def parse_kld(text: str) -> dict:
+    """The statistics of `llama-perplexity --kl-divergence`'s summary."""
+    found = {k: r.search(text) for k, r in KLD_RE.items()}
+    missing = [k for k, m in found.items() if not m]
+    if missing:
+        raise MLWQError(f"llama-perplexity --kl-divergence printed no {', '.join(missing)} statistics")
+    return {"ppl": float(found["ppl"].group(1)), "pm": float(found["ppl"].group(2)),
+            "kld_mean": float(found["kld"].group(1)), "kld_pm": float(found["kld"].group(2)),
+            "kld_p99": float(found["p99"].group(1)), "same_top_pct": float(found["same"].group(1))}
 
 
 # ---------------------------------------------------------------- artefacts
@@ -258,8 +279,8 @@ class Run:
         if method == "mlwq":
             return QuantConfig(method="mlwq", bits=bits, tqp_steps=steps)
         # fractional budget for the uniform methods: BPLL's layer widths, nothing else of MLWQ
-        return QuantConfig(method="mlwq", bits=bits, mqsa=False, tqp=False, compensate=(method == "gptq"),
-                           tqp_steps=steps)
+        return QuantConfig(method="mlwq", bits=bits, mqsa=False, tqp=False, weighted=False,
+                           compensate=(method == "gptq"), tqp_steps=steps)
 
     def ours(self, make: bool = True) -> list[Entry]:
         from exporters.gguf_export import export_gguf
@@ -306,28 +327,61 @@ class Run:
             write_json(res_path, gguf_sizes(e.path))
         e.sizes.update(json.loads(res_path.read_text()))
 
-    def ppl(self, e: Entry, make: bool = True) -> None:
+    def kld_base(self, ref: Entry, make: bool = True) -> Path | None:
+        """The F16 reference's log-probabilities on the evaluation chunks (llama-perplexity
+        --kl-divergence-base), made once; the reference's perplexity comes from the same run."""
         from tools.bench_llamacpp import PPL_RE
         a = self.args
-        key = key_of("ppl", e.key, sha256_of(Path(a.eval_text)), a.ctx, a.chunks)
+        key = key_of("kld-base", ref.key, sha256_of(Path(a.eval_text)), a.ctx, a.chunks)
+        out = self.measure / f"kld-base-{key}.bin"
+        res_path = self.measure / f"ppl-{ref.path.stem}-{key}.json"
+        if not (out.exists() and res_path.exists()):
+            if not make:
+                return None
+            cmd = [tool("llama-perplexity"), "-m", ref.path, "-f", a.eval_text, "-c", a.ctx, "-t", self.threads,
+                   "--kl-divergence-base", out] + (["--chunks", a.chunks] if a.chunks else [])
+            t0 = time.time()
+            log_path = self.logs / f"kld-base-{key}.log"
+            self._write_via_tool(cmd, out, out.with_name(out.name + ".part"), log_path,
+                                 "llama-perplexity F16 (KLD base)", total=a.chunks or None)
+            m = PPL_RE.search(log_path.read_text())
+            if not m:
+                raise MLWQError(f"llama-perplexity printed no final estimate for {ref.path}")
+            write_json(res_path, {"ppl": float(m.group(1)), "pm": float(m.group(2)), "ctx": a.ctx, "chunks": a.chunks,
+                                  "command": short(cmd), "seconds": round(time.time() - t0, 1)})
+        ref.ppl = json.loads(res_path.read_text())
+        return out
+
+    def ppl(self, e: Entry, base: Path | None, make: bool = True) -> None:
+        """Perplexity, and with the reference's log-probabilities (base) the KL divergence statistics
+        that llama.cpp's quant authors report: mean, 99th percentile, same top token."""
+        from tools.bench_llamacpp import PPL_RE
+        a = self.args
+        if e.family == "reference" and base is not None:
+            return                                     # measured by kld_base
+        key = key_of("ppl", e.key, sha256_of(Path(a.eval_text)), a.ctx, a.chunks, "kld" if base else "")
         res_path = self.measure / f"ppl-{e.path.stem}-{key}.json"
         if not res_path.exists():
             if not make:
                 return
-            cmd = [tool("llama-perplexity"), "-m", e.path, "-f", a.eval_text, "-c", a.ctx, "-t", self.threads]
+            cmd = [tool("llama-perplexity"), "-m", e.path, "-c", a.ctx, "-t", self.threads]
+            cmd += ["--kl-divergence-base", base, "--kl-divergence"] if base else ["-f", a.eval_text]
             if a.chunks:
                 cmd += ["--chunks", a.chunks]
             t0 = time.time()
             text = run_tool(cmd, self.logs / f"ppl-{e.path.stem}.log", f"llama-perplexity {e.name}",
                             total=a.chunks or None)
-            m = PPL_RE.search(text)
-            if not m:
-                raise MLWQError(f"llama-perplexity printed no final estimate for {e.path}")
-            write_json(res_path, {"ppl": float(m.group(1)), "pm": float(m.group(2)), "ctx": a.ctx,
-                                  "chunks": a.chunks, "command": short(cmd), "seconds": round(time.time() - t0, 1),
-                                  "llama_bin": str(Path(cmd[0]).parent)})
+            res = parse_kld(text) if base else {}
+            if not base:
+                m = PPL_RE.search(text)
+                if not m:
+                    raise MLWQError(f"llama-perplexity printed no final estimate for {e.path}")
+                res = {"ppl": float(m.group(1)), "pm": float(m.group(2))}
+            write_json(res_path, {**res, "ctx": a.ctx, "chunks": a.chunks, "command": short(cmd),
+                                  "seconds": round(time.time() - t0, 1), "llama_bin": str(Path(cmd[0]).parent)})
         e.ppl = json.loads(res_path.read_text())
-        log(f"{e.name:8s} PPL {e.ppl['ppl']:.3f} ± {e.ppl['pm']:.3f}")
+        kld = f"  KLD {e.ppl['kld_mean']:.4f}" if "kld_mean" in e.ppl else ""
+        log(f"{e.name:8s} PPL {e.ppl['ppl']:.3f} ± {e.ppl['pm']:.3f}{kld}")
 
     def bench(self, entries: list[Entry], make: bool = True) -> dict | None:
         """ONE llama-bench invocation with every file, so the figures share the machine's state."""
@@ -383,7 +437,8 @@ def verdict(entries: list[Entry], lo: float = 2.5, hi: float = 3.5) -> list[str]
         fewer = [x for x in entries if x.family == "llama.cpp" and x.ppl and x.sizes["bpw_linear"] <= b]
         more = sorted((x for x in entries if x.family == "llama.cpp" and x.ppl and x.sizes["bpw_linear"] > b),
                       key=lambda x: x.sizes["bpw_linear"])
-        head = f"- {e.name} ({b:.3f} bits/w, PPL {e.ppl['ppl']:.2f}){where}"
+        kld = f", KLD {e.ppl['kld_mean']:.4f}" if "kld_mean" in e.ppl else ""
+        head = f"- {e.name} ({b:.3f} bits/w, PPL {e.ppl['ppl']:.2f}{kld}){where}"
         if beaten_by:
             lines.append(f"{head} is NOT on the Pareto front: "
                          + ", ".join(f"{x.name} has {x.sizes['bpw_linear']:.3f} bits/w and PPL {x.ppl['ppl']:.2f}"
@@ -422,6 +477,8 @@ def table_rows(entries: list[Entry], front: set[str]) -> list[dict]:
             "linear_types": linear_types(s),
             "ppl": e.ppl.get("ppl"), "ppl_pm": e.ppl.get("pm"),
             "ppl_vs_f16": round(e.ppl["ppl"] / ref, 4) if ref and e.ppl else None,
+            "kld_mean": e.ppl.get("kld_mean", 0.0 if e.family == "reference" and e.ppl else None),
+            "kld_p99": e.ppl.get("kld_p99"), "same_top_pct": e.ppl.get("same_top_pct"),
             "pp_ts": round(e.bench["pp"]["avg_ts"], 2) if "pp" in e.bench else None,
             "tg_ts": round(e.bench["tg"]["avg_ts"], 2) if "tg" in e.bench else None,
             "pareto": e.name in front, "file": str(e.path), "key": e.key, "made_by": e.how,
@@ -440,13 +497,15 @@ def markdown(rows: list[dict], run: Run, bench_info: dict | None, verdict_lines:
     if bench_info:
         lines += [f"Speed: `{bench_info['command']}` (one run, all files; load before: {bench_info['load_before']}).", ""]
     lines += ["| model | family | linear layers (tensors per ggml type) | file (MB) | bits/w linear | bits/w file | PPL "
-              "| × F16 | pp t/s | tg t/s | tg ÷ Q3_K_S | Pareto |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| × F16 | mean KLD | KLD p99 | same top % | pp t/s | tg t/s | tg ÷ Q3_K_S | Pareto |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ppl = f"{r['ppl']:.3f} ± {r['ppl_pm']:.3f}" if r["ppl"] else "-"
         rel_tg = f"{r['tg_ts'] / tg_ref:.2f}" if r["tg_ts"] and tg_ref else "-"
+        kld = (f"{r['kld_mean']:.4f} | {r['kld_p99']:.3f} | {r['same_top_pct']:.2f}" if r.get("kld_p99") is not None
+               else "- | - | -")
         lines.append(f"| {r['name']} | {r['family']} | {r['linear_types']} | {r['file_mb']:.2f} | {r['bpw_linear']:.3f} | {r['bpw_file']:.3f} "
-                     f"| {ppl} | {r['ppl_vs_f16'] or '-'} | {r['pp_ts'] or '-'} | {r['tg_ts'] or '-'} | {rel_tg} "
+                     f"| {ppl} | {r['ppl_vs_f16'] or '-'} | {kld} | {r['pp_ts'] or '-'} | {r['tg_ts'] or '-'} | {rel_tg} "
                      f"| {'yes' if r['pareto'] else ''} |")
     lines += ["", "## MLWQ against llama.cpp's types at 2.5-3.5 bits per weight", ""] + verdict_lines
     return "\n".join(lines) + "\n"
@@ -593,6 +652,9 @@ def parse_args(argv):
     p.add_argument("--eval-text", default=str(EVAL_TEXT), help="perplexity text (default wiki.test.raw)")
     p.add_argument("--ctx", type=int, default=512, help="llama-perplexity context (default 512)")
     p.add_argument("--chunks", type=int, default=40, help="llama-perplexity chunks, 0 = the whole text (default 40)")
+    p.add_argument("--no-kld", action="store_true",
+                   help="perplexity only, no KL divergence to the F16 reference (which needs its log-probabilities "
+                        "on disk: about 1 GB for 40 chunks of a 49k vocabulary)")
     p.add_argument("--pp", type=int, default=128, help="llama-bench prompt tokens")
     p.add_argument("--tg", type=int, default=64, help="llama-bench generated tokens")
     p.add_argument("--reps", type=int, default=3, help="llama-bench repetitions")
@@ -649,8 +711,9 @@ def compare(args) -> int:
     entries += run.ours(make="ours" in steps)
     for e in tqdm(entries, desc="sizes", leave=False):
         run.sizes(e)
+    base = None if args.no_kld else run.kld_base(ref, make="ppl" in steps)
     for e in tqdm(entries, desc="perplexity (files)", unit="file", disable="ppl" not in steps):
-        run.ppl(e, make="ppl" in steps)
+        run.ppl(e, base, make="ppl" in steps)
     bench_info = run.bench(entries, make="bench" in steps)
     if "report" not in steps:
         return 0

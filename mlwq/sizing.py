@@ -1,0 +1,45 @@
+"""The bit budget that makes an exported GGUF a given size (`mlwq quantize --target-mb`).
+
+mlwq-export keeps every tensor of the source GGUF that is not a quantized linear layer byte for
+byte, and writes each linear layer as an MLWQ tensor: per row K = cols/64 block headers of 4
+bytes and the codes, plus a 4-byte permutation entry per column (ggml_patch/FORMAT.md). So
+    file = (source bytes - source linear bytes) + sum_l (rows_l * K_l * 4 + 4 * cols_l) + B * N / 8
+with N the linear weights and B their average code bits, which fixes B for a target size.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .errors import MLWQError
+from .grid import GROUP_SIZE
+
+LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+TENSOR_INFO_BYTES = 96        # a permutation tensor's name, dims, type and offset, with alignment
+
+
+def budget_for_size(source: str | Path, target_bytes: int, lo: float = 2.0, hi: float = 4.0) -> float:
+    """Average code bits (2 decimals, rounded down) that keep the exported file within target_bytes."""
+    import gguf
+
+    source = Path(source)
+    if source.suffix != ".gguf" or not source.is_file():
+        raise MLWQError(f"--target-mb needs a GGUF source (the exporter keeps its other tensors); got {source}")
+    reader = gguf.GGUFReader(str(source))
+    fixed = source.stat().st_size
+    weights = 0
+    for t in reader.tensors:
+        parts = t.name.split(".")
+        if t.name.startswith("blk.") and len(parts) == 4 and parts[2] in LINEAR and parts[3] == "weight":
+            cols, rows = int(t.shape[0]), int(t.shape[1])
+            fixed += rows * (cols // GROUP_SIZE) * 4 + 4 * cols + TENSOR_INFO_BYTES - int(t.n_bytes)
+            weights += rows * cols
+    if not weights:
+        raise MLWQError(f"{source} has no linear layers that mlwq quantizes")
+    bits = math.floor(100 * 8 * (target_bytes - fixed) / weights) / 100
+    mb = lambda b: (fixed + b * weights / 8) / 1e6
+    if not lo <= bits:
+        raise MLWQError(f"{target_bytes / 1e6:.2f} MB is below the smallest file MLWQ makes of this model "
+                        f"({mb(lo):.2f} MB at {lo:g} bits); the largest is {mb(hi):.2f} MB at {hi:g} bits")
+    return min(bits, hi)
