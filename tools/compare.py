@@ -425,7 +425,7 @@ def pareto(entries: list[Entry]) -> set[str]:
     return front
 
 
-def verdict(entries: list[Entry], lo: float = 2.5, hi: float = 3.5) -> list[str]:
+def verdict(entries: list[Entry], lo: float = 3.0, hi: float = 4.5) -> list[str]:
     """The issue's question in words: in [lo, hi] bits, is each MLWQ file better than every llama.cpp
     type with equal or fewer bits?"""
     lines = []
@@ -450,7 +450,8 @@ def verdict(entries: list[Entry], lo: float = 2.5, hi: float = 3.5) -> list[str]
             m = more[0]
             lines.append(f"{head}: no llama.cpp file of this model has this few bits per weight, so nothing beats "
                          f"it on both axes; the smallest, {m.name}, has {m.sizes['bpw_linear']:.3f} bits/w and PPL "
-                         f"{m.ppl['ppl']:.2f} ({m.ppl['ppl'] / e.ppl['ppl']:.2f}x this perplexity).")
+                         f"{m.ppl['ppl']:.2f} ({m.ppl['ppl'] / e.ppl['ppl']:.2f}x this perplexity"
+                         + (f", KLD {m.ppl['kld_mean']:.4f}" if "kld_mean" in m.ppl else "") + ").")
         else:
             lines.append(f"{head}: no llama.cpp file to compare with.")
     return lines
@@ -507,7 +508,7 @@ def markdown(rows: list[dict], run: Run, bench_info: dict | None, verdict_lines:
         lines.append(f"| {r['name']} | {r['family']} | {r['linear_types']} | {r['file_mb']:.2f} | {r['bpw_linear']:.3f} | {r['bpw_file']:.3f} "
                      f"| {ppl} | {r['ppl_vs_f16'] or '-'} | {kld} | {r['pp_ts'] or '-'} | {r['tg_ts'] or '-'} | {rel_tg} "
                      f"| {'yes' if r['pareto'] else ''} |")
-    lines += ["", "## MLWQ against llama.cpp's types at 2.5-3.5 bits per weight", ""] + verdict_lines
+    lines += ["", "## MLWQ against llama.cpp's types at 3-4.5 bits per weight", ""] + verdict_lines
     return "\n".join(lines) + "\n"
 
 
