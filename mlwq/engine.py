@@ -4,11 +4,14 @@ Block i sees the outputs of blocks 0..i-1 *after* they were quantized. Only the 
 quantized and the calibration activations live on the device. Per block:
   1. one pass of the calibration windows with hooks on its linear layers accumulates each
      layer's Hessian H = 2 X X^T (GPTQ.add_batch) and keeps a seeded sample of input rows;
-  2. BPLL picks each layer's width from the candidates under the block's bit budget;
+  2. each layer's width: from the model-wide allocation made before the loop
+     (mlwq/sensitivity.py, the default) or by BPLL under the block's own budget;
   3. MQSA orders the input channels by salience and cuts them into tiers;
-  4. GPTQ quantizes each layer on that plan, fitting every group's scale and zero with TQP,
-     and the fake-quantized weights replace the float ones;
-  5. a second pass computes the block's outputs, the next block's inputs.
+  4. GPTQ quantizes each layer on that plan, fitting every group's scale and zero with TQP
+     (and the importance-weighted search), and the fake-quantized weights replace the float ones;
+  5. optionally, block-output reconstruction tunes the block's rounding and scales
+     (mlwq/blockrec.py) against the float block's outputs on the float model's stream;
+  6. a second pass computes the block's outputs, the next block's inputs.
 """
 
 from __future__ import annotations
@@ -158,7 +161,8 @@ def _plan_for(cfg: QuantConfig, gptq: GPTQ, delta: torch.Tensor | None, width: i
 def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | torch.device = "cpu",
                    progress: bool = True, done_blocks: int = 0, rng_state: torch.Tensor | None = None,
                    on_block_done=None, float_weights: dict[str, torch.Tensor] | None = None,
-                   model_widths: tuple[dict[str, int], dict[str, dict[int, float]]] | None = None) -> tuple[dict[str, QuantResult], list[LayerReport]]:
+                   model_widths: tuple[dict[str, int], dict[str, dict[int, float]]] | None = None
+                   ) -> tuple[dict[str, QuantResult], list[LayerReport]]:
     """Quantize every block's linear layers in place (fake-quant) and return the packed results.
 
     Resuming: the first `done_blocks` blocks already hold their quantized weights (the caller
