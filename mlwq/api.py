@@ -44,17 +44,16 @@ def quantize(source: str, out_dir: str | Path, cfg: QuantConfig, *, nsamples: in
     store = Progress(out_dir, {"source": str(source), "config": asdict(cfg), "nsamples": nsamples,
                                "seqlen": seqlen, "calibration": str(calib_path), "max_blocks": max_blocks})
     done, results_before, reports_before, rng_state = store.start(resume)
+    t0 = time.time()
     model_widths = None
     if cfg.method == "mlwq" and cfg.bpll and cfg.bpll_scope == "model":   # on the float model, resumed or not
-        t_sens = time.time()
         model_widths = sensitivity.allocate(model, calib, cfg, device, progress)
-        sens_seconds = time.time() - t_sens
     float_weights = {}                               # block tuning rebuilds the float stream from them
     for name, res in results_before.items():        # restore the finished blocks' weights
         layer = model.get_submodule(name)
-        float_weights[name] = layer.weight.detach().clone()
+        if cfg.block_tune_steps > 0:
+            float_weights[name] = layer.weight.detach().clone()
         layer.weight.data = res.dequantized_weight().to(layer.weight.dtype)
-    t0 = time.time() - (sens_seconds if model_widths is not None else 0.0)
     results, reports = quantize_model(model, calib, cfg, device=device, progress=progress, done_blocks=done,
                                       rng_state=rng_state, float_weights=float_weights, model_widths=model_widths,
                                       on_block_done=lambda i, r, rep, g: store.save_block(i, r, rep, g))

@@ -15,6 +15,8 @@ The tuned layers are kept only if the loss over all calibration windows went dow
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch.func import functional_call
 
@@ -58,10 +60,8 @@ class _Tunable:
     def result(self) -> QuantResult:
         with torch.no_grad():
             weight, q, d16 = self.dequantized(hard=True)
-        r = self.res
-        return QuantResult(weight=weight, codes=q.to(torch.uint8).cpu(), scale=d16.to(torch.float16).cpu(),
-                           zero=r.zero, perm=r.perm, group_bits=r.group_bits, group_size=r.group_size,
-                           loss=r.loss, continuous=None)
+        return dataclasses.replace(self.res, weight=weight, codes=q.to(torch.uint8).cpu(),
+                                   scale=d16.to(torch.float16).cpu())
 
 
 def _block_loss(block, weights, inps, targets, kwargs, idx) -> torch.Tensor:
@@ -100,10 +100,5 @@ def tune_block(block, results: dict[str, QuantResult], inps: torch.Tensor, targe
     with torch.no_grad():
         after = float(_block_loss(block, weights(hard=True), inps, targets, kwargs, every))
     if after >= before:
-        return {name: _without_continuous(res) for name, res in results.items()}, before, before
+        return results, before, before
     return {t.name: t.result() for t in layers}, before, after
-
-
-def _without_continuous(res: QuantResult) -> QuantResult:
-    return QuantResult(weight=res.weight, codes=res.codes, scale=res.scale, zero=res.zero, perm=res.perm,
-                       group_bits=res.group_bits, group_size=res.group_size, loss=res.loss, continuous=None)

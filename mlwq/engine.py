@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from . import blockrec, bpll, mqsa
@@ -130,20 +131,22 @@ def _capture_block0_inputs(model, calib: torch.Tensor, device):
     return torch.cat(store["inps"]), store["kwargs"] or {}
 
 
-def _block_forward(block, inps, kwargs):
+def _block_forward(block, inps, kwargs, weights: dict[str, torch.Tensor] | None = None):
+    """The block's outputs window by window; weights (parameter name -> tensor) replace its own."""
     outs = torch.empty_like(inps)
     for j in range(inps.shape[0]):
-        out = block(inps[j:j + 1], **kwargs)
+        out = (block(inps[j:j + 1], **kwargs) if weights is None
+               else functional_call(block, weights, (inps[j:j + 1],), kwargs))
         outs[j:j + 1] = out[0] if isinstance(out, (tuple, list)) else out
     return outs
 
 
-def _plan_for(cfg: QuantConfig, gptq: GPTQ, delta: torch.Tensor | None, width: int, *,
-              proxy: bool = False) -> QuantPlan:
+def layer_plan(cfg: QuantConfig, H: torch.Tensor, delta: torch.Tensor | None, width: int, *,
+               proxy: bool = False) -> QuantPlan:
     """The quantization plan of one layer at one width (proxy: BPLL's cheap RTN version).
 
-    delta is the layer's MQSA salience (None when MQSA is off)."""
-    cols, H = gptq.cols, gptq.H
+    H is the layer's Hessian [cols, cols]; delta its MQSA salience (None when MQSA is off)."""
+    cols = H.shape[0]
     tqp = cfg.tqp and cfg.method == "mlwq" and not proxy
     compensate = (cfg.method == "gptq" or (cfg.method == "mlwq" and cfg.compensate)) and not proxy
     weighted = cfg.weighted and cfg.method == "mlwq" and not proxy
@@ -193,7 +196,7 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
         block = blocks[i].to(device)
         if i < done_blocks:                      # resumed: already quantized, only its outputs
             if tune:
-                fp_inps = _block_forward_with(block, fp_inps, kwargs, _float_weights_of(block, float_weights, spec, i))
+                fp_inps = _block_forward(block, fp_inps, kwargs, _float_weights_of(block, float_weights, spec, i))
             inps = _block_forward(block, inps, kwargs)
             blocks[i] = block.cpu()
             continue
@@ -227,7 +230,7 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
             widths = _choose_widths(cfg, layers, gptq, delta, samples)
         block_results: dict[str, QuantResult] = {}
         for name, layer in layers.items():
-            plan = _plan_for(cfg, gptq[name], delta[name], widths[name].width)
+            plan = layer_plan(cfg, gptq[name].H, delta[name], widths[name].width)
             block_results[name] = gptq[name].quantize(plan, percdamp=cfg.percdamp)
             layer.weight.data = block_results[name].weight.to(layer.weight.dtype)
             gptq[name].free()
@@ -261,20 +264,10 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
 
 def _float_weights_of(block, float_weights, spec, i) -> dict[str, torch.Tensor]:
     """The float weights of a resumed block's linear layers (their quantized ones are in the model)."""
-    if float_weights is None:
+    if not float_weights:
         raise MLWQError("resuming with block tuning needs the float weights of the finished blocks")
     dev = next(block.parameters()).device
     return {f"{name}.weight": float_weights[f"{spec.blocks}.{i}.{name}"].to(dev) for name in spec.linears}
-
-
-def _block_forward_with(block, inps, kwargs, weights: dict[str, torch.Tensor]):
-    from torch.func import functional_call
-
-    outs = torch.empty_like(inps)
-    for j in range(inps.shape[0]):
-        out = functional_call(block, weights, (inps[j:j + 1],), kwargs)
-        outs[j:j + 1] = out[0] if isinstance(out, (tuple, list)) else out
-    return outs
 
 
 def _choose_widths(cfg, layers, gptq, delta, samples) -> dict[str, LayerReport]:
@@ -288,7 +281,7 @@ def _choose_widths(cfg, layers, gptq, delta, samples) -> dict[str, LayerReport]:
         y_float = X @ W.t()
         losses[name] = {}
         for b in cfg.candidates:
-            plan = _plan_for(cfg, gptq[name], delta[name], b, proxy=True)
+            plan = layer_plan(cfg, gptq[name].H, delta[name], b, proxy=True)
             Wq = quantize_without_compensation(W, plan).weight
             losses[name][b] = loss_fn(y_float, X @ Wq.t())
     numels = {name: layer.weight.numel() for name, layer in layers.items()}

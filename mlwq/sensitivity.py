@@ -19,7 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import bpll, mqsa
-from .gptq import QuantPlan, quantize_without_compensation, uniform_plan
+from .engine import layer_plan
+from .gptq import quantize_without_compensation
 from .model_io import arch_of, blocks_of, get_module
 
 
@@ -61,21 +62,15 @@ def layer_statistics(model, calib: torch.Tensor, device, windows: int, progress:
     return {k: (H[k] / tokens, F[k] / tokens) for k in layers}
 
 
-def _proxy_plan(cfg, W: torch.Tensor, H: torch.Tensor, width: int) -> QuantPlan:
-    if cfg.mqsa:
-        delta = mqsa.salience(W, H, cfg.percdamp)
-        return mqsa.plan_tiers(delta, width, cfg.tiers, cfg.protect_fraction, tqp=False, compensate=False)
-    return uniform_plan(W.shape[1], width, tqp=False, compensate=False)
-
-
 def predicted_losses(model, stats: dict, cfg) -> dict[str, dict[int, float]]:
     """{layer: {width: predicted loss increase}} for cfg.candidates."""
     out = {}
     for name, (H, F) in stats.items():
         W = model.get_submodule(name).weight.detach().float().to(H.device)
+        delta = mqsa.salience(W, H, cfg.percdamp) if cfg.mqsa else None
         out[name] = {}
         for b in cfg.candidates:
-            dW = W - quantize_without_compensation(W, _proxy_plan(cfg, W, H, b)).weight
+            dW = W - quantize_without_compensation(W, layer_plan(cfg, H, delta, b, proxy=True)).weight
             out[name][b] = 0.5 * float((F * ((dW @ H) * dW).sum(1)).sum())
     return out
 

@@ -19,6 +19,12 @@ LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ff
 TENSOR_INFO_BYTES = 96        # a permutation tensor's name, dims, type and offset, with alignment
 
 
+def is_linear_weight(name: str) -> bool:
+    """A GGUF tensor name of a block's linear weight (blk.3.ffn_down.weight)."""
+    parts = name.split(".")
+    return name.startswith("blk.") and len(parts) == 4 and parts[2] in LINEAR and parts[3] == "weight"
+
+
 def budget_for_size(source: str | Path, target_bytes: int, lo: float = 2.0, hi: float = 4.0) -> float:
     """Average code bits (2 decimals, rounded down) that keep the exported file within target_bytes."""
     import gguf
@@ -30,8 +36,7 @@ def budget_for_size(source: str | Path, target_bytes: int, lo: float = 2.0, hi: 
     fixed = source.stat().st_size
     weights = 0
     for t in reader.tensors:
-        parts = t.name.split(".")
-        if t.name.startswith("blk.") and len(parts) == 4 and parts[2] in LINEAR and parts[3] == "weight":
+        if is_linear_weight(t.name):
             cols, rows = int(t.shape[0]), int(t.shape[1])
             fixed += rows * (cols // GROUP_SIZE) * 4 + 4 * cols + TENSOR_INFO_BYTES - int(t.n_bytes)
             weights += rows * cols

@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 
 from mlwq.assets import sha256_of
+from mlwq.sizing import LINEAR, is_linear_weight
 
 ROOT = Path(__file__).resolve().parent.parent
-LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 STEPS = ("baselines", "sizes", "bench", "ppl", "gptq", "tokens", "table")
 BASELINES = ("F16", "Q3_K_S", "Q4_K_M")
 
@@ -162,11 +162,10 @@ def gguf_sizes(path: Path) -> dict:
             continue
         n_weights += int(t.n_elements)
         all_types[t.tensor_type.name] += int(t.n_elements)
-        parts = t.name.split(".")
-        if t.name.startswith("blk.") and len(parts) == 4 and parts[2] in LINEAR and parts[3] == "weight":
+        if is_linear_weight(t.name):
             lin_bytes += int(t.n_bytes)
             lin_weights += int(t.n_elements)
-            types[parts[2]][t.tensor_type.name] += 1
+            types[t.name.split(".")[2]][t.tensor_type.name] += 1
         elif t.name == "token_embd.weight":
             embd = t.tensor_type.name
     size = path.stat().st_size
