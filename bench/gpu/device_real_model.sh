@@ -88,7 +88,7 @@ EOF
 
 # The five files of bench_all in five llama-bench runs, the order rotated by one each time, so that
 # each file runs once in each place (in a -p 512 run the 4th and 5th model generate 6-11 % slower,
-# whatever the type: docs/BENCHMARKS.md, sixth session); then tg128 per place, the mean, and the
+# whatever the type: docs/results/gpu-speed/README.md, sixth session); then tg128 per place, the mean, and the
 # ratio to Q3_K_S. $1: the MLWQ file.
 bench_rotated() {
     local files=(f16.gguf Q4_K_M.gguf Q3_K_S.gguf IQ3_XXS.gguf "$1") r k
@@ -121,7 +121,7 @@ EOF
 case "${1:-}" in
 start)
     cp .device/p1/model.part.aa "$W/" || exit 1
-    setsid nohup bash -c "bash ggml_patch/tests/device_cuda_checks.sh build > '$W/build.log' 2>&1; echo \$? > '$W/build.rc'" \
+    setsid nohup bash -c "bash bench/gpu/device_cuda_checks.sh build > '$W/build.log' 2>&1; echo \$? > '$W/build.rc'" \
         > /dev/null 2>&1 < /dev/null &
     echo "build started"; nvidia-smi --query-gpu=name,memory.total --format=csv ;;
 quantize)
@@ -159,14 +159,14 @@ run)
     done
     bench_all smollm2-mlwq3.gguf ;;
 bench1b)
-    bash ggml_patch/tests/device_cuda_checks.sh bench ;;
+    bash bench/gpu/device_cuda_checks.sh bench ;;
 # A kernel change checked on an exported file made here (runs/llamacpp/smollm2-mlwq3.gguf, `split -b
 # 40M` into .device/m1 and .device/m2): start2 (carry .device/m1) builds, recheck (carry .device/m2)
 # (carry .device/m2 and .device/data) reruns the op tests, the CPU-vs-CUDA perplexity of that file,
 # and the mat-vec timings.
 start2)
     cp .device/m1/* "$W/" || exit 1
-    setsid nohup bash -c "bash ggml_patch/tests/device_cuda_checks.sh build > '$W/build.log' 2>&1; echo \$? > '$W/build.rc'" \
+    setsid nohup bash -c "bash bench/gpu/device_cuda_checks.sh build > '$W/build.log' 2>&1; echo \$? > '$W/build.rc'" \
         > /dev/null 2>&1 < /dev/null &
     echo "build started" ;;
 recheck)

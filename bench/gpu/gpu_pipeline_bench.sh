@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # tools.bench_pipeline on the GPU machine (device tool), several runs in parallel processes on the
 # one GPU, detached so that they may outlast one device call. From the repo root:
-#   tools/gpu_pipeline_bench.sh part1                          # carry .device/p1: first half of the model
-#   tools/gpu_pipeline_bench.sh start "ARGS" "ARGS" ...         # carry .device/p2 .device/data .whl
-#   tools/gpu_pipeline_bench.sh wait 540                        # waits, then packs results to $OUT
+#   bench/gpu/gpu_pipeline_bench.sh part1                      # carry .device/p1: first half of the model
+#   bench/gpu/gpu_pipeline_bench.sh start "ARGS" "ARGS" ...     # carry .device/p2 .device/data .whl
+#   bench/gpu/gpu_pipeline_bench.sh wait 540                    # waits, then packs results to $OUT
 # Each ARGS is one bench_pipeline command line (e.g. "--configs mlwq3_rel --set weighted=true --tag w"),
 # followed by $BENCH_ARGS (common settings: calibration, evaluation windows). The device tool carries
 # at most 64 MiB a call and the 98 MB source GGUF does not fit, so it travels in two halves

@@ -4,7 +4,7 @@
 # tests and the backends we do not build (~4.5 MB), SmolLM2's tokenizer KV, and a slice of
 # wikitext-2 test. Carry it with the device tool: carry=[".cache/cuda_src"].
 #
-#   bash ggml_patch/tests/prepare_cuda_src.sh /path/to/vendor/llama.cpp [smollm2.gguf] [wiki.test.raw]
+#   bash bench/gpu/prepare_cuda_src.sh /path/to/vendor/llama.cpp [smollm2.gguf] [wiki.test.raw]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 LLAMA=${1:?pristine vendor/llama.cpp directory}

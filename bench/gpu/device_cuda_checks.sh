@@ -1,30 +1,31 @@
 #!/usr/bin/env bash
 # MLWQ CUDA checks on a GPU machine (the session's `device` tool), run from the repo root:
 #
-#   bash ggml_patch/tests/device_cuda_checks.sh build   # patched llama.cpp + test-mlwq-cuda (sm_90)
-#   bash ggml_patch/tests/device_cuda_checks.sh test    # op tests, CPU-vs-CUDA KLD of a whole model
-#   bash ggml_patch/tests/device_cuda_checks.sh sanitize  # compute-sanitizer memcheck of the op tests
-#   bash ggml_patch/tests/device_cuda_checks.sh benchops  # mat-vec speed, MLWQ3 vs Q3_K/Q4_0/Q8_0
-#   bash ggml_patch/tests/device_cuda_checks.sh bench   # copy bandwidth, llama-bench MLWQ3 vs Q3_K_S (1B shape)
-#   bash ggml_patch/tests/device_cuda_checks.sh smollm2 # llama-bench of SmolLM2-shaped files (+ $MLWQ_REAL)
-#   bash ggml_patch/tests/device_cuda_checks.sh ncu     # per-kernel GPU time and DRAM bytes of generation
+#   bash bench/gpu/device_cuda_checks.sh build          # patched llama.cpp + test-mlwq-cuda (sm_90)
+#   bash bench/gpu/device_cuda_checks.sh test           # op tests, CPU-vs-CUDA KLD of a whole model
+#   bash bench/gpu/device_cuda_checks.sh sanitize       # compute-sanitizer memcheck of the op tests
+#   bash bench/gpu/device_cuda_checks.sh benchops       # mat-vec speed, MLWQ3 vs Q3_K/Q4_0/Q8_0
+#   bash bench/gpu/device_cuda_checks.sh bench          # copy bandwidth, llama-bench MLWQ3 vs Q3_K_S (1B shape)
+#   bash bench/gpu/device_cuda_checks.sh smollm2        # llama-bench of SmolLM2-shaped files (+ $MLWQ_REAL)
+#   bash bench/gpu/device_cuda_checks.sh ncu            # per-kernel GPU time and DRAM bytes of generation
 #                                                       # (after smollm2; NCU_FILES="a.gguf b.gguf" for others)
-#   bash ggml_patch/tests/device_cuda_checks.sh ncudetail  # (after bench) why the mat-vec kernels of the
+#   bash bench/gpu/device_cuda_checks.sh ncudetail      # (after bench) why the mat-vec kernels of the
 #                                                       # 1B shape stop where they do: ncu's stall, occupancy
 #                                                       # and memory sections (under ncu's replays the weights sit in L2)
-#   MLWQ_VARIANT_SED='s/x/y/' bash ggml_patch/tests/device_cuda_checks.sh variant
+#   MLWQ_VARIANT_SED='s/x/y/' bash bench/gpu/device_cuda_checks.sh variant
 #                                                       # (after build) mlwq.cu edited by sed, rebuilt into
 #                                                       # build/cuda-dev/bin-variant; benchops and llama-bench of
 #                                                       # the committed and the variant libraries, alternating
-#   MLWQ_REAL=x.gguf bash ggml_patch/tests/device_cuda_checks.sh order  # the slow llama-bench configuration:
+#   MLWQ_REAL=x.gguf bash bench/gpu/device_cuda_checks.sh order # the slow llama-bench configuration:
 #                                                       # graphs off, fewer models before, GPU clocks
-#   bash ggml_patch/tests/device_cuda_checks.sh all     # all of them, most important first, within MLWQ_DEV_LIMIT s
+#   bash bench/gpu/device_cuda_checks.sh all            # all of them, most important first, within MLWQ_DEV_LIMIT s
 #
 # Needs, carried in .cache/cuda_src/ (ignored by git): llama.cpp.tar.xz (the pristine vendored
 # llama.cpp of llama-cpp-python 0.3.36, without models/docs/tests and other backends: the machine
 # has no internet), smollm2_tokenizer.json.gz (tokenizer KV of SmolLM2), wiki.test.head.raw (the
-# first 120 kB of wikitext-2 test), made by ggml_patch/tests/prepare_cuda_src.sh. Builds under
-# build/cuda-dev/ (ignored). Logs go to $OUT.
+# first 120 kB of wikitext-2 test), made by bench/gpu/prepare_cuda_src.sh. Builds under
+# build/cuda-dev/ (ignored) for sm_90 (H100/H200); MLWQ_CUDA_ARCH=89 (say) builds for another GPU.
+# Logs go to $OUT. How each figure of docs/BENCHMARKS.md is reproduced: bench/gpu/README.md.
 set -x
 set -o pipefail
 OUT=${OUT:-/tmp/mlwq-out}
@@ -60,7 +61,7 @@ stage_build() {
     rm -rf "$W/new"
     cmake -S "$SRC" -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
-        -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+        -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${MLWQ_CUDA_ARCH:-90}" \
         -DGGML_CUDA_FA_ALL_QUANTS=OFF > "$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; return 1; }
     local t=$(date +%s)
     ninja -C "$B" -j16 llama-bench llama-perplexity llama-completion llama-quantize llama-imatrix > "$OUT/ninja.log" 2>&1 \
@@ -74,7 +75,7 @@ stage_build() {
 stage_test() {
     timeout 120 "$BIN/test-mlwq-cuda" 2>&1 | tee "$OUT/test-mlwq-cuda.log" | grep -v "^  \[ ok \]"
     # whole model, CPU vs CUDA, same file: SmolLM2-135M shape (K = 9 blocks: odd, 4-byte aligned rows)
-    PYTHONPATH=$GGUFPY python3 ggml_patch/tests/make_synthetic_gguf.py mlwq --shape smollm2-135m \
+    PYTHONPATH=$GGUFPY python3 bench/gpu/make_synthetic_gguf.py mlwq --shape smollm2-135m \
         --tokenizer "$C/smollm2_tokenizer.json.gz" --bits 3 -o "$W/smol-mlwq3.gguf" || return 1
     local P="$BIN/llama-perplexity -m $W/smol-mlwq3.gguf -f $C/wiki.test.head.raw -c 512 --chunks 4 -t 16"
     # CPU reference with no CUDA device at all (with -ngl 0 alone, big batches would still be
@@ -116,11 +117,11 @@ torch.cuda.synchronize(); dt = (time.perf_counter() - t) / n
 print(f"read-only reduction: {s.numel() * 4 / dt / 1e9:.0f} GB/s (4 GiB)")
 EOF
     # Llama-3.2-1B shape: F16 random -> llama-quantize Q3_K_S; MLWQ3 with the same token_embd bytes
-    [ -f "$W/l1b-f16.gguf" ] || PYTHONPATH=$GGUFPY python3 ggml_patch/tests/make_synthetic_gguf.py f16 \
+    [ -f "$W/l1b-f16.gguf" ] || PYTHONPATH=$GGUFPY python3 bench/gpu/make_synthetic_gguf.py f16 \
         --shape llama-3.2-1b --tokenizer "$C/smollm2_tokenizer.json.gz" -o "$W/l1b-f16.gguf"
     [ -f "$W/l1b-q3ks.gguf" ] || "$BIN/llama-quantize" "$W/l1b-f16.gguf" "$W/l1b-q3ks.gguf" Q3_K_S 16 > "$OUT/quantize.log" 2>&1
     tail -3 "$OUT/quantize.log"
-    [ -f "$W/l1b-mlwq3.gguf" ] || PYTHONPATH=$GGUFPY python3 ggml_patch/tests/make_synthetic_gguf.py mlwq \
+    [ -f "$W/l1b-mlwq3.gguf" ] || PYTHONPATH=$GGUFPY python3 bench/gpu/make_synthetic_gguf.py mlwq \
         --shape llama-3.2-1b --tokenizer "$C/smollm2_tokenizer.json.gz" --bits 3 --like "$W/l1b-q3ks.gguf" -o "$W/l1b-mlwq3.gguf"
     ls -la "$W"/*.gguf
     sync
@@ -134,12 +135,12 @@ EOF
 stage_smollm2() {
     local S="$W/smollm2-synth"
     mkdir -p "$S"
-    [ -f "$S/f16.gguf" ] || PYTHONPATH=$GGUFPY python3 ggml_patch/tests/make_synthetic_gguf.py f16 \
+    [ -f "$S/f16.gguf" ] || PYTHONPATH=$GGUFPY python3 bench/gpu/make_synthetic_gguf.py f16 \
         --shape smollm2-135m --tokenizer "$C/smollm2_tokenizer.json.gz" -o "$S/f16.gguf"
     for t in Q3_K_S Q4_K_M; do
         [ -f "$S/$t.gguf" ] || "$BIN/llama-quantize" "$S/f16.gguf" "$S/$t.gguf" "$t" 16 > "$OUT/quantize-$t.log" 2>&1
     done
-    [ -f "$S/mlwq3.gguf" ] || PYTHONPATH=$GGUFPY python3 ggml_patch/tests/make_synthetic_gguf.py mlwq \
+    [ -f "$S/mlwq3.gguf" ] || PYTHONPATH=$GGUFPY python3 bench/gpu/make_synthetic_gguf.py mlwq \
         --shape smollm2-135m --tokenizer "$C/smollm2_tokenizer.json.gz" --bits 3 --like "$S/Q3_K_S.gguf" -o "$S/mlwq3.gguf"
     local real=()
     [ -n "${MLWQ_REAL:-}" ] && real=(-m "$MLWQ_REAL")
