@@ -1,6 +1,6 @@
 # Two entry points (README.md): `make demo` runs the main job, `make test` the tests.
 # Both set up a fresh machine first (scripts/setup.sh is idempotent and cached).
-.PHONY: setup demo test
+.PHONY: setup demo test test-fast
 
 setup:
 	bash scripts/setup.sh
@@ -10,3 +10,7 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest -q
+
+# the pure-Python tests only (no llama.cpp build, no nvcc, no whole-pipeline runs): needs .venv
+test-fast:
+	.venv/bin/python -m pytest -q -m "not llamacpp and not slow and not cuda_compile"

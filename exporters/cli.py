@@ -59,11 +59,10 @@ def quantize_then_export(args) -> Path:
     ckpt = Path(args.out).with_suffix(".checkpoint")
     cfg = QuantConfig(method=args.method, bits=args.bits, tqp_steps=args.tqp_steps, seed=args.seed)
     try:
-        meta = api.quantize(source, ckpt, cfg, nsamples=args.nsamples, seqlen=args.seqlen,
-                            max_blocks=args.max_blocks, resume=args.resume)
+        api.quantize(source, ckpt, cfg, nsamples=args.nsamples, seqlen=args.seqlen,
+                     max_blocks=args.max_blocks, resume=args.resume)
     except MLWQError as e:
         raise ExportError(str(e)) from None
-    meta.pop("_model"), meta.pop("_tokenizer")
     if args.source is None and source.endswith(".gguf"):
         args.source = source
     return ckpt

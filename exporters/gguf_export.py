@@ -28,7 +28,7 @@ import numpy as np
 
 from . import mlwq_format as F
 
-from mlwq.checkpoint import CHECKPOINT_JSON, CHECKPOINT_TENSORS  # noqa: E402  (the checkpoint contract)
+from mlwq.checkpoint import CHECKPOINT_JSON, CHECKPOINT_TENSORS, type_width  # noqa: E402  (the checkpoint contract)
 
 # HF linear module name -> GGUF tensor base name
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)$")
@@ -135,8 +135,9 @@ def layer_tensors(tensors: dict[str, np.ndarray], name: str):
 
 
 def layer_width(bits: np.ndarray) -> int:
+    """checkpoint.type_width, refused when no MLWQ type has that width."""
     K = bits.size
-    b = -(-int(bits.astype(np.int64).sum()) // K)   # ceil(mean bits): the narrowest type that holds the codes
+    b = type_width(bits.astype(np.int64))
     if b not in F.WIDTHS:
         raise ExportError(f"mean block width {bits.astype(np.int64).sum() / K:.3f} needs MLWQ{b}, "
                           f"which does not exist (types: {', '.join(F.TYPE_NAME.values())})")

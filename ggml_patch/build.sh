@@ -48,13 +48,7 @@ log "sdist $SDIST (sha256 ok)"
 shopt -s nullglob
 PATCHES=("$HERE"/patches/*.patch)
 shopt -u nullglob
-KEY=$( {
-    echo "$SDIST_SHA256"
-    for p in "${PATCHES[@]}"; do echo "patch $(basename "$p")"; sha256sum < "$p"; done
-    if [ -d "$HERE/src" ]; then
-        (cd "$HERE/src" && find . -type f | LC_ALL=C sort | while read -r f; do echo "src $f"; sha256sum < "$f"; done)
-    fi
-} | sha256sum | cut -c1-16)
+KEY=$("$PY" "$ROOT/exporters/llamacpp.py" key) || die "cannot compute the build key"
 TREE_ROOT="$CACHE/llama-cpp-$KEY"
 TREE="$TREE_ROOT/llama_cpp_python-$SDIST_VERSION"
 LLAMA="$TREE/vendor/llama.cpp"
@@ -155,7 +149,8 @@ if [ "${MLWQ_NO_PIP:-0}" != "1" ]; then
     CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" "$PY" -m pip install --quiet --no-deps --force-reinstall "$TREE" >&2 \
         || die "pip install llama-cpp-python failed"
     # its runtime dependencies, without touching what is already installed (torch, numpy)
-    "$PY" -m pip install --quiet "typing-extensions>=4.5.0" "numpy>=1.20.0" "diskcache>=5.6.1" "jinja2>=2.11.3" >&2 \
+    # shellcheck disable=SC2086  (a list of requirements)
+    "$PY" -m pip install --quiet -c "$ROOT/constraints.txt" $LLAMA_CPP_PYTHON_DEPS >&2 \
         || die "pip install of llama-cpp-python's dependencies failed"
     PKG=$("$PY" -c 'import importlib.util, os; s = importlib.util.find_spec("llama_cpp"); print(os.path.dirname(s.origin))')
     mkdir -p "$PKG/lib"

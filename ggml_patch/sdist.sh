@@ -1,10 +1,12 @@
 # The llama.cpp we patch: the one vendored in llama-cpp-python's sdist, pinned by version and sha256
-# (exporters/llamacpp.py pins the same hash). Sourced by build.sh and check_cuda_compile.sh, which
-# define log and die.
+# (the one home of the hash: exporters/llamacpp.py reads it from here). Sourced by build.sh and
+# check_cuda_compile.sh, which define log and die.
 
 SDIST_VERSION=0.3.36
 SDIST_NAME="llama_cpp_python-${SDIST_VERSION}.tar.gz"
 SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+# its runtime requirements (installed beside the build, versions from constraints.txt)
+LLAMA_CPP_PYTHON_DEPS="typing-extensions>=4.5.0 numpy>=1.20.0 diskcache>=5.6.1 jinja2>=2.11.3"
 
 _mlwq_sdist_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$SDIST_SHA256" ]; }
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -24,11 +24,21 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@dataclass
+class QuantizeResult:
+    """What quantize() returns."""
+    meta: dict                  # the checkpoint's metadata, as written to its mlwq_checkpoint.json
+    model: torch.nn.Module      # the fake-quantized model (the checkpoint's weights, in place), for evaluation
+    tokenizer: object
+    seconds: float              # quantization time; not in `meta`, which is byte-identical from run to run
+    device: str                 # where it ran
+
+
 def quantize(source: str, out_dir: str | Path, cfg: QuantConfig, *, nsamples: int = 128, seqlen: int = 2048,
              calib_path: str | Path = CALIBRATION_TEXT, device: str | None = None,
              max_blocks: int | None = None, progress: bool = True, model_and_tokenizer=None,
-             resume: bool = False) -> dict:
-    """Quantize `source` and write the checkpoint to out_dir; returns its metadata.
+             resume: bool = False) -> QuantizeResult:
+    """Quantize `source` and write the checkpoint to out_dir; returns its metadata and the quantized model.
 
     max_blocks keeps only the first blocks of the model (reduced copies for tests). Finished
     blocks are kept in OUT.progress/ until the checkpoint is written; resume=True continues
@@ -64,10 +74,7 @@ def quantize(source: str, out_dir: str | Path, cfg: QuantConfig, *, nsamples: in
         "calibration": {"file": str(calib_path), "nsamples": nsamples, "seqlen": seqlen, "seed": cfg.seed},
         "max_blocks": max_blocks})
     store.clear()
-    # not in the saved metadata, which must be byte-identical from run to run
-    meta["quantize_seconds"], meta["device"] = seconds, str(device)
-    meta["_model"], meta["_tokenizer"] = model, tokenizer     # fake-quant model, for evaluation
-    return meta
+    return QuantizeResult(meta=meta, model=model, tokenizer=tokenizer, seconds=seconds, device=str(device))
 
 
 def truncate_blocks(model, n_blocks: int):

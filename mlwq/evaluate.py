@@ -19,7 +19,9 @@ from .errors import MLWQError
 def eval_tokens(tokenizer, path: str | Path) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
-        raise MLWQError(f"evaluation file not found: {path}")
+        from .assets import DATA_HINT, WIKITEXT
+        hint = f". {DATA_HINT}" if path.name in WIKITEXT else ""
+        raise MLWQError(f"evaluation file not found: {path}{hint}")
     return tokenizer(path.read_text(encoding="utf-8"), return_tensors="pt").input_ids[0]
 
 

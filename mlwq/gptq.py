@@ -20,6 +20,8 @@ from .errors import MLWQError
 from .grid import GROUP_SIZE, fit_scale_zero, quantize_codes, dequantize
 from .tqp import learn_clipping, weighted_search
 
+BLOCKSIZE = 128     # columns updated together (lazy batch updates, as gptq.py's default blocksize)
+
 
 @dataclass
 class QuantPlan:
@@ -90,12 +92,12 @@ class GPTQ:
         x = math.sqrt(2 / self.nsamples) * x
         self.H += x.t() @ x
 
-    def quantize(self, plan: QuantPlan, percdamp: float = 0.01, blocksize: int = 128) -> QuantResult:
+    def quantize(self, plan: QuantPlan, percdamp: float = 0.01) -> QuantResult:
         if not plan.compensate:
             return quantize_without_compensation(self.layer.weight, plan)
         _check_plan(plan, self.cols)
         gs = plan.group_size
-        blocksize = max(blocksize // gs, 1) * gs       # every group lies inside one block
+        blocksize = max(BLOCKSIZE // gs, 1) * gs       # every group lies inside one block
         dev = self.H.device
         perm = plan.perm.to(dev)
         W = self.layer.weight.detach().float().clone()[:, perm]
@@ -137,13 +139,11 @@ class GPTQ:
                 q = quantize_codes(w, d.squeeze(1), z.squeeze(1), col_bits[col])
                 Q[:, col:col + 1] = q
                 C[:, col:col + 1] = w
-                if plan.compensate:
-                    err = (w - dequantize(q, d.squeeze(1), z.squeeze(1))) / Hinv1[i, i]
-                    loss += float((err.pow(2) * Hinv1[i, i] ** 2).sum()) / 2
-                    W1[:, i:] -= err @ Hinv1[i:i + 1, i:]
-                    Err1[:, i:i + 1] = err
-            if plan.compensate:
-                W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+                err = (w - dequantize(q, d.squeeze(1), z.squeeze(1))) / Hinv1[i, i]
+                loss += float((err.pow(2) * Hinv1[i, i] ** 2).sum()) / 2
+                W1[:, i:] -= err @ Hinv1[i:i + 1, i:]
+                Err1[:, i:i + 1] = err
+            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
         return _result(Q, D, Z, plan, loss, C)
 
@@ -186,7 +186,7 @@ def quantize_without_compensation(weight: torch.Tensor, plan: QuantPlan) -> Quan
     return _result(Q, D, Z, plan, 0.0, Wp)
 
 
-def _result(Q, D, Z, plan: QuantPlan, loss: float, continuous: torch.Tensor | None = None) -> QuantResult:
+def _result(Q, D, Z, plan: QuantPlan, loss: float, continuous: torch.Tensor) -> QuantResult:
     gs, cols = plan.group_size, Q.shape[1]
     Dc = D.repeat_interleave(gs, dim=1)[:, :cols]
     Zc = Z.repeat_interleave(gs, dim=1)[:, :cols]

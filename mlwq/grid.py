@@ -26,22 +26,22 @@ def fit_scale_zero(w: torch.Tensor, bits: torch.Tensor | int,
     """
     wmax = w.amax(dim=-1).clamp(min=0)
     wmin = w.amin(dim=-1).clamp(max=0)
-    maxq = _maxq(bits, wmax)
+    qmax = maxq(bits, wmax)
     if gamma is not None:
         wmax = wmax * gamma
     if beta is not None:
         wmin = wmin * beta
-    d = ((wmax - wmin) / maxq).clamp(min=_MIN_SCALE)
+    d = ((wmax - wmin) / qmax).clamp(min=_MIN_SCALE)
     d = d.to(torch.float16).to(torch.float32).clamp(min=_MIN_SCALE)
-    zero = torch.clamp(torch.round(-wmin / d), torch.zeros_like(maxq), maxq)
+    zero = torch.clamp(torch.round(-wmin / d), torch.zeros_like(qmax), qmax)
     return d, zero
 
 
 def quantize_codes(w: torch.Tensor, d: torch.Tensor, zero: torch.Tensor, bits) -> torch.Tensor:
     """Integer codes (as float) of w [..., rows, cols] with per-row d, zero [..., rows]."""
-    maxq = _maxq(bits, d)
+    qmax = maxq(bits, d)
     q = torch.round(w / d.unsqueeze(-1)) + zero.unsqueeze(-1)
-    return torch.minimum(q.clamp(min=0), maxq.unsqueeze(-1))
+    return torch.minimum(q.clamp(min=0), qmax.unsqueeze(-1))
 
 
 def dequantize(q: torch.Tensor, d: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,7 @@ def fake_quant(w: torch.Tensor, bits, gamma=None, beta=None) -> torch.Tensor:
     return dequantize(quantize_codes(w, d, zero, bits), d, zero)
 
 
-def _maxq(bits, like: torch.Tensor) -> torch.Tensor:
+def maxq(bits, like: torch.Tensor) -> torch.Tensor:
     """2^bits - 1 broadcast to the shape of `like` (per-row parameters)."""
     b = bits.to(device=like.device, dtype=torch.float32) if torch.is_tensor(bits) else torch.tensor(
         float(bits), device=like.device)

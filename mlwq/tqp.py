@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .grid import fit_scale_zero, quantize_codes, dequantize, _maxq
+from .grid import fit_scale_zero, quantize_codes, dequantize, maxq
 
 TQP_STEPS = 50
 TQP_LR = 0.1
@@ -26,15 +26,15 @@ def _round_ste(x: torch.Tensor) -> torch.Tensor:
     return (torch.round(x) - x).detach() + x
 
 
-def _clipped_dequant(w, maxq, gamma, beta):
+def _clipped_dequant(w, qmax, gamma, beta):
     """Differentiable min/max-with-clipping fake quantization (no fp16 rounding of d)."""
     wmax = w.amax(dim=-1).clamp(min=0) * gamma
     wmin = w.amin(dim=-1).clamp(max=0) * beta
-    d = ((wmax - wmin) / maxq).clamp(min=1e-8)
+    d = ((wmax - wmin) / qmax).clamp(min=1e-8)
     zero = torch.clamp(_round_ste(-wmin / d), min=0)
-    zero = torch.minimum(zero, maxq)
+    zero = torch.minimum(zero, qmax)
     q = torch.clamp(_round_ste(w / d.unsqueeze(-1)) + zero.unsqueeze(-1), min=0)
-    q = torch.minimum(q, maxq.unsqueeze(-1))
+    q = torch.minimum(q, qmax.unsqueeze(-1))
     return d.unsqueeze(-1) * (q - zero.unsqueeze(-1))
 
 
@@ -46,7 +46,7 @@ def learn_clipping(w: torch.Tensor, bits: torch.Tensor, steps: int = TQP_STEPS, 
     """
     w = w.detach().float()
     bits = bits.to(w.device).float().view(-1, 1)
-    maxq = _maxq(bits, w[..., 0])
+    qmax = maxq(bits, w[..., 0])
     logit_g = torch.full(w.shape[:-1], TQP_INIT_LOGIT, device=w.device, requires_grad=True)
     logit_b = torch.full(w.shape[:-1], TQP_INIT_LOGIT, device=w.device, requires_grad=True)
     opt = torch.optim.Adam([logit_g, logit_b], lr=lr)
@@ -57,7 +57,7 @@ def learn_clipping(w: torch.Tensor, bits: torch.Tensor, steps: int = TQP_STEPS, 
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             gamma, beta = torch.sigmoid(logit_g), torch.sigmoid(logit_b)
-            err = (_clipped_dequant(w, maxq, gamma, beta) - w).pow(2).sum(dim=-1)   # eq. 7
+            err = (_clipped_dequant(w, qmax, gamma, beta) - w).pow(2).sum(dim=-1)   # eq. 7
             err.sum().backward()
             opt.step()
     gamma, beta = torch.sigmoid(logit_g).detach(), torch.sigmoid(logit_b).detach()
@@ -85,10 +85,10 @@ def weighted_search(w: torch.Tensor, bits, importance: torch.Tensor, d0: torch.T
     """
     w = w.float()
     h = importance.float().to(w.device).clamp(min=0).expand_as(w)
-    maxq = float(2 ** int(bits) - 1)
+    qmax = float(2 ** int(bits) - 1)
 
     def err_of(d, z):                       # d, z [..., rows] -> weighted error [..., rows]
-        q = torch.clamp(torch.round(w / d.unsqueeze(-1)) + z.unsqueeze(-1), 0, maxq)
+        q = torch.clamp(torch.round(w / d.unsqueeze(-1)) + z.unsqueeze(-1), 0, qmax)
         return (h * (d.unsqueeze(-1) * (q - z.unsqueeze(-1)) - w).pow(2)).sum(-1), q
 
     grid = CLIP_GRID.to(w.device)
@@ -103,7 +103,7 @@ def weighted_search(w: torch.Tensor, bits, importance: torch.Tensor, d0: torch.T
     best, q = err_of(d, z)
     for _ in range(LS_ROUNDS):
         for dz in (0.0, -1.0, 1.0):
-            zt = torch.clamp(z + dz, 0, maxq)
+            zt = torch.clamp(z + dz, 0, qmax)
             c = q - zt.unsqueeze(-1)
             den = (h * c * c).sum(-1)
             dt = torch.where(den > 0, (h * w * c).sum(-1) / den.clamp(min=1e-30), d)

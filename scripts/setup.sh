@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything a fresh machine needs, idempotent: the virtual environment (.venv) with torch
-# pinned to 2.13.0, this package and its test tools, the default model, and the patched
-# llama.cpp build (cached by patch hash, see ggml_patch/build.sh).
+# pinned to 2.13.0 and every other package at the version of constraints.txt, this package and
+# its test tools, the default model and WikiText-2 (when no local copy is found), and the
+# patched llama.cpp build (cached by patch hash, see ggml_patch/build.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -13,7 +14,8 @@ fi
 # torch first and exactly: any later requirement is satisfied by it and pulls nothing newer.
 .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
     || .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[dev]"
+# every other package at the exact version of constraints.txt (scripts/refresh-constraints.sh re-makes it)
+.venv/bin/pip install -q -c constraints.txt -e ".[dev]"
 .venv/bin/python -m mlwq.assets fetch
 # clang with libFuzzer, for the fuzz harness (ggml_patch/fuzz/run_fuzz.sh); only when missing
 if ! command -v clang >/dev/null; then
@@ -27,4 +29,5 @@ fi
 if [ "${MLWQ_SKIP_LLAMA_BUILD:-0}" != "1" ]; then
     bash ggml_patch/build.sh
 fi
+.venv/bin/pip check
 echo "[setup] done"

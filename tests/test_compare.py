@@ -20,6 +20,8 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.llamacpp
+@pytest.mark.slow
 def test_results_cover_every_file(run_dir):
     res = json.loads((run_dir / "results.json").read_text())
     rows = {r["name"]: r for r in res["rows"]}
@@ -41,6 +43,8 @@ def test_results_cover_every_file(run_dir):
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.llamacpp
+@pytest.mark.slow
 def test_bits_counted_from_the_bytes(run_dir):
     """The table's linear bits (gguf-py over the file) agree with the exporter's own count, and
     include the 0.5 bit/w of headers on top of the 2.5 code bits."""
@@ -53,6 +57,8 @@ def test_bits_counted_from_the_bytes(run_dir):
             assert meta["summary"]["code_bits_per_weight"] == pytest.approx(2.5, abs=0.02)
 
 
+@pytest.mark.llamacpp
+@pytest.mark.slow
 def test_resume_reuses_artefacts_and_measurements(run_dir):
     stored = {p: p.stat().st_mtime_ns for d in ("models", "measure") for p in (run_dir / d).iterdir()}
     before = json.loads((run_dir / "results.json").read_text())["rows"]

@@ -1,13 +1,17 @@
 """The CUDA sources of the MLWQ types compile (sm_90 and sm_87) against the patched tree.
 
 Nothing CUDA runs on this machine or in CI; the kernels are checked on the GPU machine
-(ggml_patch/tests/device_cuda_checks.sh, docs/BENCHMARKS.md)."""
+(bench/gpu/device_cuda_checks.sh, bench/gpu/README.md)."""
 
 import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.cuda_compile
 
 
 def test_cuda_sources_compile_for_hopper_and_orin():

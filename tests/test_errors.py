@@ -43,6 +43,7 @@ def test_impossible_configs(cfg, match):
         cfg.validate()
 
 
+@pytest.mark.slow          # loads the real model
 def test_fewer_calibration_tokens_than_asked(default_model, tmp_path):
     _, tok = default_model
     short = tmp_path / "short.txt"
@@ -76,6 +77,7 @@ def test_cli_help_lists_every_option():
         assert opt in proc.stdout
 
 
+@pytest.mark.slow
 def test_write_failure_is_one_line_and_keeps_nothing_under_the_final_name(tmp_path):
     """A write that fails (file size limit standing in for a full disk)."""
     import resource

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.llamacpp
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "ggml_patch" / "fuzz" / "run_fuzz.sh"
 LAST_LINE = re.compile(r"^fuzz: seconds=(?P<seconds>\d+) executions=(?P<executions>\d+) exec_per_s=(?P<rate>\d+) "

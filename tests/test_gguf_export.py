@@ -12,6 +12,9 @@ from exporters.cli import main as cli_main
 from exporters.gguf_export import ExportError, export_gguf, read_mlwq_tensor, rope_row_order
 from mlwq_testutil import HF_LINEARS, GGUF_OF, gguf_float_weights
 
+# every test needs the reduced GGUF and its RTN checkpoint (about 15 s of fixtures on 2 cores)
+pytestmark = pytest.mark.slow
+
 
 def test_exported_file_structure(exported, reduced_gguf):
     path, report = exported
@@ -110,6 +113,7 @@ def test_refuses_a_bad_checkpoint(rtn_checkpoint, tmp_path):
         export_gguf(ckpt, tmp_path / "x.gguf", log=lambda m: None)
 
 
+@pytest.mark.llamacpp
 def test_whole_chain_mlwq_quantize_export_and_run(tmp_path):
     """`mlwq-export MODEL --to gguf`: the real MLWQ pipeline (BPLL + MQSA + TQP + GPTQ) on the
     first block of the default model, exported, loaded and run by llama-cpp-python."""

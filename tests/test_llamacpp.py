@@ -18,6 +18,8 @@ from exporters import mlwq_format as F
 from exporters.gguf_export import read_mlwq_tensor
 from mlwq_testutil import HF_LINEARS, GGUF_OF, gguf_float_weights, hf_reverse_permute
 
+pytestmark = pytest.mark.llamacpp
+
 PROMPT_IDS = [1, 504, 3458, 282, 4649, 314, 5513, 30, 378, 3458, 282, 3734, 314, 16306, 30, 378]
 
 
@@ -133,7 +135,7 @@ def test_c_kernels_never_read_past_a_corrupt_row(tmp_path):
 
 def test_llama_cli_answers_one_turn_with_the_exported_model(exported):
     """llama-cli (a chat in this llama.cpp) on the MLWQ file: one turn (-st), then exit. The 2-block
-    model's answer is not language; the full model's is (README, docs/BENCHMARKS.md)."""
+    model's answer is not language; the full model's is (README, docs/results/cpu-speed/README.md)."""
     path, _ = exported
     r = run([llamacpp.tool_path("llama-cli"), "-m", path, "-p", "What is the capital of France?", "-n", "8",
              "-st", "--simple-io", "--temp", "0", "-c", "256", "-t", "2"], stdin=subprocess.DEVNULL)

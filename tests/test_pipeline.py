@@ -17,9 +17,10 @@ def _quantize(reduced_model, tmp_path, name, **cfg):
     return api.quantize("reduced", tmp_path / name, QuantConfig(**cfg), model_and_tokenizer=reduced_model, **FAST)
 
 
+@pytest.mark.slow
 def test_mlwq_end_to_end_checkpoint(reduced_model, tmp_path):
-    meta = _quantize(reduced_model, tmp_path, "ck", method="mlwq", bits=3)
-    model = meta.pop("_model")
+    res = _quantize(reduced_model, tmp_path, "ck", method="mlwq", bits=3)
+    meta, model = res.meta, res.model
     names = linear_names(model)
     assert list(meta["layers"]) == names
     # BPLL (model scope, the default): the model's parameter-weighted width is within the 3-bit budget
@@ -48,20 +49,23 @@ def test_mlwq_end_to_end_checkpoint(reduced_model, tmp_path):
         assert torch.equal(W, model.get_submodule(name).weight.data)
 
 
+@pytest.mark.slow
 def test_block_scope_bpll_keeps_every_block_within_the_budget(reduced_model, tmp_path):
-    meta = _quantize(reduced_model, tmp_path, "bs", method="mlwq", bits=3, bpll_scope="block")
+    meta = _quantize(reduced_model, tmp_path, "bs", method="mlwq", bits=3, bpll_scope="block").meta
     for i in range(2):
         block = {k: v for k, v in meta["layers"].items() if f"layers.{i}." in k}
         bits = sum(v["bpll_width"] * v["shape"][0] * v["shape"][1] for v in block.values())
         assert bits <= 3 * sum(v["shape"][0] * v["shape"][1] for v in block.values())
 
 
+@pytest.mark.slow
 def test_ablation_switches(reduced_model, tmp_path):
-    meta = _quantize(reduced_model, tmp_path, "ab", method="mlwq", bits=3, bpll=False, mqsa=False, tqp=False)
+    meta = _quantize(reduced_model, tmp_path, "ab", method="mlwq", bits=3, bpll=False, mqsa=False, tqp=False).meta
     for info in meta["layers"].values():
         assert info["bpll_width"] == 3 and [tuple(t) for t in info["tiers"]] == [(3, info["shape"][1])]
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_checkpoint(default_model, tmp_path):
     import copy
     outs = []
@@ -74,15 +78,17 @@ def test_same_seed_gives_identical_checkpoint(default_model, tmp_path):
     assert outs[0] == outs[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,group", [("rtn", 64), ("gptq", 128)])
 def test_baselines_and_eval(reduced_model, tmp_path, method, group):
-    meta = _quantize(reduced_model, tmp_path, method, method=method, bits=3, group_size=group)
-    model, tok = meta.pop("_model"), meta.pop("_tokenizer")
+    res = _quantize(reduced_model, tmp_path, method, method=method, bits=3, group_size=group)
+    meta, model, tok = res.meta, res.model, res.tokenizer
     assert meta["summary"]["code_bits_per_weight"] == 3.0
     ppl = api.evaluate(model, tok, seqlen=64, max_windows=2, device="cpu", progress=False)
     assert ppl > 1.0 and ppl == ppl
 
 
+@pytest.mark.slow
 def test_hf_directory_loading_and_checkpoint_apply(reduced_model, tmp_path):
     model, tok = reduced_model
     save_hf(model, tok, tmp_path / "hf")
@@ -91,12 +97,13 @@ def test_hf_directory_loading_and_checkpoint_apply(reduced_model, tmp_path):
     ids = loaded_tok("The tower is 324 metres tall", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.allclose(loaded(ids).logits, model(ids).logits, atol=1e-4)
-    meta = api.quantize(str(tmp_path / "hf"), tmp_path / "ck", QuantConfig(method="rtn", bits=4), **FAST)
+    res = api.quantize(str(tmp_path / "hf"), tmp_path / "ck", QuantConfig(method="rtn", bits=4), **FAST)
     checkpoint.apply_to_model(loaded, tmp_path / "ck")
-    for name in meta["layers"]:
-        assert torch.equal(loaded.get_submodule(name).weight, meta["_model"].get_submodule(name).weight)
+    for name in res.meta["layers"]:
+        assert torch.equal(loaded.get_submodule(name).weight, res.model.get_submodule(name).weight)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["opt", "phi"])
 def test_walker_table_covers_opt_and_phi(arch, calib_path, default_model, tmp_path):
     """OPT and Phi are one table entry each: a tiny random-weight model of each runs through."""
@@ -111,10 +118,11 @@ def test_walker_table_covers_opt_and_phi(arch, calib_path, default_model, tmp_pa
     model = AutoModelForCausalLM.from_config(cfg).eval()
     _, tok = default_model
     meta = api.quantize("tiny", tmp_path / arch, QuantConfig(method="mlwq", bits=3, tqp_steps=2),
-                        model_and_tokenizer=(model, tok), **FAST)
+                        model_and_tokenizer=(model, tok), **FAST).meta
     assert len(meta["layers"]) == 2 * (6 if arch in ("opt", "phi") else 7)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_bytes(tmp_path):
     """SIGKILL `mlwq quantize` after its first block; --resume finishes with the bytes of an
     uninterrupted run, and nothing ever appears under the final name before the end."""
@@ -145,7 +153,7 @@ def test_killed_run_resumes_to_identical_bytes(tmp_path):
     assert not (tmp_path / "resumed.progress").exists()
 
 
-def test_resume_with_other_settings_is_refused(reduced_model, tmp_path):
+def test_resume_with_other_settings_is_refused(tmp_path):
     from mlwq.errors import MLWQError
     from mlwq.resume import Progress
 
@@ -154,27 +162,28 @@ def test_resume_with_other_settings_is_refused(reduced_model, tmp_path):
         Progress(tmp_path / "o", {"a": 2}).start(resume=True)
 
 
+@pytest.mark.slow
 def test_block_tuning_exports_the_tuned_weights_bit_for_bit(default_model, tmp_path):
     """Block-output reconstruction keeps the format's grid: the checkpoint's codes reproduce the
     tuned model exactly, and the tuned weights differ from plain GPTQ's."""
     import copy
     fresh_copy = lambda: (api.truncate_blocks(copy.deepcopy(default_model[0]), 2), default_model[1])
-    meta = _quantize(fresh_copy(), tmp_path, "bt", method="mlwq", bits=3, block_tune_steps=10, block_tune_batch=1,
-                     block_tune_lr=0.01)
-    model = meta.pop("_model")
+    model = _quantize(fresh_copy(), tmp_path, "bt", method="mlwq", bits=3, block_tune_steps=10, block_tune_batch=1,
+                      block_tune_lr=0.01).model
     _, tensors = checkpoint.load(tmp_path / "bt")
     for name in linear_names(model):
         assert torch.equal(checkpoint.dequantize_layer(tensors, name), model.get_submodule(name).weight.data)
-    fresh = _quantize(fresh_copy(), tmp_path, "plain", method="mlwq", bits=3).pop("_model")
+    fresh = _quantize(fresh_copy(), tmp_path, "plain", method="mlwq", bits=3).model
     assert any(not torch.equal(model.get_submodule(n).weight, fresh.get_submodule(n).weight)
                for n in linear_names(model))
 
 
+@pytest.mark.slow
 def test_model_scope_allocation_moves_bits_between_blocks(reduced_model, tmp_path):
     """One budget for the whole model: fractional budgets, the total within it, and blocks whose
     own averages differ (the per-block BPLL cannot do that)."""
     meta = _quantize(reduced_model, tmp_path, "ms", method="mlwq", bits=3.3, bpll_scope="model",
-                     sensitivity_windows=2)
+                     sensitivity_windows=2).meta
     layers = meta["layers"]
     numel = {k: v["shape"][0] * v["shape"][1] for k, v in layers.items()}
     assert sum(v["bpll_width"] * numel[k] for k, v in layers.items()) <= 3.3 * sum(numel.values())

@@ -21,7 +21,6 @@ Every figure in the JSON comes with the command that produced it and the load av
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import math
 import os
@@ -32,8 +31,11 @@ import sys
 import time
 from pathlib import Path
 
+from exporters import llamacpp
+from exporters.llamacpp import gguf_sizes, short_cmd
 from mlwq.assets import sha256_of
-from mlwq.sizing import LINEAR, is_linear_weight
+from mlwq.sizing import LINEAR
+from tools.machine import load_now, machine, wait_quiet
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("baselines", "sizes", "bench", "ppl", "gptq", "tokens", "table")
@@ -42,40 +44,6 @@ BASELINES = ("F16", "Q3_K_S", "Q4_K_M")
 
 def log(msg: str) -> None:
     print(f"[bench_llamacpp] {msg}", flush=True)
-
-
-def machine() -> dict:
-    model = ""
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name:"):
-            model = line.split(":", 1)[1].strip()
-    return {"cpu": model, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
-
-
-def cpu_ticks() -> tuple[int, int]:
-    """(all, busy) CPU ticks of the machine since boot, from /proc/stat."""
-    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return sum(f), sum(f) - f[3] - f[4]              # idle and iowait are not busy
-
-
-def busy_share(seconds: float = 2.0) -> float:
-    a0, b0 = cpu_ticks()
-    time.sleep(seconds)
-    a1, b1 = cpu_ticks()
-    return (b1 - b0) / max(a1 - a0, 1)
-
-
-def load_now() -> str:
-    """Load averages (1, 5, 15 min) and the share of all cores busy over the last 2 s (other work)."""
-    return " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" (CPU {100 * busy_share():.0f}% busy)"
-
-
-def wait_quiet(limit: float = 0.15, max_wait: float = 600) -> None:
-    """Wait (up to max_wait s) until other work uses less than `limit` of the cores, for timings."""
-    t0 = time.time()
-    while (b := busy_share(3.0)) > limit and time.time() - t0 < max_wait:
-        log(f"machine busy ({100 * b:.0f}% of the cores in use by other work), waiting")
-        time.sleep(10)
 
 
 def rel(p: Path | str) -> str:
@@ -87,35 +55,12 @@ def rel(p: Path | str) -> str:
 
 
 def tool(name: str) -> Path:
-    from exporters.llamacpp import tool_path
-    return tool_path(name)
+    return llamacpp.tool_path(name)
 
 
-def run_tool(cmd: list, log_path: Path | None = None) -> subprocess.CompletedProcess:
-    """Run a llama.cpp tool with its libraries on the path; stdout+stderr go to log_path too."""
-    from exporters.llamacpp import tool_env
-    cmd = [str(c) for c in cmd]
-    log(f"$ {shlex.join([Path(cmd[0]).name] + cmd[1:])}")
-    ticks0, r0 = cpu_ticks(), os.times()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=tool_env())
-    ticks1, r1 = cpu_ticks(), os.times()
-    # CPU time used by everything else on the machine while the tool ran (core-seconds)
-    hz = os.sysconf("SC_CLK_TCK")
-    mine = (r1.children_user - r0.children_user) + (r1.children_system - r0.children_system)
-    proc.other_cpu_s = max(0.0, (ticks1[1] - ticks0[1]) / hz - mine)
-    proc.wall_s = r1.elapsed - r0.elapsed
-    if log_path is not None:
-        log_path.write_text(f"$ {shlex.join(cmd)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
-        raise RuntimeError(f"{Path(cmd[0]).name} failed (rc {proc.returncode}):\n{tail}")
-    return proc
-
-
-def short_cmd(cmd: list) -> str:
-    """The command as it would be typed with the patched bin directory on PATH."""
-    cmd = [str(c) for c in cmd]
-    return shlex.join([Path(cmd[0]).name] + [rel(c) if os.path.exists(c) else c for c in cmd[1:]])
+def run_tool(cmd: list, log_path: Path | None = None) -> llamacpp.ToolRun:
+    log(f"$ {short_cmd(cmd)}")
+    return llamacpp.run_tool(cmd, log_path)
 
 
 # ---------------------------------------------------------------- baselines
@@ -134,8 +79,7 @@ def make_baselines(ref: Path, work: Path, logs: Path, res: dict) -> dict[str, Pa
         entry = info[q] = {"command": short_cmd(cmd)}
         t0 = time.time()
         proc = run_tool(cmd, logs / f"quantize-{q.lower()}.log")
-        text = proc.stdout + proc.stderr
-        lines = text.splitlines()
+        lines = proc.text.splitlines()
         entry.update(reused=False, seconds=round(time.time() - t0, 1), sha256=sha256_of(out[q]),
                      fallback_tensors=sum("falling back to" in ln for ln in lines),
                      fallback_example=next((ln.strip() for ln in lines if "falling back to" in ln), None),
@@ -144,40 +88,6 @@ def make_baselines(ref: Path, work: Path, logs: Path, res: dict) -> dict[str, Pa
 
 
 # ---------------------------------------------------------------- sizes
-
-def gguf_sizes(path: Path) -> dict:
-    import gguf
-
-    r = gguf.GGUFReader(str(path))
-    n_weights = tensor_bytes = lin_bytes = lin_weights = perm_bytes = 0
-    types: dict[str, collections.Counter] = {k: collections.Counter() for k in LINEAR}
-    all_types = collections.Counter()
-    embd = None
-    for t in r.tensors:
-        tensor_bytes += int(t.n_bytes)
-        if t.name.endswith(".mlwq_perm"):
-            perm_bytes += int(t.n_bytes)
-            if t.name.split(".")[2] in LINEAR:
-                lin_bytes += int(t.n_bytes)
-            continue
-        n_weights += int(t.n_elements)
-        all_types[t.tensor_type.name] += int(t.n_elements)
-        if is_linear_weight(t.name):
-            lin_bytes += int(t.n_bytes)
-            lin_weights += int(t.n_elements)
-            types[t.name.split(".")[2]][t.tensor_type.name] += 1
-        elif t.name == "token_embd.weight":
-            embd = t.tensor_type.name
-    size = path.stat().st_size
-    return {
-        "file": rel(path), "file_bytes": size, "tensor_bytes": tensor_bytes, "metadata_bytes": size - tensor_bytes,
-        "n_weights": n_weights, "bpw_file": 8 * size / n_weights,
-        "linear_weights": lin_weights, "linear_bytes": lin_bytes, "perm_bytes": perm_bytes,
-        "bpw_linear": 8 * lin_bytes / lin_weights,
-        "linear_types": {k: dict(v) for k, v in types.items()},
-        "weights_by_type": dict(all_types), "token_embd_type": embd,
-    }
-
 
 # ---------------------------------------------------------------- llama-bench
 
@@ -221,9 +131,6 @@ def bench(models: dict[str, Path], out: Path, res: dict, threads: int, pp: int, 
 
 # ---------------------------------------------------------------- llama-perplexity
 
-PPL_RE = re.compile(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)")
-
-
 def perplexity(models: dict[str, Path], out: Path, res: dict, text: Path, ctx: int, chunks: int,
                threads: int) -> None:
     info = res.setdefault("ppl", {})
@@ -233,13 +140,11 @@ def perplexity(models: dict[str, Path], out: Path, res: dict, text: Path, ctx: i
         t0 = time.time()
         slug = re.sub(r"[^a-z0-9_]+", "-", name.lower()).strip("-")
         proc = run_tool(cmd, out / f"perplexity-{slug}.log")
-        m = PPL_RE.search(proc.stdout + proc.stderr)
-        if not m:
-            raise RuntimeError(f"no 'Final estimate' in llama-perplexity output for {name}")
-        info[name] = {"command": short_cmd(cmd), "ppl": float(m.group(1)), "pm": float(m.group(2)),
+        found = llamacpp.parse_ppl(proc.text)
+        info[name] = {"command": short_cmd(cmd), **found,
                       "ctx": ctx, "chunks": chunks, "seconds": round(time.time() - t0, 1),
                       "load_before": load_before, "other_cpu_s_during": round(proc.other_cpu_s, 1)}
-        log(f"{name}: llama-perplexity PPL = {m.group(1)} +/- {m.group(2)}")
+        log(f"{name}: llama-perplexity PPL = {found['ppl']} +/- {found['pm']}")
 
 
 # ---------------------------------------------------------------- GPTQ protocol on both sides

@@ -107,11 +107,10 @@ def run(names, model_path, out_dir: Path, nsamples, seqlen, eval_windows, device
                "date": time.strftime("%Y-%m-%d")}
         if cfg is not None:
             row["config"] = dataclasses.asdict(cfg)
-            meta = api.quantize(str(model_path), out_dir / f"ckpt_{result}", cfg, nsamples=nsamples, seqlen=seqlen,
-                                calib_path=calib, device=device, model_and_tokenizer=(model, tokenizer))
-            meta.pop("_model"), meta.pop("_tokenizer")
-            row.update(meta["summary"], quantize_seconds=meta["quantize_seconds"],
-                       widths={k: v["bpll_width"] for k, v in meta["layers"].items()})
+            res = api.quantize(str(model_path), out_dir / f"ckpt_{result}", cfg, nsamples=nsamples, seqlen=seqlen,
+                               calib_path=calib, device=device, model_and_tokenizer=(model, tokenizer))
+            row.update(res.meta["summary"], quantize_seconds=res.seconds,
+                       widths={k: v["bpll_width"] for k, v in res.meta["layers"].items()})
         q = quality(model, ids, ref_logprobs, device)
         row.update(q, perplexity=q["ppl"], eval_seqlen=eval_seqlen, eval_windows=windows)
         (out_dir / f"{result}.json").write_text(json.dumps(row, indent=1))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,10 +29,10 @@ def one_round(a: Path, b: Path, first_a: bool, threads: int, n: int, p: int) -> 
         cmd += ["-m", str(f)]
     cmd += ["-t", str(threads), "-r", "3", "-o", "json"]
     cmd += ["-p", str(p), "-n", "0"] if p else ["-p", "0", "-n", str(n)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"llama-bench failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
-    rows = json.loads(proc.stdout)
+    try:
+        rows = json.loads(llamacpp.run_tool(cmd).stdout)
+    except llamacpp.LlamaCppToolFailed as e:
+        raise SystemExit(f"bench_ratio: error: {e}") from None
     by_file = {Path(r["model_filename"]).resolve(): float(r["avg_ts"]) for r in rows}
     return {"a": by_file[a.resolve()], "b": by_file[b.resolve()]}
 

@@ -38,17 +38,15 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from exporters import llamacpp
 from mlwq.assets import CALIBRATION_TEXT, EVAL_TEXT, default_model_path, sha256_of
 from mlwq.engine import QuantConfig
 from mlwq.errors import MLWQError
@@ -109,68 +107,26 @@ def tool(name: str) -> Path:
                         "and llama-bench from the patched llama.cpp)") from None
 
 
-PROGRESS_RE = {
-    "llama-perplexity": re.compile(rb"\[(\d+)\]\s*[0-9.]+,"),
-    "llama-imatrix": re.compile(rb"\[(\d+)\]\s*[0-9.]+,"),
-    "llama-quantize": re.compile(rb"\[\s*(\d+)/\s*\d+\]"),
-}
-
-
 def run_tool(cmd: list, log_path: Path, desc: str, total: int | None = None) -> str:
-    """Run a llama.cpp tool, its output to log_path, a progress bar from the counters it prints
-    (chunks for perplexity and imatrix, tensors for quantize). Returns the output."""
-    from exporters.llamacpp import tool_env
-
-    cmd = [str(c) for c in cmd]
-    pattern = PROGRESS_RE.get(Path(cmd[0]).name)
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False, disable=pattern is None)
-    chunks: list[bytes] = []
-    t0 = time.time()
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=tool_env()) as proc:
-        def pump():
-            seen = 0
-            for data in iter(lambda: proc.stdout.read1(4096), b""):
-                chunks.append(data)
-                if pattern is not None:
-                    found = [int(m) for m in pattern.findall(b"".join(chunks[-2:]))]
-                    if found and max(found) > seen:
-                        bar.update(max(found) - seen)
-                        seen = max(found)
-        reader = threading.Thread(target=pump)
-        reader.start()
-        reader.join()
-        rc = proc.wait()
-    bar.close()
-    out = b"".join(chunks).decode("utf-8", "replace")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_text(f"$ {shlex.join(cmd)}\n# {time.time() - t0:.1f} s, exit {rc}\n{out}")
-    if rc != 0:
-        tail = "\n".join(out.splitlines()[-15:])
-        raise MLWQError(f"{Path(cmd[0]).name} failed (exit {rc}, log {log_path}):\n{tail}")
-    return out
-
-
-def short(cmd: list) -> str:
-    return shlex.join([Path(str(cmd[0])).name] + [str(c) for c in cmd[1:]])
-
-
-KLD_RE = {
-    "ppl": re.compile(r"Mean PPL\(Q\)\s*:\s*([0-9.]+)\s*±\s*([0-9.]+)"),
-    "kld": re.compile(r"Mean\s+KLD:\s*([0-9.]+)\s*±\s*([0-9.]+)"),
-    "p99": re.compile(r"99\.0%\s+KLD:\s*([0-9.]+)"),
-    "same": re.compile(r"Same top p:\s*([0-9.]+)\s*±\s*([0-9.]+)"),
-}
+    """A llama.cpp tool with a progress bar and its log (exporters.llamacpp.run_tool); returns stdout + stderr."""
+    try:
+        return llamacpp.run_tool(cmd, log_path, desc, total).text
+    except llamacpp.LlamaCppToolFailed as e:
+        raise MLWQError(str(e)) from None
 
 
 def parse_kld(text: str) -> dict:
-    """The statistics of `llama-perplexity --kl-divergence`'s summary."""
-    found = {k: r.search(text) for k, r in KLD_RE.items()}
-    missing = [k for k, m in found.items() if not m]
-    if missing:
-        raise MLWQError(f"llama-perplexity --kl-divergence printed no {', '.join(missing)} statistics")
-    return {"ppl": float(found["ppl"].group(1)), "pm": float(found["ppl"].group(2)),
-            "kld_mean": float(found["kld"].group(1)), "kld_pm": float(found["kld"].group(2)),
-            "kld_p99": float(found["p99"].group(1)), "same_top_pct": float(found["same"].group(1))}
+    try:
+        return llamacpp.parse_kld(text)
+    except llamacpp.LlamaCppToolFailed as e:
+        raise MLWQError(str(e)) from None
+
+
+def parse_ppl(text: str, path: Path) -> dict:
+    try:
+        return llamacpp.parse_ppl(text)
+    except llamacpp.LlamaCppToolFailed as e:
+        raise MLWQError(f"{e} for {path}") from None
 
 
 # ---------------------------------------------------------------- artefacts
@@ -215,9 +171,9 @@ class Run:
         out = self.path("F16", key)
         cmd = [tool("llama-quantize"), "--allow-requantize", self.source, out, "F16", self.threads]
         if not out.exists():
-            log(f"reference: {short(cmd)}")
+            log(f"reference: {llamacpp.short_cmd(cmd)}")
             self._quantize(cmd, out, "F16")
-        return Entry("F16", "reference", 16.0, out, key, short(cmd))
+        return Entry("F16", "reference", 16.0, out, key, llamacpp.short_cmd(cmd))
 
     def _quantize(self, cmd: list, out: Path, name: str) -> None:
         self._write_via_tool(cmd, out, out.with_name(out.name + ".part"), self.logs / f"quantize-{out.stem}.log",
@@ -245,7 +201,7 @@ class Run:
                 return None
             cmd = [tool("llama-imatrix"), "-m", ref.path, "-f", a.calib, "-o", out, "-c", a.seqlen,
                    "--chunks", a.nsamples, "-t", self.threads, "--no-ppl"]
-            log(f"imatrix: {short(cmd)}")
+            log(f"imatrix: {llamacpp.short_cmd(cmd)}")
             self._write_via_tool(cmd, out, out.with_name(f"imatrix-{key}.part.gguf"),
                                  self.logs / f"imatrix-{key}.log", "llama-imatrix", total=a.nsamples)
         return out
@@ -262,9 +218,9 @@ class Run:
             if not out.exists():
                 if not make:
                     continue
-                log(f"{t}: {short(cmd)}")
+                log(f"{t}: {llamacpp.short_cmd(cmd)}")
                 self._quantize(cmd, out, t)
-            entries.append(Entry(t, "llama.cpp", None, out, key, short(cmd)))
+            entries.append(Entry(t, "llama.cpp", None, out, key, llamacpp.short_cmd(cmd)))
         return entries
 
     # ours -------------------------------------------------------------------------------------
@@ -302,13 +258,13 @@ class Run:
                     continue
                 ckpt = self.out / "checkpoints" / out.stem
                 log(f"({i}/{len(todo)}) {name}: quantizing into {ckpt}")
-                meta = api.quantize(str(self.source), ckpt, cfg, nsamples=a.nsamples, seqlen=a.seqlen,
-                                    calib_path=a.calib, device=a.device, resume=True)
-                meta.pop("_model", None), meta.pop("_tokenizer", None)
+                res = api.quantize(str(self.source), ckpt, cfg, nsamples=a.nsamples, seqlen=a.seqlen,
+                                   calib_path=a.calib, device=a.device, resume=True)
+                meta = res.meta
                 report = export_gguf(ckpt, out, source=self.source, log=log)
                 layers = {k: {kk: v[kk] for kk in ("bpll_width", "tiers", "shape")} for k, v in meta["layers"].items()}
                 write_json(meta_path, {"config": asdict(cfg), "summary": meta["summary"], "layers": layers,
-                                       "quantize_seconds": meta.get("quantize_seconds"), "device": a.device,
+                                       "quantize_seconds": res.seconds, "device": a.device,
                                        "export": {"file_bytes": report.file_bytes, "bpw_mlwq": report.bpw_mlwq}})
                 if not a.keep_checkpoints:
                     shutil.rmtree(ckpt)
@@ -321,16 +277,14 @@ class Run:
 
     # measurements ----------------------------------------------------------------------------
     def sizes(self, e: Entry) -> None:
-        from tools.bench_llamacpp import gguf_sizes
         res_path = self.measure / f"sizes-{e.path.stem}.json"     # the file's name carries its key
         if not res_path.exists():
-            write_json(res_path, gguf_sizes(e.path))
+            write_json(res_path, llamacpp.gguf_sizes(e.path))
         e.sizes.update(json.loads(res_path.read_text()))
 
     def kld_base(self, ref: Entry, make: bool = True) -> Path | None:
         """The F16 reference's log-probabilities on the evaluation chunks (llama-perplexity
         --kl-divergence-base), made once; the reference's perplexity comes from the same run."""
-        from tools.bench_llamacpp import PPL_RE
         a = self.args
         key = key_of("kld-base", ref.key, sha256_of(Path(a.eval_text)), a.ctx, a.chunks)
         out = self.measure / f"kld-base-{key}.bin"
@@ -344,18 +298,14 @@ class Run:
             log_path = self.logs / f"kld-base-{key}.log"
             self._write_via_tool(cmd, out, out.with_name(out.name + ".part"), log_path,
                                  "llama-perplexity F16 (KLD base)", total=a.chunks or None)
-            m = PPL_RE.search(log_path.read_text())
-            if not m:
-                raise MLWQError(f"llama-perplexity printed no final estimate for {ref.path}")
-            write_json(res_path, {"ppl": float(m.group(1)), "pm": float(m.group(2)), "ctx": a.ctx, "chunks": a.chunks,
-                                  "command": short(cmd), "seconds": round(time.time() - t0, 1)})
+            write_json(res_path, {**parse_ppl(log_path.read_text(), ref.path), "ctx": a.ctx, "chunks": a.chunks,
+                                  "command": llamacpp.short_cmd(cmd), "seconds": round(time.time() - t0, 1)})
         ref.ppl = json.loads(res_path.read_text())
         return out
 
     def ppl(self, e: Entry, base: Path | None, make: bool = True) -> None:
         """Perplexity, and with the reference's log-probabilities (base) the KL divergence statistics
         that llama.cpp's quant authors report: mean, 99th percentile, same top token."""
-        from tools.bench_llamacpp import PPL_RE
         a = self.args
         if e.family == "reference" and base is not None:
             return                                     # measured by kld_base
@@ -371,13 +321,8 @@ class Run:
             t0 = time.time()
             text = run_tool(cmd, self.logs / f"ppl-{e.path.stem}.log", f"llama-perplexity {e.name}",
                             total=a.chunks or None)
-            res = parse_kld(text) if base else {}
-            if not base:
-                m = PPL_RE.search(text)
-                if not m:
-                    raise MLWQError(f"llama-perplexity printed no final estimate for {e.path}")
-                res = {"ppl": float(m.group(1)), "pm": float(m.group(2))}
-            write_json(res_path, {**res, "ctx": a.ctx, "chunks": a.chunks, "command": short(cmd),
+            res = parse_kld(text) if base else parse_ppl(text, e.path)
+            write_json(res_path, {**res, "ctx": a.ctx, "chunks": a.chunks, "command": llamacpp.short_cmd(cmd),
                                   "seconds": round(time.time() - t0, 1), "llama_bin": str(Path(cmd[0]).parent)})
         e.ppl = json.loads(res_path.read_text())
         kld = f"  KLD {e.ppl['kld_mean']:.4f}" if "kld_mean" in e.ppl else ""
@@ -385,7 +330,7 @@ class Run:
 
     def bench(self, entries: list[Entry], make: bool = True) -> dict | None:
         """ONE llama-bench invocation with every file, so the figures share the machine's state."""
-        from tools.bench_llamacpp import busy_share, load_now, wait_quiet
+        from tools.machine import busy_share, load_now, wait_quiet
         a = self.args
         key = key_of("bench", [e.key for e in entries], a.pp, a.tg, a.reps, self.threads)
         res_path = self.measure / f"bench-{key}.json"
@@ -398,10 +343,12 @@ class Run:
             cmd += ["-t", self.threads, "-p", a.pp, "-n", a.tg, "-r", a.reps, "-o", "json"]
             wait_quiet(max_wait=a.quiet_wait)
             load_before = load_now()
-            log(f"llama-bench ({len(entries)} files, one run): {short(cmd)}")
-            text = run_tool(cmd, self.logs / f"bench-{key}.log", "llama-bench")
-            raw = json.loads(text[text.index("["):text.rindex("]") + 1])
-            write_json(res_path, {"command": short(cmd), "load_before": load_before,
+            log(f"llama-bench ({len(entries)} files, one run): {llamacpp.short_cmd(cmd)}")
+            try:
+                raw = json.loads(llamacpp.run_tool(cmd, self.logs / f"bench-{key}.log").stdout)
+            except llamacpp.LlamaCppToolFailed as e:
+                raise MLWQError(str(e)) from None
+            write_json(res_path, {"command": llamacpp.short_cmd(cmd), "load_before": load_before,
                                   "busy_after": round(busy_share(), 3), "raw": raw})
         data = json.loads(res_path.read_text())
         by_file = {str(e.path.resolve()): e for e in entries}

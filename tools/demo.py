@@ -5,7 +5,10 @@
   3. run llama-perplexity (the patched llama.cpp) on wiki.test.raw for the reference GGUF and
      for the MLWQ GGUF, and print both with sizes and true bits per weight.
 
-    python -m tools.demo [--bits 3] [--chunks N] [--out runs/demo]
+    python -m tools.demo [--bits 3] [--chunks 40|all] [--out runs/demo]
+Perplexity is measured on the first 40 chunks of 512 tokens by default (20,480 tokens, as in
+`tools.compare`), a minute or two per file on a laptop CPU; `--chunks all` scores the whole text
+(603 chunks for SmolLM2). A progress bar shows the chunks done and the running perplexity.
 On a CPU-only machine the calibration is reduced (32 x 512 tokens, 20 TQP steps) so that the
 whole job takes minutes; on a GPU it uses the paper's 128 x 2048.
 """
@@ -14,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,32 +25,33 @@ from mlwq.assets import EVAL_TEXT, default_model_path
 from mlwq.engine import QuantConfig
 
 
-def llama_perplexity(model: Path, text: Path, chunks: int | None, threads: int) -> float:
-    from exporters.llamacpp import tool_env, tool_path
+def llama_perplexity(model: Path, text: Path, chunks: int | None, threads: int, log_path: Path) -> float:
+    from exporters import llamacpp
 
-    cmd = [str(tool_path("llama-perplexity")), "-m", str(model), "-f", str(text), "-t", str(threads), "-c", "512"]
-    if chunks:
-        cmd += ["--chunks", str(chunks)]
-    print("$ " + " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=tool_env())
-    match = re.search(r"Final estimate: PPL = ([0-9.]+)", proc.stdout + proc.stderr)
-    if proc.returncode != 0 or not match:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
-        raise SystemExit(f"llama-perplexity failed on {model} (exit {proc.returncode}):\n{tail}")
-    return float(match.group(1))
+    cmd = [llamacpp.tool_path("llama-perplexity"), "-m", model, "-f", text, "-t", threads, "-c", 512]
+    cmd += ["--chunks", chunks] if chunks else []
+    print(f"$ {llamacpp.short_cmd(cmd)}", flush=True)
+    try:
+        run = llamacpp.run_tool(cmd, log_path, desc=f"llama-perplexity {model.name}", total=chunks)
+        return llamacpp.parse_ppl(run.text)["ppl"]
+    except llamacpp.LlamaCppToolFailed as e:
+        raise SystemExit(f"demo: error: {e}") from None
 
 
-def gguf_param_count(path: Path) -> int:
-    from gguf import GGUFReader
-
-    return int(sum(int(t.n_elements) for t in GGUFReader(str(path)).tensors))
+def chunks_arg(value: str) -> int:
+    if value == "all":
+        return 0
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of chunks or 'all', got {value!r}")
+    return int(value)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bits", type=float, default=3.0, help="MLWQ average code bits")
     p.add_argument("--out", default="runs/demo", help="working directory for the checkpoint and GGUF")
-    p.add_argument("--chunks", type=int, default=None, help="llama-perplexity chunks (default: the whole text)")
+    p.add_argument("--chunks", type=chunks_arg, default=40,
+                   help="llama-perplexity chunks of 512 tokens, or 'all' for the whole text (default 40)")
     p.add_argument("--nsamples", type=int, default=None)
     p.add_argument("--seqlen", type=int, default=None)
     p.add_argument("--tqp-steps", type=int, default=None)
@@ -57,6 +59,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from exporters.gguf_export import export_gguf
+    from exporters.llamacpp import gguf_sizes
 
     gpu = api.default_device() == "cuda"
     nsamples = args.nsamples or (128 if gpu else 32)
@@ -66,16 +69,16 @@ def main(argv=None) -> int:
     source = default_model_path()
     print(f"[demo] quantizing {source.name} with MLWQ {args.bits:g} bits, calibration {nsamples} x {seqlen} "
           f"tokens of wiki.valid.tokens, TQP {steps} steps, on {api.default_device()}", flush=True)
-    meta = api.quantize(str(source), out / "checkpoint", QuantConfig(method="mlwq", bits=args.bits, tqp_steps=steps),
-                        nsamples=nsamples, seqlen=seqlen)
-    meta.pop("_model"), meta.pop("_tokenizer")
+    api.quantize(str(source), out / "checkpoint", QuantConfig(method="mlwq", bits=args.bits, tqp_steps=steps),
+                 nsamples=nsamples, seqlen=seqlen)
     gguf_path = out / f"SmolLM2-135M-Instruct-mlwq{args.bits:g}.gguf"
     report = export_gguf(out / "checkpoint", gguf_path, log=lambda m: print(f"[export] {m}", flush=True))
-    ref_ppl = llama_perplexity(source, EVAL_TEXT, args.chunks, args.threads)
-    q_ppl = llama_perplexity(gguf_path, EVAL_TEXT, args.chunks, args.threads)
+    ref_ppl = llama_perplexity(source, EVAL_TEXT, args.chunks, args.threads, out / "perplexity-reference.log")
+    q_ppl = llama_perplexity(gguf_path, EVAL_TEXT, args.chunks, args.threads, out / "perplexity-mlwq.log")
     ref_size = source.stat().st_size
-    n_params = gguf_param_count(source)
-    print("\nllama-perplexity on wiki.test.raw (512-token chunks, llama.cpp's protocol)")
+    n_params = gguf_sizes(source)["n_weights"]
+    scored = f"first {args.chunks} chunks" if args.chunks else "all chunks"
+    print(f"\nllama-perplexity on wiki.test.raw ({scored} of 512 tokens, llama.cpp's protocol)")
     print(f"{'model':<44} {'file MiB':>9} {'bits/w (file)':>14} {'PPL':>9}")
     print(f"{'reference: SmolLM2-135M-Instruct Q4_1':<44} {ref_size / 2**20:>9.1f} "
           f"{8 * ref_size / n_params:>14.3f} {ref_ppl:>9.3f}")
