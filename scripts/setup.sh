@@ -26,6 +26,14 @@ if ! command -v clang >/dev/null; then
     echo 'int LLVMFuzzerTestOneInput(const char *d, long n) { return 0; }' \
         | clang -x c -fsanitize=fuzzer - -o /dev/null 2>/dev/null || $SUDO apt-get install -y libclang-rt-dev
 fi
+# AArch64 cross compilers and qemu-user, for the ARM NEON checks (ggml_patch/arm_check.sh,
+# tests/test_arm.py); only when missing
+if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v aarch64-linux-gnu-g++ >/dev/null \
+        || ! command -v qemu-aarch64 >/dev/null; then
+    echo "[setup] installing gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user (ggml_patch/arm_check.sh)"
+    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+    $SUDO apt-get update && $SUDO apt-get install -y gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user
+fi
 if [ "${MLWQ_SKIP_LLAMA_BUILD:-0}" != "1" ]; then
     bash ggml_patch/build.sh
 fi

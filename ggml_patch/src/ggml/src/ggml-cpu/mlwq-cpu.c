@@ -8,6 +8,10 @@
 // at compile time (so every arch links without arch-fallback.h entries):
 //   - AVX-512 BW + VNNI: a block's 64 codes in one register, vpdpbusd (u8 x s8, no saturation);
 //   - AVX2 (+ AVX-VNNI when targeted): columns 0..31 and 32..63 in two registers;
+//   - AArch64 NEON: a block's codes in four registers of 16 columns, minus the zero point as int8;
+//     vdotq_s32 with the dotprod extension (ARMv8.2+), int16 products (smull/smlal) on ARMv8.0,
+//     chosen by __ARM_FEATURE_DOTPROD as ggml's own ARM kernels are (ggml_patch/arm_check.sh checks
+//     both under qemu; ggml_patch/tools/arm_mca.py estimates their cost);
 //   - the portable C loop otherwise.
 // Each call does 1 or 2 rows x 1 or 2 columns (type traits nrows = 2: in prompt processing a
 // decoded block serves two activation columns). A row's decodable blocks are counted first: from
@@ -32,6 +36,8 @@
 #define MLWQ_AVX512 1
 #elif defined(__AVX2__)
 #define MLWQ_AVX2 1
+#elif defined(__ARM_NEON) && defined(__aarch64__) && !defined(__AARCH64EB__)
+#define MLWQ_NEON 1
 #endif
 
 #define MLWQ_INLINE static inline __attribute__((always_inline))
@@ -44,6 +50,16 @@
 #if defined(MLWQ_AVX512)
 #define MLWQ_NC 4
 #define mlwq_tile mlwq_tile_avx512
+#elif defined(MLWQ_NEON) && defined(__clang__)
+// 4x4 (16 accumulators, 16 activation registers): with clang up to 11 % fewer estimated cycles per product
+// than 4x2 (ggml_patch/tools/arm_mca.py), and nearly no spills (17 vector stack accesses in the 4x4
+// tile's code); GCC 12 spills it heavily (about 800 there, against about 180 in its 4x2 tile), so GCC
+// builds take 4x2
+#define MLWQ_NC 4
+#define mlwq_tile mlwq_tile_neon
+#elif defined(MLWQ_NEON)
+#define MLWQ_NC 2
+#define mlwq_tile mlwq_tile_neon
 #else
 #define MLWQ_NC 2
 #define mlwq_tile mlwq_tile_avx2
@@ -352,6 +368,312 @@ MLWQ_INLINE void mlwq_tile_avx2(int K, int b, float * s, size_t bs, const uint8_
 }
 #endif
 
+// ---- ARM NEON (AArch64) --------------------------------------------------------------------------
+#if defined(MLWQ_NEON)
+// the tile loops (NR, NC constants after inlining) must unroll completely, as on x86; clang (Android NDK,
+// Apple) keeps a loop of 2 under "GCC unroll 4", so it is told to unroll fully
+#if defined(__clang__)
+#define MLWQ_NEON_UNROLL _Pragma("unroll")
+#else
+#define MLWQ_NEON_UNROLL MLWQ_UNROLL
+#endif
+// A block's 64 codes in four registers, columns 0-15, 16-31, 32-47, 48-63 (FORMAT.md, "Codes":
+// 4-bit plane byte i = columns i | i+32, 2-bit plane byte i = columns i, i+16, i+32, i+48, 1-bit plane
+// byte i = columns i, i+8, ..., i+56), already minus the zero point: a = q - zero in int8, exact for
+// widths 1..7 (q and zero in 0..127). Width 8 gives q - 128 (the caller adds (128 - zero) * sum(qy)).
+// Each width is straight-line code; the zero point is folded into the last step of each column group:
+//   - a 1-bit plane on top of lower planes: cmtst on the complemented bytes gives -1 where the bit is
+//     0, and sli(lower, that, s) = lower + 2^s*bit - 2^s (it also masks the lower field), so
+//     a = sli(...) + (2^s - zero);
+//   - the top field of a byte: usra (a = -zero + (v >> s)), no mask.
+
+// 1-bit plane: the 8 bytes in both halves, lane l of group k tests bit 2k + (l >= 8) (column
+// 16k + l is bit (16k + l)/8 of byte l % 8)
+MLWQ_INLINE uint8x16_t mlwq_neon_p1(const uint8_t * c) {
+    uint64_t v;
+    memcpy(&v, c, sizeof(v));
+    return vreinterpretq_u8_u64(vdupq_n_u64(v));
+}
+MLWQ_INLINE uint8x16_t mlwq_neon_bitsel(int k) {
+    return vcombine_u8(vdup_n_u8((uint8_t) (1u << (2*k))), vdup_n_u8((uint8_t) (1u << (2*k + 1))));
+}
+
+// 64 int8 of a block (columns 0-15, 16-31, 32-47, 48-63) or of its activations, passed by value as the
+// AVX2 code passes mlwq_q64
+typedef struct { int8x16_t v[4]; } mlwq_neon_b64;
+
+// codes - zero (widths 1..7) or codes - 128 (width 8) of the block whose planes start at c
+MLWQ_INLINE mlwq_neon_b64 mlwq_neon_decode(const uint8_t * c, const int W, const int zero) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0f);
+    const uint8x16_t m2 = vdupq_n_u8(0x03);
+    const uint8x16_t nz = vdupq_n_u8((uint8_t) -zero);
+    uint8x16_t q[4];
+    switch (W) {
+        case 1: {
+            // cmtst gives -1 (= -q) where the bit is set: a = -zero - (-q)
+            const uint8x16_t v = mlwq_neon_p1(c);
+            for (int k = 0; k < 4; ++k) {
+                q[k] = vsubq_u8(nz, vtstq_u8(v, mlwq_neon_bitsel(k)));
+            }
+        } break;
+        case 2: {
+            const uint8x16_t v = vld1q_u8(c);
+            q[0] = vaddq_u8(vandq_u8(v, m2), nz);
+            q[1] = vaddq_u8(vandq_u8(vshrq_n_u8(v, 2), m2), nz);
+            q[2] = vaddq_u8(vandq_u8(vshrq_n_u8(v, 4), m2), nz);
+            q[3] = vsraq_n_u8(nz, v, 6);
+        } break;
+        case 3: {
+            const uint8x16_t v  = vld1q_u8(c);
+            const uint8x16_t nb = vmvnq_u8(mlwq_neon_p1(c + 16));
+            const uint8x16_t o  = vdupq_n_u8((uint8_t) (4 - zero));
+            q[0] = vaddq_u8(vsliq_n_u8(v,              vtstq_u8(nb, mlwq_neon_bitsel(0)), 2), o);
+            q[1] = vaddq_u8(vsliq_n_u8(vshrq_n_u8(v, 2), vtstq_u8(nb, mlwq_neon_bitsel(1)), 2), o);
+            q[2] = vaddq_u8(vsliq_n_u8(vshrq_n_u8(v, 4), vtstq_u8(nb, mlwq_neon_bitsel(2)), 2), o);
+            q[3] = vaddq_u8(vsliq_n_u8(vshrq_n_u8(v, 6), vtstq_u8(nb, mlwq_neon_bitsel(3)), 2), o);
+        } break;
+        case 4: {
+            const uint8x16_t v0 = vld1q_u8(c), v1 = vld1q_u8(c + 16);
+            q[0] = vaddq_u8(vandq_u8(v0, m4), nz);
+            q[1] = vaddq_u8(vandq_u8(v1, m4), nz);
+            q[2] = vsraq_n_u8(nz, v0, 4);
+            q[3] = vsraq_n_u8(nz, v1, 4);
+        } break;
+        case 5: {
+            const uint8x16_t v0 = vld1q_u8(c), v1 = vld1q_u8(c + 16);
+            const uint8x16_t nb = vmvnq_u8(mlwq_neon_p1(c + 32));
+            const uint8x16_t o  = vdupq_n_u8((uint8_t) (16 - zero));
+            q[0] = vaddq_u8(vsliq_n_u8(v0,               vtstq_u8(nb, mlwq_neon_bitsel(0)), 4), o);
+            q[1] = vaddq_u8(vsliq_n_u8(v1,               vtstq_u8(nb, mlwq_neon_bitsel(1)), 4), o);
+            q[2] = vaddq_u8(vsliq_n_u8(vshrq_n_u8(v0, 4), vtstq_u8(nb, mlwq_neon_bitsel(2)), 4), o);
+            q[3] = vaddq_u8(vsliq_n_u8(vshrq_n_u8(v1, 4), vtstq_u8(nb, mlwq_neon_bitsel(3)), 4), o);
+        } break;
+        case 6:
+        case 7: {
+            // 4-bit plane | 2-bit plane << 4 (sli keeps the low nibble), then for 7 the 1-bit plane at 6
+            const uint8x16_t v0 = vld1q_u8(c), v1 = vld1q_u8(c + 16), v2 = vld1q_u8(c + 32);
+            q[0] = vsliq_n_u8(v0,               vandq_u8(v2, m2), 4);
+            q[1] = vsliq_n_u8(v1,               vandq_u8(vshrq_n_u8(v2, 2), m2), 4);
+            q[2] = vsliq_n_u8(vshrq_n_u8(v0, 4), vandq_u8(vshrq_n_u8(v2, 4), m2), 4);
+            q[3] = vsliq_n_u8(vshrq_n_u8(v1, 4), vshrq_n_u8(v2, 6), 4);
+            if (W == 6) {
+                for (int k = 0; k < 4; ++k) {
+                    q[k] = vaddq_u8(q[k], nz);
+                }
+            } else {
+                const uint8x16_t nb = vmvnq_u8(mlwq_neon_p1(c + 48));
+                const uint8x16_t o  = vdupq_n_u8((uint8_t) (64 - zero));
+                for (int k = 0; k < 4; ++k) {
+                    q[k] = vaddq_u8(vsliq_n_u8(q[k], vtstq_u8(nb, mlwq_neon_bitsel(k)), 6), o);
+                }
+            }
+        } break;
+        default: {
+            // 8: low nibbles | high nibbles << 4 (sli/sri keep the other half of the byte), then q - 128
+            const uint8x16_t v0 = vld1q_u8(c),      v1 = vld1q_u8(c + 16);
+            const uint8x16_t h0 = vld1q_u8(c + 32), h1 = vld1q_u8(c + 48);
+            const uint8x16_t s  = vdupq_n_u8(0x80);
+            q[0] = veorq_u8(vsliq_n_u8(v0, h0, 4), s);
+            q[1] = veorq_u8(vsliq_n_u8(v1, h1, 4), s);
+            q[2] = veorq_u8(vsriq_n_u8(h0, v0, 4), s);
+            q[3] = veorq_u8(vsriq_n_u8(h1, v1, 4), s);
+        } break;
+    }
+    mlwq_neon_b64 a;
+    for (int k = 0; k < 4; ++k) {
+        a.v[k] = vreinterpretq_s8_u8(q[k]);
+    }
+    return a;
+}
+
+// int32 sums of a*qy of a block (W its width): lanes 0-1 add up to columns 0..31 (the first q8_1 block),
+// lanes 2-3 to columns 32..63. Exact: |qy| <= 127 (ggml's q8_1 never writes -128) and |a| <= 2^W - 1
+// (q and zero in 0..2^W - 1; width 8: q - 128, |a| <= 128), so no int16 sum below wraps.
+//   dotprod (ARMv8.2+): vdotq_s32, 4 products a lane, then pairs of lanes;
+//   plain NEON (ARMv8.0): int16 products (smull/smlal), as many per int16 lane as fit, then widened:
+//   widths <= 5: 8 products a lane (8*31*127 < 2^15); 6: 4 (4*63*127 < 2^15); 7, 8: 2 (2*128*127 < 2^15).
+// (A zero point out of range, which the loader refuses, may wrap: that block's value is unspecified.)
+MLWQ_INLINE int32x4_t mlwq_neon_dot64(const int W, const mlwq_neon_b64 A, const mlwq_neon_b64 Y) {
+    const int8x16_t * a = A.v;
+    const int8x16_t * y = Y.v;
+#if defined(__ARM_FEATURE_DOTPROD)
+    GGML_UNUSED(W);
+    const int32x4_t i0 = ggml_vdotq_s32(ggml_vdotq_s32(vdupq_n_s32(0), a[0], y[0]), a[1], y[1]);
+    const int32x4_t i1 = ggml_vdotq_s32(ggml_vdotq_s32(vdupq_n_s32(0), a[2], y[2]), a[3], y[3]);
+    return vpaddq_s32(i0, i1);
+#else
+    if (W <= 6) {
+        // per half: 4 products per int16 lane
+        int16x8_t h0 = vmull_s8(vget_low_s8(a[0]), vget_low_s8(y[0]));
+        h0 = vmlal_high_s8(h0, a[0], y[0]);
+        h0 = vmlal_s8(h0, vget_low_s8(a[1]), vget_low_s8(y[1]));
+        h0 = vmlal_high_s8(h0, a[1], y[1]);
+        int16x8_t h1 = vmull_s8(vget_low_s8(a[2]), vget_low_s8(y[2]));
+        h1 = vmlal_high_s8(h1, a[2], y[2]);
+        h1 = vmlal_s8(h1, vget_low_s8(a[3]), vget_low_s8(y[3]));
+        h1 = vmlal_high_s8(h1, a[3], y[3]);
+        if (W <= 5) {
+            return vpaddlq_s16(vpaddq_s16(h0, h1));             // 8 products per int16 lane
+        }
+        return vpaddq_s32(vpaddlq_s16(h0), vpaddlq_s16(h1));
+    }
+    // 2 products per int16 lane
+    const int16x8_t l0 = vmlal_s8(vmull_s8(vget_low_s8(a[0]), vget_low_s8(y[0])), vget_low_s8(a[1]), vget_low_s8(y[1]));
+    const int16x8_t u0 = vmlal_high_s8(vmull_high_s8(a[0], y[0]), a[1], y[1]);
+    const int16x8_t l1 = vmlal_s8(vmull_s8(vget_low_s8(a[2]), vget_low_s8(y[2])), vget_low_s8(a[3]), vget_low_s8(y[3]));
+    const int16x8_t u1 = vmlal_high_s8(vmull_high_s8(a[2], y[2]), a[3], y[3]);
+    return vpaddq_s32(vpadalq_s16(vpaddlq_s16(l0), u0), vpadalq_s16(vpaddlq_s16(l1), u1));
+#endif
+}
+
+// activations of block j of one column: 64 int8 (two q8_1 blocks) and their scales {dy0, dy0, dy1, dy1}
+typedef struct {
+    mlwq_neon_b64 q;
+    float32x4_t   d;
+} mlwq_neon_y;
+
+MLWQ_INLINE mlwq_neon_y mlwq_neon_load_y(const block_q8_1 * y0) {
+    mlwq_neon_y r;
+    r.q.v[0] = vld1q_s8(y0[0].qs);
+    r.q.v[1] = vld1q_s8(y0[0].qs + 16);
+    r.q.v[2] = vld1q_s8(y0[1].qs);
+    r.q.v[3] = vld1q_s8(y0[1].qs + 16);
+    // the two fp16 scales as {d0, d0, d1, d1} in one 64-bit word, one fcvtl (exact, as the scalar path)
+    uint16_t d0, d1;
+    memcpy(&d0, &y0[0].d, sizeof(d0));
+    memcpy(&d1, &y0[1].d, sizeof(d1));
+    const uint64_t d01 = (uint64_t) d0 | (uint64_t) d1 << 32;
+    r.d = vcvt_f32_f16(vreinterpret_f16_u64(vcreate_u64(d01 | d01 << 16)));
+    return r;
+}
+
+// a block header's fp16 scale, loaded straight into an FP register
+MLWQ_INLINE float mlwq_neon_d(const uint8_t * h) {
+    __fp16 d;
+    memcpy(&d, h, sizeof(d));
+    return (float) d;
+}
+
+// exact int32 sums of (q - zero)*qy of a block (a from mlwq_neon_decode, width W) against one column
+MLWQ_INLINE int32x4_t mlwq_neon_isum(const mlwq_neon_b64 a, const mlwq_neon_y y, const int W, const int zero) {
+    int32x4_t i = mlwq_neon_dot64(W, a, y.q);
+    if (W == 8) {
+        // a = q - 128: add (128 - zero) * sum(qy), exact in int32
+        const mlwq_neon_b64 one = { { vdupq_n_s8(1), vdupq_n_s8(1), vdupq_n_s8(1), vdupq_n_s8(1) } };
+        i = vmlaq_n_s32(i, mlwq_neon_dot64(1, one, y.q), 128 - zero);
+    }
+    return i;
+}
+
+// Software pipelining (MLWQ_NEON_PIPE, 1 row x 1 column on plain NEON): a block's int32 sums and scales
+// wait one block before their convert + fma, so that this tail (~20 cycles of latency) overlaps the next
+// block's decoding instead of holding the in-order retirement (llvm-mca, Cortex-A72 model, width 3:
+// 27.5 -> 25.1 cycles a block). The float additions happen in the same order either way. No gain on
+// dotprod cores (Neoverse-N1 model: a loss) nor in larger tiles (registers).
+#if defined(__ARM_FEATURE_DOTPROD)
+#define MLWQ_NEON_PIPE(NR, NC) false
+#else
+#define MLWQ_NEON_PIPE(NR, NC) ((NR) == 1 && (NC) == 1)
+#endif
+
+// Block j (width W) of the NR rows x + r*bx (codes at off[r], advanced) against the NC columns yv[c]:
+// each row decoded once, then its NC products into acc[r][c] (float32x4_t), with pipe (then NR = NC = 1)
+// through pend_i / pend_s. A macro, as MLWQ_ROW_BLOCK of the AVX-512 tile, so that
+// ggml_patch/tools/arm_mca_kernels.c can build the same loop around it for one width.
+#define MLWQ_NEON_ROWS(W, NR, NC, x, bx, j, off, yv, acc, pipe, pend_i, pend_s)                            \
+    do {                                                                                                  \
+        MLWQ_NEON_UNROLL                                                                                  \
+        for (int r_ = 0; r_ < (NR); ++r_) {                                                               \
+            const uint8_t *     h_ = (x) + r_*(bx) + 4*(j);                                               \
+            const mlwq_neon_b64 a_ = mlwq_neon_decode((x) + r_*(bx) + (off)[r_], (W), h_[2]);             \
+            const float         d_ = mlwq_neon_d(h_);                                                     \
+            (off)[r_] += 8*(size_t) (W);                                                                  \
+            MLWQ_NEON_UNROLL                                                                              \
+            for (int c_ = 0; c_ < (NC); ++c_) {                                                           \
+                const int32x4_t   i_ = mlwq_neon_isum(a_, (yv)[c_], (W), h_[2]);                          \
+                const float32x4_t s_ = vmulq_n_f32((yv)[c_].d, d_);                                      \
+                if (pipe) {                                                                               \
+                    (acc)[r_][c_] = vfmaq_f32((acc)[r_][c_], vcvtq_f32_s32(pend_i), pend_s);              \
+                    (pend_i) = i_;                                                                        \
+                    (pend_s) = s_;                                                                        \
+                } else {                                                                                  \
+                    (acc)[r_][c_] = vfmaq_f32((acc)[r_][c_], vcvtq_f32_s32(i_), s_); /* |i_| < 2^24 */    \
+                }                                                                                         \
+            }                                                                                             \
+        }                                                                                                 \
+    } while (0)
+
+// same contract as mlwq_tile_avx512: NR rows x NC columns, the activations of a block shared by the
+// rows, a decoded block by the columns; one branch on the width for all rows when they agree
+MLWQ_INLINE void mlwq_tile_neon(int K, int b, float * s, size_t bs, const uint8_t * x, size_t bx,
+                                const uint8_t * y, size_t by, const int NR, const int NC) {
+    const size_t row_bytes = ggml_mlwq_row_bytes(K, b);
+    const bool pipe = MLWQ_NEON_PIPE(NR, NC);
+    int nb[MLWQ_MR];
+    size_t off[MLWQ_MR];
+    float32x4_t acc[MLWQ_MR][MLWQ_NC];
+    int32x4_t   pend_i = vdupq_n_s32(0);
+    float32x4_t pend_s = vdupq_n_f32(0.0f);
+    for (int r = 0; r < NR; ++r) {
+        nb[r]  = K;
+        off[r] = (size_t) K * GGML_MLWQ_HEADER_SIZE;
+        for (int c = 0; c < NC; ++c) {
+            acc[r][c] = vdupq_n_f32(0.0f);
+        }
+    }
+    for (int j = 0; j < K; ++j) {
+        mlwq_neon_y yv[MLWQ_NC];
+        MLWQ_NEON_UNROLL
+        for (int c = 0; c < NC; ++c) {
+            yv[c] = mlwq_neon_load_y((const block_q8_1 *) (y + c*by) + 2*j);
+        }
+        const int w0 = x[4*j + 3];
+        bool uniform = true;
+        MLWQ_NEON_UNROLL
+        for (int r = 0; r < NR; ++r) {
+            uniform = uniform && j < nb[r] && x[r*bx + 4*j + 3] == w0 && ggml_mlwq_block_readable(w0, off[r], row_bytes);
+        }
+        if (uniform) {
+            switch (w0) {
+#define MLWQ_CASE(W) case W: MLWQ_NEON_ROWS(W, NR, NC, x, bx, j, off, yv, acc, pipe, pend_i, pend_s); break
+                MLWQ_CASE(1); MLWQ_CASE(2); MLWQ_CASE(3); MLWQ_CASE(4);
+                MLWQ_CASE(5); MLWQ_CASE(6); MLWQ_CASE(7);
+                default: MLWQ_NEON_ROWS(8, NR, NC, x, bx, j, off, yv, acc, pipe, pend_i, pend_s); break;
+#undef MLWQ_CASE
+            }
+            continue;
+        }
+        // rows of different widths at this block, or a corrupt header: row by row
+        MLWQ_NEON_UNROLL
+        for (int r = 0; r < NR; ++r) {
+            const int w = x[r*bx + 4*j + 3];
+            if (j >= nb[r]) {
+                continue;
+            }
+            if (!ggml_mlwq_block_readable(w, off[r], row_bytes)) {
+                nb[r] = j;
+                continue;
+            }
+            switch (w) {
+#define MLWQ_CASE(W) case W: MLWQ_NEON_ROWS(W, 1, NC, x + r*bx, 0, j, off + r, yv, acc + r, pipe, pend_i, pend_s); break
+                MLWQ_CASE(1); MLWQ_CASE(2); MLWQ_CASE(3); MLWQ_CASE(4);
+                MLWQ_CASE(5); MLWQ_CASE(6); MLWQ_CASE(7);
+                default: MLWQ_NEON_ROWS(8, 1, NC, x + r*bx, 0, j, off + r, yv, acc + r, pipe, pend_i, pend_s); break;
+#undef MLWQ_CASE
+            }
+        }
+    }
+    if (pipe) {
+        acc[0][0] = vfmaq_f32(acc[0][0], vcvtq_f32_s32(pend_i), pend_s);
+    }
+    for (int r = 0; r < NR; ++r) {
+        for (int c = 0; c < NC; ++c) {
+            s[c*bs + r] = vaddvq_f32(acc[r][c]);
+        }
+    }
+}
+#endif
+
 // ---- entry points --------------------------------------------------------------------------------
 
 // nrc == 1: s[0] = row x . column y; nrc == 2 (type traits nrows = 2, from ggml's mul_mat): rows x and
@@ -362,7 +684,7 @@ static inline void mlwq_vec_dot(int n, float * GGML_RESTRICT s, size_t bs, const
     assert(n % QK_MLWQ == 0);
     const uint8_t * x = (const uint8_t *) vx;
     const uint8_t * y = (const uint8_t *) vy;
-#if defined(MLWQ_AVX512) || defined(MLWQ_AVX2)
+#if defined(MLWQ_AVX512) || defined(MLWQ_AVX2) || defined(MLWQ_NEON)
     if (nrc == 2) {
         mlwq_tile(n / QK_MLWQ, b, s, bs, x, bx, y, by, 2, 2);
     } else {
@@ -381,6 +703,22 @@ void ggml_vec_dot_mlwq_q8_1_generic(int n, float * GGML_RESTRICT s, int b, const
     *s = mlwq_vec_dot_scalar(n, (const uint8_t *) vx, (const block_q8_1 *) vy, b);
 }
 
+const char * ggml_mlwq_cpu_kernel(void) {
+#if defined(MLWQ_AVX512)
+    return "avx512-vnni";
+#elif defined(MLWQ_AVX2) && defined(__AVXVNNI__)
+    return "avx2-vnni";
+#elif defined(MLWQ_AVX2)
+    return "avx2";
+#elif defined(MLWQ_NEON) && defined(__ARM_FEATURE_DOTPROD)
+    return "neon-dotprod";
+#elif defined(MLWQ_NEON)
+    return "neon";
+#else
+    return "scalar";
+#endif
+}
+
 #define MLWQ_VEC_DOT(B) \
 void ggml_vec_dot_mlwq##B##_q8_1(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, \
                                  const void * GGML_RESTRICT vy, size_t by, int nrc) { \
@@ -392,7 +730,7 @@ MLWQ_VEC_DOT(4)
 
 bool ggml_mlwq_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const void * A, int64_t lda,
                     const void * B, int64_t ldb, void * C, int64_t ldc, int Atype, int Btype, int Ctype) {
-#if defined(MLWQ_AVX512) || defined(MLWQ_AVX2)
+#if defined(MLWQ_AVX512) || defined(MLWQ_AVX2) || defined(MLWQ_NEON)
     const int b = ggml_mlwq_type_width((enum ggml_type) Atype);
     if (b == 0 || Btype != GGML_TYPE_Q8_1 || Ctype != GGML_TYPE_F32) {
         return false;   // src1 not yet quantized (mul_mat asks first with F32): after the conversion
@@ -412,7 +750,11 @@ bool ggml_mlwq_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const voi
         // generation streams the weights once from memory: ask for the tile after next now (a tile
         // takes about one memory latency to compute). Prefetches never fault past the tensor.
         for (size_t p = 0; p < MLWQ_MR*bx; p += 64) {
+#if defined(MLWQ_NEON)
+            __builtin_prefetch(xr + 2*MLWQ_MR*bx + p, 0, 3);
+#else
             _mm_prefetch((const char *) xr + 2*MLWQ_MR*bx + p, _MM_HINT_T0);
+#endif
         }
         if (r + MLWQ_MR <= r1) {
             for (; c + MLWQ_NC <= n; c += MLWQ_NC) {

@@ -36,6 +36,10 @@ GGML_BACKEND_API void ggml_mlwq_from_float_permuted(enum ggml_type vec_dot_type,
 // the portable loop, whatever the build targets (for tests comparing it with the SIMD path)
 GGML_BACKEND_API void ggml_vec_dot_mlwq_q8_1_generic(int n, float * GGML_RESTRICT s, int b, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy);
 
+// the kernel this build runs (chosen at compile time): "avx512-vnni", "avx2", "avx2-vnni", "neon-dotprod",
+// "neon" (AArch64 without dotprod) or "scalar"
+GGML_BACKEND_API const char * ggml_mlwq_cpu_kernel(void);
+
 #ifdef __cplusplus
 }
 #endif
