@@ -224,16 +224,16 @@ class Run:
         return entries
 
     # ours -------------------------------------------------------------------------------------
-    def our_config(self, method: str, bits: float) -> QuantConfig:
+    def our_config(self, method: str, bits: float, tune: int = 0) -> QuantConfig:
         steps = self.args.tqp_steps
         if bits == int(bits):
             if method == "rtn":
                 return QuantConfig(method="rtn", bits=bits, group_size=64)
             if method == "gptq":
                 return QuantConfig(method="gptq", bits=bits, group_size=64)
-            return QuantConfig(method="mlwq", bits=bits, tqp_steps=steps)
+            return QuantConfig(method="mlwq", bits=bits, tqp_steps=steps, block_tune_steps=tune)
         if method == "mlwq":
-            return QuantConfig(method="mlwq", bits=bits, tqp_steps=steps)
+            return QuantConfig(method="mlwq", bits=bits, tqp_steps=steps, block_tune_steps=tune)
         # fractional budget for the uniform methods: BPLL's layer widths, nothing else of MLWQ
         return QuantConfig(method="mlwq", bits=bits, mqsa=False, tqp=False, weighted=False,
                            compensate=(method == "gptq"), tqp_steps=steps)
@@ -244,14 +244,16 @@ class Run:
 
         a = self.args
         entries = []
-        todo = [(m, b) for m in a.methods for b in a.bits]
-        for i, (method, bits) in enumerate(todo, 1):
-            cfg = self.our_config(method, bits)
-            name = f"{method.upper()} {bits:g}"
+        # block tuning applies to MLWQ only; "MLWQ 3 bt50" is MLWQ 3 with 50 steps of it
+        todo = [(m, b, t) for m in a.methods for b in a.bits for t in (a.block_tune_steps if m == "mlwq" else [0])]
+        for i, (method, bits, tune) in enumerate(todo, 1):
+            cfg = self.our_config(method, bits, tune)
+            name = f"{method.upper()} {bits:g}" + (f" bt{tune}" if tune else "")
             key = key_of(name, self.src_sha, a.max_blocks, asdict(cfg), self.calib_sha, a.nsamples, a.seqlen)
             out = self.path(name, key)
             meta_path = out.with_suffix(".json")
-            how = (f"mlwq quantize {self.stem} --method {cfg.method} --bits {bits:g} ... "
+            how = (f"mlwq quantize {self.stem} --method {cfg.method} --bits {bits:g}"
+                   + (f" --block-tune-steps {tune}" if tune else "") + " ... "
                    f"(QuantConfig {json.dumps(asdict(cfg), sort_keys=True)}, calibration {a.nsamples} x {a.seqlen})")
             if not (out.exists() and meta_path.exists()):
                 if not make:
@@ -596,6 +598,9 @@ def parse_args(argv):
     p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 128 on a GPU, 32 on a CPU)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per window (default 2048 on a GPU, 512 on a CPU)")
     p.add_argument("--tqp-steps", type=int, default=None, help="TQP Adam steps (default 50 on a GPU, 20 on a CPU)")
+    p.add_argument("--block-tune-steps", default="0",
+                   help="MLWQ files with block-output reconstruction of these step counts, comma list "
+                        "(default 0 = off; e.g. 0,50 makes both, named 'MLWQ 3' and 'MLWQ 3 bt50')")
     p.add_argument("--calib", default=str(CALIBRATION_TEXT), help="calibration text (default wiki.valid.tokens)")
     p.add_argument("--eval-text", default=str(EVAL_TEXT), help="perplexity text (default wiki.test.raw)")
     p.add_argument("--ctx", type=int, default=512, help="llama-perplexity context (default 512)")
@@ -628,6 +633,7 @@ def parse_args(argv):
     a.types = [t for t in a.types.split(",") if t]
     a.methods = [m for m in a.methods.split(",") if m]
     a.bits = [float(b) for b in a.bits.split(",") if b]
+    a.block_tune_steps = [int(t) for t in a.block_tune_steps.split(",") if t]
     bad = [s for s in a.steps if s not in STEPS] + [m for m in a.methods if m not in OUR_METHODS]
     if bad:
         p.error(f"unknown steps or methods: {bad}")
