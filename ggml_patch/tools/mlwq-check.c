@@ -18,23 +18,11 @@
 #include "ggml-cpu.h"
 #include "ggml-mlwq.h"
 #include "mlwq-cpu.h"
+#include "mlwq-tool-files.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static void * read_file(const char * path, size_t * size) {
-    FILE * f = fopen(path, "rb");
-    if (!f) { fprintf(stderr, "cannot open %s\n", path); exit(2); }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void * buf = malloc(n > 0 ? (size_t) n : 1);
-    if (n > 0 && fread(buf, 1, (size_t) n, f) != (size_t) n) { fprintf(stderr, "cannot read %s\n", path); exit(2); }
-    fclose(f);
-    *size = (size_t) n;
-    return buf;
-}
 
 static void write_file(const char * path, const void * data, size_t size) {
     FILE * f = fopen(path, "wb");

@@ -34,32 +34,18 @@
 #include "ggml-cpu.h"
 #include "ggml-mlwq.h"
 #include "mlwq-cpu.h"
+#include "mlwq-tool-files.h"
 
-#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 typedef void (*vec_dot_fn)(int, float *, size_t, const void *, size_t, const void *, size_t, int);
 
 static long long n_rows = 0, n_blocks = 0, n_sums = 0, n_mismatch = 0, n_inputs = 0;
 // MLWQ_EXACT_SELFTEST=1: every expected sum is off by one (tests that a mismatch is reported)
 static bool selftest = false;
-
-static void * read_file(const char * path, size_t * size) {
-    FILE * f = fopen(path, "rb");
-    if (!f) { fprintf(stderr, "cannot open %s\n", path); exit(2); }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void * buf = malloc(n > 0 ? (size_t) n : 1);
-    if (n > 0 && fread(buf, 1, (size_t) n, f) != (size_t) n) { fprintf(stderr, "cannot read %s\n", path); exit(2); }
-    fclose(f);
-    *size = (size_t) n;
-    return buf;
-}
 
 static void mismatch(const char * what, const char * kernel, int b, long long r, long long c, long long j, double got, double want) {
     if (n_mismatch < 20) {
@@ -331,27 +317,6 @@ static void seed_file(const char * path) {
     free(y5); free(y); free(rows); free(data);
 }
 
-static void seed_path(const char * path) {
-    struct stat st;
-    if (stat(path, &st) != 0) { fprintf(stderr, "cannot stat %s\n", path); exit(2); }
-    if (!S_ISDIR(st.st_mode)) {
-        seed_file(path);
-        return;
-    }
-    struct dirent ** names;
-    const int n = scandir(path, &names, NULL, alphasort);
-    if (n < 0) { fprintf(stderr, "cannot list %s\n", path); exit(2); }
-    for (int i = 0; i < n; ++i) {
-        if (names[i]->d_name[0] != '.') {
-            char full[4096];
-            snprintf(full, sizeof(full), "%s/%s", path, names[i]->d_name);
-            seed_path(full);
-        }
-        free(names[i]);
-    }
-    free(names);
-}
-
 int main(int argc, char ** argv) {
     ggml_cpu_init();
     selftest = getenv("MLWQ_EXACT_SELFTEST") != NULL && strcmp(getenv("MLWQ_EXACT_SELFTEST"), "1") == 0;
@@ -376,7 +341,7 @@ int main(int argc, char ** argv) {
         free(ys); free(rows);
     } else if (argc >= 3 && strcmp(argv[1], "seeds") == 0) {
         for (int i = 2; i < argc; ++i) {
-            seed_path(argv[i]);
+            for_each_file(argv[i], seed_file);
         }
     } else {
         fprintf(stderr, "usage: see the head of mlwq-exact.c\n");
