@@ -7,8 +7,8 @@
 
     python -m tools.demo [--bits 3] [--chunks 40|all] [--out runs/demo]
 Perplexity is measured on the first 40 chunks of 512 tokens by default (20,480 tokens, as in
-`tools.compare`), a minute or two per file on a laptop CPU; `--chunks all` scores the whole text
-(603 chunks for SmolLM2). A progress bar shows the chunks done and the running perplexity.
+`tools.compare`); `--chunks all` scores the whole text. A progress bar shows the chunks done and
+the running perplexity.
 On a CPU-only machine the calibration is reduced (32 x 512 tokens, 20 TQP steps) so that the
 whole job takes minutes; on a GPU it uses the paper's 128 x 2048.
 """
