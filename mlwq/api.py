@@ -14,7 +14,7 @@ import torch
 from . import checkpoint, sensitivity
 from .assets import CALIBRATION_TEXT, EVAL_TEXT
 from .calibration import calibration_windows
-from .engine import QuantConfig, quantize_model
+from .engine import QuantConfig, StageTimes, quantize_model
 from .evaluate import eval_tokens, perplexity
 from .model_io import load_model
 from .resume import Progress
@@ -32,6 +32,7 @@ class QuantizeResult:
     tokenizer: object
     seconds: float              # quantization time; not in `meta`, which is byte-identical from run to run
     device: str                 # where it ran
+    stage_seconds: dict = None  # seconds per stage, loading the model included
 
 
 def quantize(source: str, out_dir: str | Path, cfg: QuantConfig, *, nsamples: int = 128, seqlen: int = 2048,
@@ -46,8 +47,10 @@ def quantize(source: str, out_dir: str | Path, cfg: QuantConfig, *, nsamples: in
     """
     cfg.validate()
     device = device or default_device()
+    times = StageTimes(torch.device(device))
     torch.manual_seed(cfg.seed)
-    model, tokenizer = model_and_tokenizer or load_model(source)
+    with times("load model"):
+        model, tokenizer = model_and_tokenizer or load_model(source)
     if max_blocks is not None:
         model = truncate_blocks(model, max_blocks)
     calib = calibration_windows(tokenizer, calib_path, nsamples, seqlen, cfg.seed)
@@ -57,7 +60,8 @@ def quantize(source: str, out_dir: str | Path, cfg: QuantConfig, *, nsamples: in
     t0 = time.time()
     model_widths = None
     if cfg.method == "mlwq" and cfg.bpll and cfg.bpll_scope == "model":   # on the float model, resumed or not
-        model_widths = sensitivity.allocate(model, calib, cfg, device, progress)
+        with times("sensitivity"):
+            model_widths = sensitivity.allocate(model, calib, cfg, device, progress)
     float_weights = {}                               # block tuning rebuilds the float stream from them
     for name, res in results_before.items():        # restore the finished blocks' weights
         layer = model.get_submodule(name)
@@ -66,7 +70,8 @@ def quantize(source: str, out_dir: str | Path, cfg: QuantConfig, *, nsamples: in
         layer.weight.data = res.dequantized_weight().to(layer.weight.dtype)
     results, reports = quantize_model(model, calib, cfg, device=device, progress=progress, done_blocks=done,
                                       rng_state=rng_state, float_weights=float_weights, model_widths=model_widths,
-                                      on_block_done=lambda i, r, rep, g: store.save_block(i, r, rep, g))
+                                      on_block_done=lambda i, r, rep, g: store.save_block(i, r, rep, g),
+                                      times=times)
     results = {**results_before, **results}
     reports = reports_before + reports
     seconds = time.time() - t0
@@ -74,7 +79,8 @@ def quantize(source: str, out_dir: str | Path, cfg: QuantConfig, *, nsamples: in
         "calibration": {"file": str(calib_path), "nsamples": nsamples, "seqlen": seqlen, "seed": cfg.seed},
         "max_blocks": max_blocks})
     store.clear()
-    return QuantizeResult(meta=meta, model=model, tokenizer=tokenizer, seconds=seconds, device=str(device))
+    return QuantizeResult(meta=meta, model=model, tokenizer=tokenizer, seconds=seconds, device=str(device),
+                          stage_seconds=dict(times.seconds))
 
 
 def truncate_blocks(model, n_blocks: int):

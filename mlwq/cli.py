@@ -124,7 +124,7 @@ def cmd_quantize(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"summary": res.meta["summary"], "perplexity": ppl, "config": res.meta["config"],
-                       "quantize_seconds": res.seconds}, f, indent=1)
+                       "quantize_seconds": res.seconds, "stage_seconds": res.stage_seconds}, f, indent=1)
     return 0
 
 
@@ -141,6 +141,8 @@ def print_summary(res, ppl: float | None) -> None:
     print(f"code bits per weight: {s['code_bits_per_weight']:.4f}")
     print(f"true bits per weight (codes + block headers + permutations): {s['bits_per_weight']:.4f}")
     print(f"quantization time: {res.seconds:.1f} s on {res.device}")
+    if res.stage_seconds:
+        print("by stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.stage_seconds.items()))
     if ppl is not None:
         print(f"Final estimate: PPL = {ppl:.4f}")
 

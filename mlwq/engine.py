@@ -16,6 +16,9 @@ quantized and the calibration activations live on the device. Per block:
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -94,6 +97,34 @@ class LayerReport:
     gptq_loss: float = 0.0
 
 
+class StageTimes:
+    """Seconds spent per stage, for the progress line and the summary (never in the checkpoint).
+    A stage timed inside another one is not counted in the outer one."""
+
+    def __init__(self, device: torch.device):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.cuda = device.type == "cuda"
+        self._inner = [0.0]                  # per open stage: seconds of the stages inside it
+
+    @contextmanager
+    def __call__(self, stage: str):
+        if self.cuda:                        # GPU work is asynchronous: time it when it is done
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        self._inner.append(0.0)
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize()
+            spent = time.perf_counter() - t0
+            self.seconds[stage] += spent - self._inner.pop()
+            self._inner[-1] += spent
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+
+
 def _capture_block0_inputs(model, calib: torch.Tensor, device):
     """Run the model up to block 0 and keep its inputs and keyword arguments."""
     spec = arch_of(model)
@@ -164,8 +195,8 @@ def layer_plan(cfg: QuantConfig, H: torch.Tensor, delta: torch.Tensor | None, wi
 def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | torch.device = "cpu",
                    progress: bool = True, done_blocks: int = 0, rng_state: torch.Tensor | None = None,
                    on_block_done=None, float_weights: dict[str, torch.Tensor] | None = None,
-                   model_widths: tuple[dict[str, int], dict[str, dict[int, float]]] | None = None
-                   ) -> tuple[dict[str, QuantResult], list[LayerReport]]:
+                   model_widths: tuple[dict[str, int], dict[str, dict[int, float]]] | None = None,
+                   times: StageTimes | None = None) -> tuple[dict[str, QuantResult], list[LayerReport]]:
     """Quantize every block's linear layers in place (fake-quant) and return the packed results.
 
     Resuming: the first `done_blocks` blocks already hold their quantized weights (the caller
@@ -174,9 +205,12 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
     on_block_done(i, results_of_block, reports_of_block, rng_state) is called after each block.
     float_weights (name -> float weight) of the resumed blocks' layers rebuild the float stream
     that block tuning needs. model_widths: (widths, losses) of the model-scope BPLL, by full name.
+    times collects the seconds per stage (block inputs, hessians, salience, bpll, tqp, gptq,
+    block tuning, block outputs).
     """
     cfg.validate()
     device = torch.device(device)
+    times = times or StageTimes(device)
     spec = arch_of(model)
     blocks = blocks_of(model)
     for b in blocks:
@@ -186,7 +220,8 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
     gen = torch.Generator().manual_seed(cfg.seed)
     if rng_state is not None:
         gen.set_state(rng_state)
-    inps, kwargs = _capture_block0_inputs(model, calib, device)
+    with times("block inputs"):
+        inps, kwargs = _capture_block0_inputs(model, calib, device)
     tune = cfg.block_tune_steps > 0 and cfg.method != "rtn"
     fp_inps = inps.clone() if tune else None      # the float model's stream: the tuning's targets
     results: dict[str, QuantResult] = {}
@@ -195,50 +230,69 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
     for i in bar:
         block = blocks[i].to(device)
         if i < done_blocks:                      # resumed: already quantized, only its outputs
-            if tune:
-                fp_inps = _block_forward(block, fp_inps, kwargs, _float_weights_of(block, float_weights, spec, i))
-            inps = _block_forward(block, inps, kwargs)
+            with times("block outputs"):
+                if tune:
+                    fp_inps = _block_forward(block, fp_inps, kwargs,
+                                             _float_weights_of(block, float_weights, spec, i))
+                inps = _block_forward(block, inps, kwargs)
             blocks[i] = block.cpu()
             continue
-        targets = _block_forward(block, fp_inps, kwargs) if tune else None
+        with times("block outputs"):
+            targets = _block_forward(block, fp_inps, kwargs) if tune else None
         layers = {name: get_module(block, name) for name in spec.linears}
         gptq = {name: GPTQ(layer) for name, layer in layers.items()}
         samples: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
         per_window = max(1, cfg.bpll_tokens // inps.shape[0])
+        block_bpll = model_widths is None and cfg.method == "mlwq" and cfg.bpll   # needs input samples
+        fed_by: dict[str, str] = {}          # layer -> the layer before it that read the same tensor
+        last: list = [None, None]
 
         def hook(name):
             def fn(_, inp, __):
                 x = inp[0].detach()
-                gptq[name].add_batch(x)
-                rows = x.reshape(-1, x.shape[-1])
-                pick = torch.randperm(rows.shape[0], generator=gen)[:per_window].to(rows.device)
-                samples[name].append(rows[pick].float())
+                if inp[0] is last[0]:        # q/k/v, gate/up: one input, one Hessian
+                    fed_by[name] = last[1]
+                else:
+                    last[:] = [inp[0], name]
+                    gptq[name].add_batch(x)
+                if block_bpll:
+                    rows = x.reshape(-1, x.shape[-1])
+                    pick = torch.randperm(rows.shape[0], generator=gen)[:per_window].to(rows.device)
+                    samples[name].append(rows[pick].float())
             return fn
 
         handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
-        _block_forward(block, inps, kwargs)
+        with times("hessians"):
+            _block_forward(block, inps, kwargs)
         for h in handles:
             h.remove()
+        last.clear()
+        for name, first in fed_by.items():
+            gptq[name].H = gptq[first].H
 
         use_mqsa = cfg.method == "mlwq" and cfg.mqsa
-        delta = {name: mqsa.salience(layer.weight, gptq[name].H, cfg.percdamp) if use_mqsa else None
-                 for name, layer in layers.items()}
+        with times("salience"):
+            delta = {name: mqsa.salience(layer.weight, gptq[name].H, cfg.percdamp) if use_mqsa else None
+                     for name, layer in layers.items()}
         if model_widths is not None:
             widths = {name: LayerReport(name, model_widths[0][f"{spec.blocks}.{i}.{name}"], [],
                                         model_widths[1][f"{spec.blocks}.{i}.{name}"]) for name in layers}
         else:
-            widths = _choose_widths(cfg, layers, gptq, delta, samples)
+            with times("bpll"):
+                widths = _choose_widths(cfg, layers, gptq, delta, samples)
         block_results: dict[str, QuantResult] = {}
         for name, layer in layers.items():
             plan = layer_plan(cfg, gptq[name].H, delta[name], widths[name].width)
-            block_results[name] = gptq[name].quantize(plan, percdamp=cfg.percdamp)
+            with times("gptq"):
+                block_results[name] = gptq[name].quantize(plan, percdamp=cfg.percdamp, times=times)
             layer.weight.data = block_results[name].weight.to(layer.weight.dtype)
             gptq[name].free()
         del gptq, samples
         if tune:
-            block_results, loss_before, loss_after = blockrec.tune_block(
-                block, block_results, inps, targets, kwargs, cfg.block_tune_steps, cfg.block_tune_lr,
-                cfg.block_tune_batch, gen)
+            with times("block tuning"):
+                block_results, loss_before, loss_after = blockrec.tune_block(
+                    block, block_results, inps, targets, kwargs, cfg.block_tune_steps, cfg.block_tune_lr,
+                    cfg.block_tune_batch, gen)
             for name, layer in layers.items():
                 layer.weight.data = block_results[name].weight.to(layer.weight.dtype)
             bar.set_description(f"{cfg.method} {cfg.bits:g}-bit (block loss {loss_before:.3g} -> {loss_after:.3g})")
@@ -251,14 +305,16 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
             rep.tiers = _tier_columns(res)
             reports.append(rep)
         del block_results
-        inps = _block_forward(block, inps, kwargs)
+        with times("block outputs"):
+            inps = _block_forward(block, inps, kwargs)
         fp_inps = targets
         blocks[i] = block.cpu()
         if on_block_done is not None:
             prefix = f"{spec.blocks}.{i}."
             on_block_done(i, {k: v for k, v in results.items() if k.startswith(prefix)},
                           [r for r in reports if r.name.startswith(prefix)], gen.get_state())
-        bar.set_postfix(widths="/".join(str(widths[n].width) for n in spec.linears))
+        bar.set_postfix(widths="/".join(str(widths[n].width) for n in spec.linears),
+                        seconds=" ".join(f"{k} {v:.0f}" for k, v in times.seconds.items() if v >= 1))
     return results, reports
 
 

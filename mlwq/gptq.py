@@ -4,13 +4,15 @@ loop that RTN, GPTQ and MLWQ share.
 Shaped like the reference gptq.py: collect statistics (`add_batch`), compute (`quantize`),
 release (`free`). A QuantPlan says in which order the columns are quantized (`perm`), the width
 of every group of `group_size` consecutive permuted columns (`group_bits`), how each group's
-scale and zero are fitted (min/max or TQP) and whether GPTQ's error compensation runs. The
-group parameters are fitted when the loop reaches the group, on the weights already updated
-by the compensation of the columns before it (GPTQ's dynamic groups).
+scale and zero are fitted (min/max or TQP) and whether GPTQ's error compensation runs. TQP's
+clipping strengths are learned for all groups at once before the loop; each group's scale and
+zero are fitted when the loop reaches the group, on the weights already updated by the
+compensation of the columns before it (GPTQ's dynamic groups).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -92,7 +94,8 @@ class GPTQ:
         x = math.sqrt(2 / self.nsamples) * x
         self.H += x.t() @ x
 
-    def quantize(self, plan: QuantPlan, percdamp: float = 0.01) -> QuantResult:
+    def quantize(self, plan: QuantPlan, percdamp: float = 0.01, times=None) -> QuantResult:
+        """The layer's codes and parameters on `plan`; times(stage) may time TQP apart."""
         if not plan.compensate:
             return quantize_without_compensation(self.layer.weight, plan)
         _check_plan(plan, self.cols)
@@ -103,7 +106,6 @@ class GPTQ:
         W = self.layer.weight.detach().float().clone()[:, perm]
         n_groups = math.ceil(self.cols / gs)
         gbits = plan.group_bits.to(dev)
-        col_bits = gbits.repeat_interleave(gs)[: self.cols].float()
 
         H = self.H[perm][:, perm].clone()
         dead = torch.diag(H) == 0
@@ -111,11 +113,18 @@ class GPTQ:
         W[:, dead] = 0
         Hinv = torch.linalg.cholesky(damped_cholesky_inverse(H, percdamp), upper=True)
 
+        # TQP's clipping for every group at once, on the weights before compensation; each
+        # group's scale and zero are then fitted on its compensated weights when the loop gets there
+        gamma = beta = None
+        if plan.tqp:
+            with times("tqp") if times else contextlib.nullcontext():
+                gamma, beta = learn_clipping(_groups(W, gs), gbits, plan.tqp_steps)
+        bits_of = plan.group_bits.tolist()         # host copies: no device sync inside the loop
         Q = torch.zeros_like(W)
         C = torch.zeros_like(W)
         D = torch.zeros((self.rows, n_groups), device=dev)
         Z = torch.zeros((self.rows, n_groups), device=dev)
-        loss = 0.0
+        loss = torch.zeros((), device=dev, dtype=torch.float64)
         for i1 in range(0, self.cols, blocksize):
             i2 = min(i1 + blocksize, self.cols)
             W1 = W[:, i1:i2].clone()
@@ -126,29 +135,33 @@ class GPTQ:
                 if col % gs == 0:
                     g = col // gs
                     wg = W1[:, i:i + gs]
-                    gamma = beta = None
-                    if plan.tqp:
-                        gamma, beta = learn_clipping(wg.unsqueeze(0), gbits[g:g + 1], plan.tqp_steps)
-                        gamma, beta = gamma[0], beta[0]
-                    D[:, g], Z[:, g] = fit_scale_zero(wg, gbits[g], gamma, beta)
+                    d, z = fit_scale_zero(wg, bits_of[g], None if gamma is None else gamma[g],
+                                          None if beta is None else beta[g])
                     if plan.weighted:       # a column's error costs err^2 / Hinv_ii^2 in GPTQ's loss
                         imp = Hinv1[i:i + gs, i:i + gs].diagonal().pow(-2)
-                        D[:, g], Z[:, g] = weighted_search(wg, gbits[g], imp, D[:, g], Z[:, g])
-                    d, z = D[:, g:g + 1], Z[:, g:g + 1]
-                w = W1[:, i:i + 1]
-                q = quantize_codes(w, d.squeeze(1), z.squeeze(1), col_bits[col])
-                Q[:, col:col + 1] = q
-                C[:, col:col + 1] = w
-                err = (w - dequantize(q, d.squeeze(1), z.squeeze(1))) / Hinv1[i, i]
-                loss += float((err.pow(2) * Hinv1[i, i] ** 2).sum()) / 2
-                W1[:, i:] -= err @ Hinv1[i:i + 1, i:]
-                Err1[:, i:i + 1] = err
+                        d, z = weighted_search(wg, bits_of[g], imp, d, z)
+                    D[:, g], Z[:, g] = d, z
+                    qmax = float(2 ** bits_of[g] - 1)
+                w = W1[:, i]
+                q = torch.clamp(torch.round(w / d) + z, 0, qmax)
+                Q[:, col] = q
+                C[:, col] = w
+                err = (w - d * (q - z)) / Hinv1[i, i]
+                W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i:i + 1, i:]
+                Err1[:, i] = err
+            loss += (Err1.pow(2) * Hinv1.diagonal().pow(2)).sum(dtype=torch.float64) / 2
             W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
-        return _result(Q, D, Z, plan, loss, C)
+        return _result(Q, D, Z, plan, float(loss), C)
 
     def free(self) -> None:
         self.H = None
+
+
+def _groups(W: torch.Tensor, gs: int) -> torch.Tensor:
+    """[n_groups, rows, gs] view-copy of W [rows, cols] cut into groups of gs columns (cols % gs == 0)."""
+    rows, cols = W.shape
+    return W.reshape(rows, cols // gs, gs).transpose(0, 1)
 
 
 def _check_plan(plan: QuantPlan, cols: int) -> None:

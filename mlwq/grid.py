@@ -24,8 +24,17 @@ def fit_scale_zero(w: torch.Tensor, bits: torch.Tensor | int,
     and lower end. bits may be an int or a tensor broadcastable to w's leading dims + rows.
     Returns (d, zero) as float32 tensors of shape [..., rows]; d is already rounded to fp16.
     """
-    wmax = w.amax(dim=-1).clamp(min=0)
-    wmin = w.amin(dim=-1).clamp(max=0)
+    return scale_zero_of_range(w.amax(dim=-1), w.amin(dim=-1), bits, gamma, beta)
+
+
+def scale_zero_of_range(wmax: torch.Tensor, wmin: torch.Tensor, bits, gamma=None, beta=None):
+    """fit_scale_zero from each row's max and min (gamma, beta may add leading candidate dims)."""
+    wmax = wmax.clamp(min=0)
+    wmin = wmin.clamp(max=0)
+    if gamma is not None:
+        wmax = torch.broadcast_to(wmax, torch.broadcast_shapes(wmax.shape, gamma.shape))
+    if beta is not None:
+        wmin = torch.broadcast_to(wmin, torch.broadcast_shapes(wmin.shape, beta.shape))
     qmax = maxq(bits, wmax)
     if gamma is not None:
         wmax = wmax * gamma
@@ -56,6 +65,7 @@ def fake_quant(w: torch.Tensor, bits, gamma=None, beta=None) -> torch.Tensor:
 
 def maxq(bits, like: torch.Tensor) -> torch.Tensor:
     """2^bits - 1 broadcast to the shape of `like` (per-row parameters)."""
-    b = bits.to(device=like.device, dtype=torch.float32) if torch.is_tensor(bits) else torch.tensor(
-        float(bits), device=like.device)
+    if not torch.is_tensor(bits):        # a fill, not a host-to-device copy
+        return torch.full(like.shape, float(2 ** int(bits) - 1), device=like.device)
+    b = bits.to(device=like.device, dtype=torch.float32)
     return torch.broadcast_to(2.0 ** b - 1, like.shape)

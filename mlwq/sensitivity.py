@@ -11,26 +11,74 @@ the Fisher-weighted output error of HAWQ-style mixed precision). W_hat is BPLL's
 width: the layer's MQSA tiers with min/max parameters, no compensation. Unlike the per-block
 losses of eq. 3, these are in one unit (nats of the model's loss) for every layer of every block,
 so bits can move between blocks.
+
+Memory: on a CPU one pass collects H and F together. On a GPU, where a 3B model must fit a
+24 GB card, the pass with gradients recomputes each block's activations in the backward pass
+(torch.utils.checkpoint) and collects only F; the H then come from a float forward pass block by
+block, one block's at a time, each block's losses computed before the next. Both give the same
+H and F.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from . import bpll, mqsa
-from .engine import layer_plan
+from .engine import _block_forward, _capture_block0_inputs, layer_plan
 from .gptq import quantize_without_compensation
 from .model_io import arch_of, blocks_of, get_module
 
 
-def layer_statistics(model, calib: torch.Tensor, device, windows: int, progress: bool = True):
-    """{full layer name: (H [cols, cols], F [rows])} over the first `windows` calibration windows."""
+class _SharedInputs:
+    """Layers run one after another on the same tensor (q/k/v, gate/up) share one H."""
+
+    def __init__(self):
+        self.last = (None, None)
+
+    def first_reader(self, x: torch.Tensor, name: str) -> str:
+        first = self.last[1] if x is self.last[0] else name
+        self.last = (x, first)
+        return first
+
+
+def _add_hessian(H: dict, shared: _SharedInputs, name: str, x: torch.Tensor, device) -> None:
+    first = shared.first_reader(x, name)
+    if first == name:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        if name not in H:
+            H[name] = torch.zeros(x.shape[1], x.shape[1], device=device)
+        H[name].addmm_(x.t(), x)
+    else:
+        H[name] = H[first]
+
+
+class _Recomputed(torch.nn.Module):
+    """A block whose activations are recomputed in the backward pass instead of kept."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, *args, **kwargs):
+        return checkpoint(self.block, *args, use_reentrant=False, **kwargs)
+
+
+def layer_statistics(model, calib: torch.Tensor, device, windows: int, progress: bool = True,
+                     hessians: bool = True, recompute: bool = False):
+    """({layer: H [cols, cols]} or None, {layer: F [rows]}) over the first `windows` calibration windows.
+
+    Only the activations carry gradients (none for the weights). recompute: keep only each
+    block's inputs for the backward pass (needs hessians=False: a recomputed block runs its
+    hooks twice)."""
     spec = arch_of(model)
-    layers = {f"{spec.blocks}.{i}.{n}": get_module(b, n) for i, b in enumerate(blocks_of(model))
-              for n in spec.linears}
-    H = {k: torch.zeros(m.in_features, m.in_features, device=device) for k, m in layers.items()}
+    blocks = blocks_of(model)
+    layers = {f"{spec.blocks}.{i}.{n}": get_module(b, n) for i, b in enumerate(blocks) for n in spec.linears}
+    H: dict[str, torch.Tensor] = {}
     F = {k: torch.zeros(m.out_features, device=device) for k, m in layers.items()}
+    shared = _SharedInputs()
+    seen: set[str] = set()                 # layers whose output gradient is hooked in this window
     tokens = 0
 
     def hook(name):
@@ -38,32 +86,81 @@ def layer_statistics(model, calib: torch.Tensor, device, windows: int, progress:
             F[name].add_(g.detach().reshape(-1, g.shape[-1]).float().pow(2).sum(0))
 
         def fn(_, inp, out):
-            x = inp[0].detach().reshape(-1, inp[0].shape[-1]).float()
-            H[name].addmm_(x.t(), x)
+            if name in seen:               # the recomputation in the backward pass
+                return
+            seen.add(name)
+            if hessians:
+                _add_hessian(H, shared, name, inp[0], device)
             out.register_hook(on_grad)
         return fn
 
+    def needs_grad(_, __, out):            # gradients start at the embeddings' output
+        return out.requires_grad_()
+
     model.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
     handles = [m.register_forward_hook(hook(k)) for k, m in layers.items()]
+    handles.append(model.get_input_embeddings().register_forward_hook(needs_grad))
+    if recompute:
+        for i in range(len(blocks)):
+            blocks[i] = _Recomputed(blocks[i])
     try:
         n = min(windows, calib.shape[0])
         for j in tqdm(range(n), desc="sensitivity (float pass with gradients)", unit="window", disable=not progress):
             ids = calib[j:j + 1].to(device)
+            seen.clear()
+            shared.last = (None, None)
             with torch.enable_grad():
                 loss = model(ids, labels=ids).loss
                 # dL/dy of the mean loss; scaled by the token count so F is a per-token mean square
                 (loss * (ids.shape[1] - 1)).backward()
-            model.zero_grad(set_to_none=True)
             tokens += ids.shape[1]
     finally:
+        if recompute:
+            for i in range(len(blocks)):
+                blocks[i] = blocks[i].block
         for h in handles:
             h.remove()
-        model.cpu()
-    return {k: (H[k] / tokens, F[k] / tokens) for k in layers}
+        for p in trainable:
+            p.requires_grad_(True)
+    for t in {id(t): t for t in (*H.values(), *F.values())}.values():
+        t.div_(tokens)                     # in place: shared H stay one tensor
+    return (H if hessians else None), F
 
 
+def block_hessians(model, calib: torch.Tensor, device, windows: int):
+    """Yield each block's {layer: H} in turn from a float forward pass block by block (the same H
+    as layer_statistics collects; only one block's H in memory)."""
+    spec = arch_of(model)
+    ids = calib[:min(windows, calib.shape[0])]
+    with torch.no_grad():
+        inps, kwargs = _capture_block0_inputs(model, ids, device)
+    tokens = ids.numel()
+    for i, block in enumerate(blocks_of(model)):
+        block.to(device)
+        H: dict[str, torch.Tensor] = {}
+        shared = _SharedInputs()
+
+        def hook(name):
+            return lambda _, inp, __: _add_hessian(H, shared, f"{spec.blocks}.{i}.{name}", inp[0], device)
+
+        handles = [get_module(block, n).register_forward_hook(hook(n)) for n in spec.linears]
+        try:
+            with torch.no_grad():
+                inps = _block_forward(block, inps, kwargs)     # window by window, as the full model ran them
+        finally:
+            for h in handles:
+                h.remove()
+        for t in {id(t): t for t in H.values()}.values():
+            t.div_(tokens)
+        yield H
+
+
+@torch.no_grad()
 def predicted_losses(model, stats: dict, cfg) -> dict[str, dict[int, float]]:
-    """{layer: {width: predicted loss increase}} for cfg.candidates."""
+    """{layer: {width: predicted loss increase}} for cfg.candidates; stats {layer: (H, F)}."""
     out = {}
     for name, (H, F) in stats.items():
         W = model.get_submodule(name).weight.detach().float().to(H.device)
@@ -77,7 +174,17 @@ def predicted_losses(model, stats: dict, cfg) -> dict[str, dict[int, float]]:
 
 def allocate(model, calib: torch.Tensor, cfg, device, progress: bool = True):
     """(widths {layer: bits}, predicted losses) for the whole model under cfg.bits."""
-    stats = layer_statistics(model, calib, device, cfg.sensitivity_windows, progress)
-    losses = predicted_losses(model, stats, cfg)
+    low_memory = torch.device(device).type == "cuda"
+    try:
+        H, F = layer_statistics(model, calib, device, cfg.sensitivity_windows, progress,
+                                hessians=not low_memory, recompute=low_memory)
+        if H is not None:
+            losses = predicted_losses(model, {k: (H[k], F[k]) for k in F}, cfg)
+        else:
+            losses = {}
+            for block_H in block_hessians(model, calib, device, cfg.sensitivity_windows):
+                losses.update(predicted_losses(model, {k: (h, F[k]) for k, h in block_H.items()}, cfg))
+    finally:
+        model.cpu()
     numels = {name: model.get_submodule(name).weight.numel() for name in losses}
     return bpll.allocate_widths(losses, numels, cfg.bits), losses

@@ -15,35 +15,72 @@ from __future__ import annotations
 
 import torch
 
-from .grid import fit_scale_zero, quantize_codes, dequantize, maxq
+from .grid import dequantize, fit_scale_zero, maxq, quantize_codes, scale_zero_of_range
 
 TQP_STEPS = 50
 TQP_LR = 0.1
 TQP_INIT_LOGIT = 4.0
 
 
-def _round_ste(x: torch.Tensor) -> torch.Tensor:
-    return (torch.round(x) - x).detach() + x
+class _FakeQuantError(torch.autograd.Function):
+    """err[..., row] = sum_k (d (q_k - z) - w_k)^2 with q = clamp(round(w / d) + z, 0, qmax), and its
+    gradient with respect to d and z under the straight-through estimator for round(), written
+    out: one pass over the weights each way instead of autograd's dozen temporaries.
+
+    The clamp's gradient follows autograd's conventions (clamp at 0 passes where x >= 0; the
+    upper bound, a minimum(), passes half on ties), so it is eq. 7's gradient to rounding."""
+
+    @staticmethod
+    def forward(ctx, w, d, z, qmax):
+        d_, z_, qmax_ = d.unsqueeze(-1), z.unsqueeze(-1), qmax.unsqueeze(-1)
+        t = w / d_
+        x = torch.round(t) + z_
+        c = x.clamp(min=0)
+        q = torch.minimum(c, qmax_)
+        e = d_ * (q - z_) - w
+        pass_ = (x >= 0).float() * torch.where(c < qmax_, 1.0, torch.where(c == qmax_, 0.5, 0.0))
+        ctx.save_for_backward(t, q, e, pass_, d_, z_)
+        return e.pow(2).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        t, q, e, pass_, d_, z_ = ctx.saved_tensors
+        g2e = 2 * grad.unsqueeze(-1) * e
+        grad_d = (g2e * ((q - z_) - pass_ * t)).sum(-1)      # d/dd [d (q - z)], q through w/d
+        grad_z = (g2e * d_ * (pass_ - 1)).sum(-1)
+        return None, grad_d, grad_z, None
 
 
-def _clipped_dequant(w, qmax, gamma, beta):
-    """Differentiable min/max-with-clipping fake quantization (no fp16 rounding of d)."""
-    wmax = w.amax(dim=-1).clamp(min=0) * gamma
-    wmin = w.amin(dim=-1).clamp(max=0) * beta
+def _clipped_error(w, wmax, wmin, qmax, gamma, beta):
+    """Eq. 7 for clipping strengths gamma, beta (no fp16 rounding of d); wmax, wmin: each row's
+    range clamped to contain 0 (constant over the steps)."""
+    wmax = wmax * gamma
+    wmin = wmin * beta
     d = ((wmax - wmin) / qmax).clamp(min=1e-8)
-    zero = torch.clamp(_round_ste(-wmin / d), min=0)
-    zero = torch.minimum(zero, qmax)
-    q = torch.clamp(_round_ste(w / d.unsqueeze(-1)) + zero.unsqueeze(-1), min=0)
-    q = torch.minimum(q, qmax.unsqueeze(-1))
-    return d.unsqueeze(-1) * (q - zero.unsqueeze(-1))
+    x = -wmin / d
+    zero = torch.minimum((torch.round(x) - x).detach().add(x).clamp(min=0), qmax)   # round, straight through
+    return _FakeQuantError.apply(w, d, zero, qmax)
+
+
+CHUNK_ELEMENTS = 1 << 24    # weights optimised together: bounds the memory of a wide layer
 
 
 def learn_clipping(w: torch.Tensor, bits: torch.Tensor, steps: int = TQP_STEPS, lr: float = TQP_LR):
     """Learn (gamma, beta) for groups w [G, rows, cols] with widths bits [G] (one per group).
 
     Returns gamma, beta of shape [G, rows]: the learned values where they beat plain min/max,
-    exactly 1.0 elsewhere.
+    exactly 1.0 elsewhere. Every group's error depends on its own parameters only and Adam is
+    elementwise, so the groups are optimised in chunks with the same result as all at once.
     """
+    per_chunk = max(1, CHUNK_ELEMENTS // max(1, w[0].numel()))
+    if w.shape[0] > per_chunk:
+        parts = [_learn_clipping(w[g:g + per_chunk], bits[g:g + per_chunk], steps, lr)
+                 for g in range(0, w.shape[0], per_chunk)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return _learn_clipping(w, bits, steps, lr)
+
+
+def _learn_clipping(w, bits, steps, lr):
     w = w.detach().float()
     bits = bits.to(w.device).float().view(-1, 1)
     qmax = maxq(bits, w[..., 0])
@@ -53,11 +90,12 @@ def learn_clipping(w: torch.Tensor, bits: torch.Tensor, steps: int = TQP_STEPS, 
     best_err = _group_error(w, bits, None, None)          # plain min/max is the fallback
     best_g = torch.ones_like(best_err)
     best_b = torch.ones_like(best_err)
+    wmax, wmin = w.amax(dim=-1).clamp(min=0), w.amin(dim=-1).clamp(max=0)
     with torch.enable_grad():
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             gamma, beta = torch.sigmoid(logit_g), torch.sigmoid(logit_b)
-            err = (_clipped_dequant(w, qmax, gamma, beta) - w).pow(2).sum(dim=-1)   # eq. 7
+            err = _clipped_error(w, wmax, wmin, qmax, gamma, beta)   # eq. 7
             err.sum().backward()
             opt.step()
     gamma, beta = torch.sigmoid(logit_g).detach(), torch.sigmoid(logit_b).detach()
@@ -85,7 +123,7 @@ def weighted_search(w: torch.Tensor, bits, importance: torch.Tensor, d0: torch.T
     """
     w = w.float()
     h = importance.float().to(w.device).clamp(min=0).expand_as(w)
-    qmax = float(2 ** int(bits) - 1)
+    qmax = float(2 ** int(bits) - 1)            # bits: a Python int in the GPTQ loop (no device sync)
 
     def err_of(d, z):                       # d, z [..., rows] -> weighted error [..., rows]
         q = torch.clamp(torch.round(w / d.unsqueeze(-1)) + z.unsqueeze(-1), 0, qmax)
@@ -93,11 +131,11 @@ def weighted_search(w: torch.Tensor, bits, importance: torch.Tensor, d0: torch.T
 
     grid = CLIP_GRID.to(w.device)
     gam, bet = grid.repeat_interleave(grid.numel()), grid.repeat(grid.numel())
-    d_c, z_c = fit_scale_zero(w.unsqueeze(0).expand(gam.numel(), *w.shape), bits,
-                              gam.view(-1, 1), bet.view(-1, 1))            # [C, rows]
+    d_c, z_c = scale_zero_of_range(w.amax(dim=-1), w.amin(dim=-1), bits,
+                                   gam.view(-1, 1), bet.view(-1, 1))       # [C, rows]
     d_c = torch.cat([d0.view(1, -1).float(), d_c])
     z_c = torch.cat([z0.view(1, -1).float(), z_c])
-    e_c, _ = err_of(d_c, z_c)
+    e_c = _weighted_errors(w, h, d_c, z_c, qmax)
     pick = e_c.argmin(0, keepdim=True)                                     # the start wins ties
     d, z = d_c.gather(0, pick)[0], z_c.gather(0, pick)[0]
     best, q = err_of(d, z)
@@ -114,3 +152,16 @@ def weighted_search(w: torch.Tensor, bits, importance: torch.Tensor, d0: torch.T
             d, z, best = torch.where(better, dt, d), torch.where(better, zt, z), torch.where(better, et, best)
             q = torch.where(better.unsqueeze(-1), qt, q)
     return d, z
+
+
+def _weighted_errors(w, h, d, z, qmax):
+    """err_of's error for many candidates d, z [C, rows], in place and, on a CPU, a few candidates
+    at a time so that the temporaries stay in cache (the same floats, a third of the time)."""
+    out = torch.empty(d.shape, device=w.device)
+    chunk = d.shape[0] if w.is_cuda else max(1, (1 << 16) // w.numel())
+    for c0 in range(0, d.shape[0], chunk):
+        dc, zc = d[c0:c0 + chunk].unsqueeze(-1), z[c0:c0 + chunk].unsqueeze(-1)
+        t = w / dc
+        t.round_().add_(zc).clamp_(0, qmax).sub_(zc).mul_(dc).sub_(w).pow_(2).mul_(h)
+        out[c0:c0 + chunk] = t.sum(-1)
+    return out

@@ -96,3 +96,27 @@ def test_write_failure_is_one_line_and_keeps_nothing_under_the_final_name(tmp_pa
     assert len(lines) == 1 and lines[0].startswith("mlwq: error: cannot write"), proc.stderr[-1500:]
     assert "Traceback" not in proc.stderr
     assert not out.exists() and not (tmp_path / "ck.part").exists()
+
+
+@pytest.mark.slow          # tokenizes wiki.valid.tokens with Llama-3's tokenizer
+def test_llama3_tokenizer_at_the_paper_calibration_quantizes_with_a_warning(calib_path, tmp_path):
+    """Llama-3's tokenizer makes 262,067 tokens of wiki.valid.tokens, fewer than 128 x 2048: the
+    windows overlap, one warning says so, and the quantization runs (a tiny random Llama-3 shape)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from mlwq import api
+    from mlwq.assets import llama3_tokenizer_dir
+    from mlwq.engine import QuantConfig
+
+    tok = AutoTokenizer.from_pretrained(str(llama3_tokenizer_dir()))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=128256, hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                         head_dim=32, max_position_embeddings=4096)).eval()
+    model.config.use_cache = False
+    with pytest.warns(UserWarning, match=r"262067 distinct tokens, fewer than the 128 x 2048"):
+        res = api.quantize("random llama-3 shape", tmp_path / "ckpt", QuantConfig(method="gptq", bits=3),
+                           nsamples=128, seqlen=2048, calib_path=calib_path, device="cpu", progress=False,
+                           model_and_tokenizer=(model, tok))
+    assert res.meta["calibration"]["nsamples"] == 128 and (tmp_path / "ckpt" / "mlwq_checkpoint.json").is_file()

@@ -81,3 +81,108 @@ def test_weighted_gptq_lowers_its_own_loss():
     weighted = gptq.quantize(uniform_plan(256, 3, weighted=True))
     err = lambda r: float((X @ (r.weight - layer.weight.detach()).t()).pow(2).mean())
     assert err(weighted) < err(plain)
+
+
+def _reference_gptq(gptq, plan, percdamp=0.01):
+    """The column loop as first written (one host sync per column, TQP per group on the
+    compensated weights): the rewrite must give the same bytes wherever TQP is off."""
+    import math
+    from mlwq.gptq import _result, damped_cholesky_inverse
+    from mlwq.tqp import weighted_search
+    gs = plan.group_size
+    blocksize = max(128 // gs, 1) * gs
+    W = gptq.layer.weight.detach().float().clone()[:, plan.perm]
+    gbits = plan.group_bits
+    col_bits = gbits.repeat_interleave(gs)[: gptq.cols].float()
+    H = gptq.H[plan.perm][:, plan.perm].clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    Hinv = torch.linalg.cholesky(damped_cholesky_inverse(H, percdamp), upper=True)
+    Q, C = torch.zeros_like(W), torch.zeros_like(W)
+    D = torch.zeros((gptq.rows, math.ceil(gptq.cols / gs)))
+    Z = torch.zeros_like(D)
+    for i1 in range(0, gptq.cols, blocksize):
+        i2 = min(i1 + blocksize, gptq.cols)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            col = i1 + i
+            if col % gs == 0:
+                g = col // gs
+                wg = W1[:, i:i + gs]
+                D[:, g], Z[:, g] = fit_scale_zero(wg, gbits[g])
+                if plan.weighted:
+                    imp = Hinv1[i:i + gs, i:i + gs].diagonal().pow(-2)
+                    D[:, g], Z[:, g] = weighted_search(wg, gbits[g], imp, D[:, g], Z[:, g])
+                d, z = D[:, g:g + 1], Z[:, g:g + 1]
+            w = W1[:, i:i + 1]
+            q = quantize_codes(w, d.squeeze(1), z.squeeze(1), col_bits[col])
+            Q[:, col:col + 1], C[:, col:col + 1] = q, w
+            err = (w - dequantize(q, d.squeeze(1), z.squeeze(1))) / Hinv1[i, i]
+            W1[:, i:] -= err @ Hinv1[i:i + 1, i:]
+            Err1[:, i:i + 1] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return _result(Q, D, Z, plan, 0.0, C)
+
+
+def test_column_loop_gives_the_bytes_of_the_reference_loop():
+    from mlwq.mqsa import plan_tiers, salience
+    g = torch.Generator().manual_seed(3)
+    layer = torch.nn.Linear(320, 48, bias=False)
+    X = torch.randn(1024, 320, generator=g) @ torch.randn(320, 320, generator=g) * 0.1
+    gptq = GPTQ(layer)
+    gptq.add_batch(X)
+    delta = salience(layer.weight, gptq.H)
+    for weighted in (False, True):
+        for plan in (uniform_plan(320, 3, 128, weighted=weighted),        # GPTQ g128, partial last group
+                     plan_tiers(delta, 3, weighted=weighted)):             # MQSA tiers 4/3/2
+            new, ref = gptq.quantize(plan), _reference_gptq(gptq, plan)
+            for field in ("codes", "scale", "zero", "weight", "continuous"):
+                assert torch.equal(getattr(new, field), getattr(ref, field)), (weighted, field)
+            assert new.loss > 0
+
+
+def test_tqp_in_chunks_equals_all_groups_at_once(monkeypatch):
+    import mlwq.tqp as tqp
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(7, 40, 64, generator=g) * 0.02
+    w[:, :, 3] *= 6
+    bits = torch.tensor([2, 3, 4, 3, 2, 4, 3])
+    whole = learn_clipping(w, bits, steps=10)
+    monkeypatch.setattr(tqp, "CHUNK_ELEMENTS", 2 * 40 * 64)             # 2 groups per chunk
+    parts = learn_clipping(w, bits, steps=10)
+    assert torch.equal(whole[0], parts[0]) and torch.equal(whole[1], parts[1])
+
+
+def test_tqp_error_and_gradient_match_autograd_of_eq7():
+    """The hand-written backward of TQP's error equals autograd's through the plain formula."""
+    from mlwq.tqp import _clipped_error
+
+    def ste(x):
+        return (torch.round(x) - x).detach() + x
+
+    def eq7_autograd(w, qmax, gamma, beta):
+        wmax = w.amax(dim=-1).clamp(min=0) * gamma
+        wmin = w.amin(dim=-1).clamp(max=0) * beta
+        d = ((wmax - wmin) / qmax).clamp(min=1e-8)
+        zero = torch.minimum(torch.clamp(ste(-wmin / d), min=0), qmax)
+        q = torch.minimum(torch.clamp(ste(w / d.unsqueeze(-1)) + zero.unsqueeze(-1), min=0), qmax.unsqueeze(-1))
+        return (d.unsqueeze(-1) * (q - zero.unsqueeze(-1)) - w).pow(2).sum(-1)
+
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(5, 96, 64, generator=g) * 0.02
+    w[:, :, 3] *= 8
+    w[1] = w[1].abs()
+    w[2, 3] = 0
+    qmax = (2.0 ** torch.tensor([1, 2, 3, 4, 8]).view(-1, 1) - 1).expand(5, 96)
+    logits = torch.randn(2, 5, 96, generator=g) + 2
+    lg, lb = logits[0].clone().requires_grad_(), logits[1].clone().requires_grad_()
+    ref = eq7_autograd(w, qmax, torch.sigmoid(lg), torch.sigmoid(lb))
+    ref_grads = torch.autograd.grad(ref.sum(), [lg, lb])
+    got = _clipped_error(w, w.amax(-1).clamp(min=0), w.amin(-1).clamp(max=0), qmax, torch.sigmoid(lg), torch.sigmoid(lb))
+    got_grads = torch.autograd.grad(got.sum(), [lg, lb])
+    assert torch.equal(ref, got)
+    for a, b in zip(ref_grads, got_grads):
+        assert a.abs().max() > 0
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6 * float(a.abs().max()))

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# tools.bench_quant_time on the GPU machine (device tool): the runs one after another in one
+# detached job (timings are never taken beside another run), so they may outlast one device call.
+# From the repo root:
+#   bench/gpu/quant_time.sh part1            # carry .device/p1 .device/tok
+#   bench/gpu/quant_time.sh start RUN...     # carry .device/p2 .device/data .whl
+#   bench/gpu/quant_time.sh wait 540         # waits, then copies the results to $OUT
+# RUN is a bench_quant_time command line, e.g. "--shape llama-1b". A RUN starting with "keep:" also
+# keeps its checkpoint and packs it for the trip back (zstd or xz, pieces of 15 MiB, at most 4).
+# .device/p1 and .device/p2 are the two halves of the source GGUF (see gpu_pipeline_bench.sh),
+# .device/tok the Llama-3.2 tokenizer (mlwq.assets.llama3_tokenizer_dir), .whl the gguf wheel.
+set -uo pipefail
+RES=/tmp/res/qt
+CACHE=/tmp/mlwqcache
+SRC_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+export MLWQ_CACHE=$CACHE MLWQ_DATA_DIR=$PWD/.device/data PYTHONUNBUFFERED=1
+mode=$1; shift
+case "$mode" in
+part1)
+    mkdir -p "$CACHE/llama3.2-tokenizer" && cp .device/p1/model.part.aa "$CACHE/" &&
+        cp .device/tok/* "$CACHE/llama3.2-tokenizer/" && echo "first half and tokenizer stored" ;;
+start)
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+    cat "$CACHE/model.part.aa" .device/p2/model.part.ab > "$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf" || exit 1
+    echo "$SRC_SHA  $CACHE/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c || exit 1
+    mkdir -p "$RES"
+    nvidia-smi --query-gpu=name,memory.total --format=csv
+    : > "$RES/runs.sh"
+    if command -v zstd > /dev/null; then PACK="zstd -T8 -15 -q"; EXT=tar.zst; else PACK="xz -T8 -6"; EXT=tar.xz; fi
+    i=0
+    for run in "$@"; do
+        i=$((i + 1))
+        args=${run#keep:}
+        keep=""
+        [ "$run" != "$args" ] && keep="--keep $RES/ckpt_$i"
+        echo "echo '== run $i: $args' >> $RES/log.txt" >> "$RES/runs.sh"
+        echo "python3 -m tools.bench_quant_time $args $keep --out $RES/quant-time.json >> $RES/log.txt 2>&1" >> "$RES/runs.sh"
+        [ -n "$keep" ] && echo "tar cf - -C $RES ckpt_$i | $PACK | split -b 15M - $RES/ckpt_$i.$EXT." >> "$RES/runs.sh"
+    done
+    echo "echo done > $RES/finished" >> "$RES/runs.sh"
+    PYTHONPATH=/tmp/site:$PWD setsid nohup bash "$RES/runs.sh" > /dev/null 2>&1 < /dev/null &
+    echo "started $# runs" ;;
+wait)
+    limit=${1:-540}; t=0
+    while [ "$t" -lt "$limit" ] && [ ! -f "$RES/finished" ]; do sleep 10; t=$((t + 10)); done
+    echo "waited ${t}s; finished: $([ -f "$RES/finished" ] && echo yes || echo no)"
+    tr '\r' '\n' < "$RES/log.txt" | grep -v -E "it/s\]|s/it\]|/s\]$" | tail -n 60
+    cp "$RES/log.txt" "$OUT/qt_log.txt"
+    [ -f "$RES/quant-time.json" ] && cp "$RES/quant-time.json" "$OUT/"
+    for f in "$RES"/ckpt_*.tar.*.*; do [ -f "$f" ] && cp "$f" "$OUT/"; done
+    ls -la "$OUT" ;;
+*)
+    echo "usage: $0 part1 | start RUN... | wait SECONDS" >&2; exit 2 ;;
+esac
