@@ -29,16 +29,8 @@ import numpy as np
 from . import mlwq_format as F
 
 from mlwq.checkpoint import CHECKPOINT_JSON, CHECKPOINT_TENSORS, type_width  # noqa: E402  (the checkpoint contract)
-
-# HF linear module name -> GGUF tensor base name
-_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)$")
-_HF_TO_GGUF = {
-    "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-    "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down",
-}
-# architectures whose q/k rows llama.cpp's converter permutes for its rope layout (and that
-# transformers' GGUF loader un-permutes: LlamaTensorProcessor)
-_ROPE_PERMUTED_ARCHS = {"llama"}
+from mlwq.errors import MLWQError  # noqa: E402
+from mlwq.model_io import ARCHITECTURES, spec_of_gguf_arch  # noqa: E402  (the architecture table)
 
 
 class ExportError(Exception):
@@ -74,15 +66,19 @@ class ExportReport:
                 f"whole file {self.bpw_file:.4f} bits/weight over {self.n_params} parameters")
 
 
-def gguf_name(hf_name: str) -> str:
-    """GGUF tensor base name of an HF linear module (model.layers.3.mlp.down_proj -> blk.3.ffn_down)."""
+def gguf_name(hf_name: str, spec=None) -> str:
+    """GGUF tensor base name of an HF linear module (model.layers.3.mlp.down_proj -> blk.3.ffn_down)
+    in the architecture table's entry `spec` (default: llama's)."""
+    spec = spec or ARCHITECTURES["llama"]
     if hf_name == "lm_head":
         return "output"
-    m = _LAYER_RE.match(hf_name)
-    if not m or m.group(3) not in _HF_TO_GGUF:
-        raise ExportError(f"no GGUF name for layer {hf_name!r} (known: model.layers.i.{{self_attn,mlp}}."
-                          f"{{{','.join(_HF_TO_GGUF)}}} and lm_head)")
-    return f"blk.{m.group(1)}.{_HF_TO_GGUF[m.group(3)]}"
+    names = dict(spec.gguf_tensors)
+    prefix, _, rest = hf_name.partition(f"{spec.blocks}.")
+    block, _, linear = rest.partition(".")
+    if prefix or not block.isdigit() or linear not in names:
+        raise ExportError(f"no GGUF name for layer {hf_name!r} (known: {spec.blocks}.N.{{{','.join(names)}}} "
+                          "and lm_head)")
+    return f"blk.{block}.{names[linear]}"
 
 
 def rope_row_order(rows: int, n_head: int) -> np.ndarray:
@@ -196,6 +192,10 @@ def export_gguf(ckpt_dir: str | os.PathLike, out: str | os.PathLike, source: str
     src = source_gguf(meta, source)
     reader = gguf.GGUFReader(str(src))
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    try:
+        spec = spec_of_gguf_arch(arch)
+    except MLWQError as e:
+        raise ExportError(str(e)) from None
     max_blocks = meta.get("max_blocks")
     skip_kvs = {gguf.Keys.General.FILE_TYPE, F.KEY_FORMAT_VERSION}
     if max_blocks is not None:
@@ -206,7 +206,7 @@ def export_gguf(ckpt_dir: str | os.PathLike, out: str | os.PathLike, source: str
 
     by_gguf = {}
     for hf_name in meta.get("layers", {}):
-        by_gguf[gguf_name(hf_name) + ".weight"] = hf_name
+        by_gguf[gguf_name(hf_name, spec) + ".weight"] = hf_name
     src_names = {t.name for t in reader.tensors}
     missing = sorted(set(by_gguf) - src_names)
     if missing:
@@ -237,7 +237,7 @@ def export_gguf(ckpt_dir: str | os.PathLike, out: str | os.PathLike, source: str
         b = layer_width(bits)
         try:
             F.validate_perm(perm, ne0)
-            if arch in _ROPE_PERMUTED_ARCHS and t.name.split(".")[-2] in ("attn_q", "attn_k"):
+            if spec.rope_permuted and t.name.split(".")[-2] in ("attn_q", "attn_k"):
                 heads = n_head if t.name.split(".")[-2] == "attn_q" else n_head_kv
                 order = rope_row_order(rows, heads)
                 codes, scale, zero = codes[order], scale[order], zero[order]

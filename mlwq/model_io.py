@@ -2,8 +2,9 @@
 
 A model comes from a Hugging Face model id or directory (transformers' from_pretrained), or
 from a GGUF file (dequantized to float by transformers + gguf). ARCHITECTURES is the layer
-walker's table: where the decoder blocks are, which modules run before them, and the linear
-layers of a block in execution order. A new family is one entry.
+walker's and the GGUF exporter's table: where the decoder blocks are, which modules run before
+them, the linear layers of a block in execution order, and their llama.cpp architecture and
+GGUF tensor names. A new family is one entry.
 """
 
 from __future__ import annotations
@@ -24,33 +25,44 @@ class ArchSpec:
     blocks: str                 # attribute path of the ModuleList of decoder blocks
     pre_blocks: tuple[str, ...] # modules that must sit on the device to compute block 0's input
     linears: tuple[str, ...]    # linear layers of one block, in execution order
+    gguf_arch: str | None = None                 # llama.cpp's architecture for this family; None: none
+    gguf_tensors: tuple[tuple[str, str], ...] = ()  # (linear, GGUF tensor base name in blk.N.)
+    rope_permuted: bool = False                  # llama.cpp's converter permutes q/k rows (rope layout)
 
 
-_LLAMA = ArchSpec(
-    blocks="model.layers",
-    pre_blocks=("model.embed_tokens", "model.rotary_emb"),
-    linears=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
-)
+_LLAMA_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+_LLAMA_GGUF = tuple(zip(_LLAMA_LINEARS, ("attn_q", "attn_k", "attn_v", "attn_output",
+                                         "ffn_gate", "ffn_up", "ffn_down")))
+_PHI_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.dense",
+                "mlp.fc1", "mlp.fc2")
 
+# One entry per family: the layer walker's paths and the GGUF names the exporter writes. Mistral
+# files are llama files to llama.cpp; OPT has no llama.cpp architecture.
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "opt": ArchSpec(
-        blocks="model.decoder.layers",
-        pre_blocks=("model.decoder.embed_tokens", "model.decoder.embed_positions",
-                    "model.decoder.project_in"),
-        linears=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
-                 "fc1", "fc2"),
-    ),
-    "phi": ArchSpec(
-        blocks="model.layers",
-        pre_blocks=("model.embed_tokens", "model.rotary_emb"),
-        linears=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.dense",
-                 "mlp.fc1", "mlp.fc2"),
-    ),
+    "llama": ArchSpec("model.layers", ("model.embed_tokens", "model.rotary_emb"), _LLAMA_LINEARS,
+                      "llama", _LLAMA_GGUF, rope_permuted=True),
+    "mistral": ArchSpec("model.layers", ("model.embed_tokens", "model.rotary_emb"), _LLAMA_LINEARS,
+                        "llama", _LLAMA_GGUF, rope_permuted=True),
+    "qwen2": ArchSpec("model.layers", ("model.embed_tokens", "model.rotary_emb"), _LLAMA_LINEARS,
+                      "qwen2", _LLAMA_GGUF),
+    "opt": ArchSpec("model.decoder.layers",
+                    ("model.decoder.embed_tokens", "model.decoder.embed_positions", "model.decoder.project_in"),
+                    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                     "fc1", "fc2")),
+    "phi": ArchSpec("model.layers", ("model.embed_tokens", "model.rotary_emb"), _PHI_LINEARS,
+                    "phi2", tuple(zip(_PHI_LINEARS, ("attn_q", "attn_k", "attn_v", "attn_output",
+                                                     "ffn_up", "ffn_down")))),
 }
+
+
+def spec_of_gguf_arch(gguf_arch: str) -> ArchSpec:
+    """The entry whose GGUF files have general.architecture == gguf_arch."""
+    for spec in ARCHITECTURES.values():
+        if spec.gguf_arch == gguf_arch and spec.gguf_tensors:
+            return spec
+    known = sorted({s.gguf_arch for s in ARCHITECTURES.values() if s.gguf_arch})
+    raise MLWQError(f"no GGUF export for llama.cpp architecture {gguf_arch!r}; exported: {', '.join(known)}")
 
 
 def arch_of(model) -> ArchSpec:

@@ -180,3 +180,27 @@ def test_target_size_budget_predicts_the_exported_bytes(exported, reduced_gguf):
     assert report.code_bpw_mlwq - 0.01 <= bits <= report.code_bpw_mlwq + 0.01
     with pytest.raises(MLWQError, match="below the smallest file"):
         sizing.budget_for_size(reduced_gguf, size // 3)
+
+
+def test_one_architecture_table_names_every_exported_linear_layer():
+    """mlwq/model_io.ARCHITECTURES holds the walker's layers and their GGUF names: every exported
+    family names each of its linear layers; OPT (no llama.cpp architecture) is refused in one line."""
+    from exporters.gguf_export import gguf_name
+    from mlwq.errors import MLWQError
+    from mlwq.model_io import ARCHITECTURES, spec_of_gguf_arch
+
+    for family, spec in ARCHITECTURES.items():
+        if spec.gguf_arch is None:
+            assert not spec.gguf_tensors
+            continue
+        assert [linear for linear, _ in spec.gguf_tensors] == list(spec.linears), family
+        names = [gguf_name(f"{spec.blocks}.7.{linear}", spec) for linear in spec.linears]
+        assert len(set(names)) == len(names) and all(n.startswith("blk.7.") for n in names)
+    assert spec_of_gguf_arch("llama") is ARCHITECTURES["llama"] and spec_of_gguf_arch("llama").rope_permuted
+    assert not spec_of_gguf_arch("qwen2").rope_permuted
+    assert gguf_name("model.layers.0.self_attn.dense", ARCHITECTURES["phi"]) == "blk.0.attn_output"
+    assert [gguf_name(f"model.layers.2.{n}") for n in HF_LINEARS] == [f"blk.2.{GGUF_OF[n]}" for n in HF_LINEARS]
+    with pytest.raises(MLWQError, match="no GGUF export for llama.cpp architecture 'opt'"):
+        spec_of_gguf_arch("opt")
+    with pytest.raises(ExportError, match="no GGUF name"):
+        gguf_name("model.decoder.layers.0.fc1")
