@@ -151,7 +151,7 @@ build_level() {
     flags="-O2 -march=$level -static -Wall -Wextra -Wno-unused-function -Wno-unused-parameter -Werror=implicit-function-declaration"
     mkdir -p "$b/bin"
     local need=0 f
-    for f in "$HERE/tools/mlwq-check.c" "$HERE/tools/mlwq-exact.c" "$HERE/tools/mlwq-fuzz-run.c" "$HERE/tools/mlwq-tool-files.h" \
+    for f in "$HERE/tools/mlwq-check.c" "$HERE/tools/mlwq-exact.c" "$HERE/tools/mlwq-fuzz-run.c" "$HERE/tools/mlwq-tool-files.h" "$HERE/tools/mlwq-tool-types.h" \
              "$HERE/fuzz/fuzz_mlwq_rows.c" "$HERE/fuzz/mlwq_fuzz_common.c" "$HERE/fuzz/mlwq_fuzz_common.h" $libs; do
         for exe in mlwq-check mlwq-exact mlwq-fuzz-rows; do
             [ "$b/bin/$exe" -nt "$f" ] || need=1

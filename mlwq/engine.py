@@ -121,8 +121,20 @@ class StageTimes:
             self.seconds[stage] += spent - self._inner.pop()
             self._inner[-1] += spent
 
-    def summary(self) -> str:
-        return ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+
+class SharedInputs:
+    """Layers run one after another on the same tensor (q/k/v, gate/up) share one Hessian."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.last = (None, None)             # (input tensor, first layer that read it)
+
+    def first_reader(self, x: torch.Tensor, name: str) -> str:
+        first = self.last[1] if x is self.last[0] else name
+        self.last = (x, first)
+        return first
 
 
 def _capture_block0_inputs(model, calib: torch.Tensor, device):
@@ -244,16 +256,16 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
         samples: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
         per_window = max(1, cfg.bpll_tokens // inps.shape[0])
         block_bpll = model_widths is None and cfg.method == "mlwq" and cfg.bpll   # needs input samples
-        fed_by: dict[str, str] = {}          # layer -> the layer before it that read the same tensor
-        last: list = [None, None]
+        fed_by: dict[str, str] = {}          # layer -> the first layer that read the same tensor
+        shared = SharedInputs()
 
         def hook(name):
             def fn(_, inp, __):
                 x = inp[0].detach()
-                if inp[0] is last[0]:        # q/k/v, gate/up: one input, one Hessian
-                    fed_by[name] = last[1]
+                first = shared.first_reader(inp[0], name)
+                if first != name:
+                    fed_by[name] = first
                 else:
-                    last[:] = [inp[0], name]
                     gptq[name].add_batch(x)
                 if block_bpll:
                     rows = x.reshape(-1, x.shape[-1])
@@ -266,7 +278,7 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
             _block_forward(block, inps, kwargs)
         for h in handles:
             h.remove()
-        last.clear()
+        shared.reset()
         for name, first in fed_by.items():
             gptq[name].H = gptq[first].H
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import MLWQError
-from .grid import GROUP_SIZE, fit_scale_zero, quantize_codes, dequantize
+from .grid import GROUP_SIZE, fit_scale_zero, quantize_codes
 from .tqp import learn_clipping, weighted_search
 
 BLOCKSIZE = 128     # columns updated together (lazy batch updates, as gptq.py's default blocksize)

@@ -26,24 +26,12 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from . import bpll, mqsa
-from .engine import _block_forward, _capture_block0_inputs, layer_plan
+from .engine import SharedInputs, _block_forward, _capture_block0_inputs, layer_plan
 from .gptq import quantize_without_compensation
 from .model_io import arch_of, blocks_of, get_module
 
 
-class _SharedInputs:
-    """Layers run one after another on the same tensor (q/k/v, gate/up) share one H."""
-
-    def __init__(self):
-        self.last = (None, None)
-
-    def first_reader(self, x: torch.Tensor, name: str) -> str:
-        first = self.last[1] if x is self.last[0] else name
-        self.last = (x, first)
-        return first
-
-
-def _add_hessian(H: dict, shared: _SharedInputs, name: str, x: torch.Tensor, device) -> None:
+def _add_hessian(H: dict, shared: SharedInputs, name: str, x: torch.Tensor, device) -> None:
     first = shared.first_reader(x, name)
     if first == name:
         x = x.detach().reshape(-1, x.shape[-1]).float()
@@ -77,7 +65,7 @@ def layer_statistics(model, calib: torch.Tensor, device, windows: int, progress:
     layers = {f"{spec.blocks}.{i}.{n}": get_module(b, n) for i, b in enumerate(blocks) for n in spec.linears}
     H: dict[str, torch.Tensor] = {}
     F = {k: torch.zeros(m.out_features, device=device) for k, m in layers.items()}
-    shared = _SharedInputs()
+    shared = SharedInputs()
     seen: set[str] = set()                 # layers whose output gradient is hooked in this window
     tokens = 0
 
@@ -111,7 +99,7 @@ def layer_statistics(model, calib: torch.Tensor, device, windows: int, progress:
         for j in tqdm(range(n), desc="sensitivity (float pass with gradients)", unit="window", disable=not progress):
             ids = calib[j:j + 1].to(device)
             seen.clear()
-            shared.last = (None, None)
+            shared.reset()
             with torch.enable_grad():
                 loss = model(ids, labels=ids).loss
                 # dL/dy of the mean loss; scaled by the token count so F is a per-token mean square
@@ -141,7 +129,7 @@ def block_hessians(model, calib: torch.Tensor, device, windows: int):
     for i, block in enumerate(blocks_of(model)):
         block.to(device)
         H: dict[str, torch.Tensor] = {}
-        shared = _SharedInputs()
+        shared = SharedInputs()
 
         def hook(name):
             return lambda _, inp, __: _add_hessian(H, shared, f"{spec.blocks}.{i}.{name}", inp[0], device)

@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from mlwq.resume import atomic_write_text
 
 SHAPES = {   # hidden, FFN, blocks, heads, KV heads, head dim, tied embeddings
     "llama-1b": (2048, 8192, 16, 32, 8, 64, True),
@@ -145,9 +146,7 @@ def _record(path: Path, entry: dict) -> None:
     runs = json.loads(path.read_text()) if path.exists() else []
     runs = [r for r in runs if any(r.get(k) != entry[k] for k in key)] + [entry]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(runs, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(runs, indent=1) + "\n")
 
 
 if __name__ == "__main__":

