@@ -5,8 +5,10 @@
 setup:
 	bash scripts/setup.sh
 
+# MODEL=gemma3-270m runs it on Gemma-3-270M (Gemma Terms of Use; fetched on first use)
+MODEL ?= default
 demo: setup
-	.venv/bin/python -m tools.demo
+	.venv/bin/python -m tools.demo --model $(MODEL)
 
 test: setup
 	.venv/bin/python -m pytest -q

@@ -17,17 +17,21 @@ from pathlib import Path
 
 from mlwq.errors import run_cli
 
-from .gguf_export import CHECKPOINT_JSON, ExportError, export_gguf
+from .gguf_export import CHECKPOINT_JSON, EMBEDDING_TYPES, ExportError, export_gguf
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlwq-export", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="checkpoint directory written by `mlwq quantize`, or a model to quantize first "
-                                 "(GGUF file, HF directory or hub id, 'default' = SmolLM2-135M-Instruct)")
+                                 "(GGUF file, HF directory or hub id, or a named model: "
+                                 "'default' = SmolLM2-135M-Instruct, 'gemma3-270m')")
     p.add_argument("--to", choices=["gguf"], default="gguf", help="output format (default: gguf)")
     p.add_argument("--out", help="output file (default: MODEL/model-mlwq.gguf)")
     p.add_argument("--source", help="GGUF to take the metadata, tokenizer and unquantized tensors from "
                                     "(default: the checkpoint's 'source')")
+    p.add_argument("--embedding-type", choices=EMBEDDING_TYPES, default=None,
+                   help="requantize token_embd (and a tied output) to this type; default: keep the source's "
+                        "(Q8_0 for SmolLM2 and Gemma-3); K-quants need rows that are a multiple of 256")
     p.add_argument("--method", choices=["rtn", "gptq", "mlwq"], default="mlwq",
                    help="whole-chain mode: quantization method")
     p.add_argument("--bits", type=float, default=3.0, help="whole-chain mode: average code bits")
@@ -46,11 +50,11 @@ def quantize_then_export(args) -> Path:
     """Whole chain: MODEL is a GGUF file, HF directory, hub id or 'default'; quantize it with
     `mlwq quantize`'s engine into OUT.checkpoint/ and return that directory for the export."""
     from mlwq import api
-    from mlwq.assets import default_model_path
+    from mlwq.assets import resolve_model
     from mlwq.engine import QuantConfig
     from mlwq.errors import MLWQError
 
-    source = str(default_model_path()) if args.model == "default" else args.model
+    source = resolve_model(args.model)
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
         raise ExportError(f"{source} is not an mlwq checkpoint (no {CHECKPOINT_JSON}) nor a Hugging Face "
                           "model directory (no config.json)")
@@ -77,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             ckpt = quantize_then_export(args)
         out = Path(args.out) if args.out else ckpt / "model-mlwq.gguf"
         print(f"mlwq-export: {ckpt} -> {out} ({args.to})", file=sys.stderr)
-        report = export_gguf(ckpt, out, source=args.source, log=lambda m: print(f"mlwq-export: {m}", file=sys.stderr))
+        report = export_gguf(ckpt, out, source=args.source, log=lambda m: print(f"mlwq-export: {m}", file=sys.stderr),
+                             embedding_type=args.embedding_type)
         for name, layer in report.layers.items():
             print(f"  {name:28s} {layer['type']}  {layer['bits_per_weight']:.4f} bpw "
                   f"(codes {layer['code_bits_per_weight']:.4f})", file=sys.stderr)

@@ -45,6 +45,7 @@ class ExportReport:
     mlwq_params: int                 # elements of the MLWQ linear layers
     mlwq_bytes: int                  # their bytes in the file: rows (headers + codes + padding) + permutations
     mlwq_code_bits: int              # sum of the block widths times 64 times rows
+    embedding_type: str = ""         # token_embd's type in the file
     layers: dict = field(default_factory=dict)
 
     @property
@@ -63,7 +64,8 @@ class ExportReport:
         return (f"wrote {self.path}: {self.file_bytes} bytes ({self.file_bytes / 2**20:.2f} MiB), "
                 f"{len(self.layers)} MLWQ layers: {self.bpw_mlwq:.4f} bits/weight "
                 f"(codes {self.code_bpw_mlwq:.4f} + headers + permutations), "
-                f"whole file {self.bpw_file:.4f} bits/weight over {self.n_params} parameters")
+                f"whole file {self.bpw_file:.4f} bits/weight over {self.n_params} parameters"
+                + (f", token_embd {self.embedding_type}" if self.embedding_type else ""))
 
 
 def gguf_name(hf_name: str, spec=None) -> str:
@@ -181,12 +183,33 @@ def source_gguf(meta: dict, source: str | os.PathLike | None) -> Path:
     return src
 
 
+# token_embd types any row width that is a multiple of 32 allows (K-quants need 256)
+EMBEDDING_TYPES = ("F16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
+
+
+def requantized(t, type_name: str, gguf):
+    """(data, type) of a source tensor dequantized and quantized again to type_name (llama.cpp's
+    reference rounding, as llama-quantize does without an importance matrix)."""
+    qtype = gguf.GGMLQuantizationType[type_name]
+    if t.tensor_type == qtype:
+        return np.asarray(t.data), qtype
+    ne0 = int(t.shape[0])
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    if ne0 % block:
+        raise ExportError(f"{t.name} rows of {ne0} are not a multiple of {type_name}'s block of {block}")
+    rows = np.asarray(t.data).reshape(int(np.prod([int(x) for x in t.shape[1:]])), -1)
+    return gguf.quants.quantize(gguf.quants.dequantize(rows, t.tensor_type).astype(np.float32), qtype), qtype
+
+
 def export_gguf(ckpt_dir: str | os.PathLike, out: str | os.PathLike, source: str | os.PathLike | None = None,
-                log=print) -> ExportReport:
+                log=print, embedding_type: str | None = None) -> ExportReport:
     """Write the GGUF for the patched llama.cpp. Returns the byte and bit counts of the written file.
 
     A checkpoint of a reduced model (meta "max_blocks": n, see mlwq.api.truncate_blocks) gives a
-    GGUF of the first n blocks, block_count rewritten."""
+    GGUF of the first n blocks, block_count rewritten. embedding_type (EMBEDDING_TYPES) requantizes
+    token_embd from the source's values; None keeps the source's bytes."""
+    if embedding_type is not None and embedding_type not in EMBEDDING_TYPES:
+        raise ExportError(f"embedding type {embedding_type!r} is not one of {', '.join(EMBEDDING_TYPES)}")
     gguf = _gguf()
     meta, tensors = load_checkpoint(ckpt_dir)
     src = source_gguf(meta, source)
@@ -228,7 +251,14 @@ def export_gguf(ckpt_dir: str | os.PathLike, out: str | os.PathLike, source: str
         report.n_params += n_elem
         hf_name = by_gguf.get(t.name)
         if hf_name is None:
+            if embedding_type is not None and t.name == "token_embd.weight":
+                data, qtype = requantized(t, embedding_type, gguf)
+                writer.add_tensor(t.name, data, raw_dtype=qtype)
+                report.embedding_type = qtype.name
+                continue
             writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+            if t.name == "token_embd.weight":
+                report.embedding_type = t.tensor_type.name
             continue
         codes, perm, scale, zero, bits = layer_tensors(tensors, hf_name)
         ne0, rows = (int(x) for x in t.shape[:2])

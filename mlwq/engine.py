@@ -137,30 +137,41 @@ class SharedInputs:
         return first
 
 
-def _capture_block0_inputs(model, calib: torch.Tensor, device):
-    """Run the model up to block 0 and keep its inputs and keyword arguments."""
+def _capture_block_inputs(model, calib: torch.Tensor, device):
+    """Run the model up to block 0; (block 0's inputs, each block's keyword arguments).
+
+    Blocks may get different arguments (Gemma-3 and Qwen2 alternate sliding-window and full
+    attention masks and rope tables): the first window runs through stand-ins for every block
+    that note their arguments and pass the hidden states on; the masks and rope tables do not
+    depend on the hidden states."""
     spec = arch_of(model)
     blocks = blocks_of(model)
-    store = {"inps": [], "kwargs": None}
+    n = len(blocks)
+    inps: list[torch.Tensor] = []
+    kwargs_of: list[dict | None] = [None] * n
 
     class Stop(Exception):
         pass
 
-    class Catcher(torch.nn.Module):
-        def __init__(self, block):
+    class Recorder(torch.nn.Module):
+        def __init__(self, block, i):
             super().__init__()
-            self.block = block
+            self.block, self.i = block, i
 
         def forward(self, hidden, *args, **kwargs):
-            store["inps"].append(hidden)
-            if store["kwargs"] is None:
-                store["kwargs"] = kwargs
-            raise Stop
+            if self.i == 0:
+                inps.append(hidden)
+            if kwargs_of[self.i] is None:
+                kwargs_of[self.i] = kwargs
+            if self.i == n - 1 or kwargs_of[-1] is not None:
+                raise Stop
+            return hidden                   # decoder blocks return their hidden states
 
     moved = [m for m in (get_module(model, p) for p in spec.pre_blocks) if m is not None]
     for m in moved:
         m.to(device)
-    blocks[0] = Catcher(blocks[0])
+    for i in range(n):
+        blocks[i] = Recorder(blocks[i], i)
     try:
         for i in range(calib.shape[0]):
             try:
@@ -168,10 +179,11 @@ def _capture_block0_inputs(model, calib: torch.Tensor, device):
             except Stop:
                 pass
     finally:
-        blocks[0] = blocks[0].block
+        for i in range(n):
+            blocks[i] = blocks[i].block
         for m in moved:
             m.cpu()
-    return torch.cat(store["inps"]), store["kwargs"] or {}
+    return torch.cat(inps), [kw or {} for kw in kwargs_of]
 
 
 def _block_forward(block, inps, kwargs, weights: dict[str, torch.Tensor] | None = None):
@@ -233,7 +245,7 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
     if rng_state is not None:
         gen.set_state(rng_state)
     with times("block inputs"):
-        inps, kwargs = _capture_block0_inputs(model, calib, device)
+        inps, kwargs_of = _capture_block_inputs(model, calib, device)
     tune = cfg.block_tune_steps > 0 and cfg.method != "rtn"
     fp_inps = inps.clone() if tune else None      # the float model's stream: the tuning's targets
     results: dict[str, QuantResult] = {}
@@ -241,6 +253,7 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
     bar = tqdm(range(len(blocks)), desc=f"{cfg.method} {cfg.bits:g}-bit", unit="block", disable=not progress)
     for i in bar:
         block = blocks[i].to(device)
+        kwargs = kwargs_of[i]
         if i < done_blocks:                      # resumed: already quantized, only its outputs
             with times("block outputs"):
                 if tune:

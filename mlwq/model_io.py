@@ -46,6 +46,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
                         "llama", _LLAMA_GGUF, rope_permuted=True),
     "qwen2": ArchSpec("model.layers", ("model.embed_tokens", "model.rotary_emb"), _LLAMA_LINEARS,
                       "qwen2", _LLAMA_GGUF),
+    # Gemma-3 text: q/k norms and norms after attention and FFN live outside the linear layers;
+    # llama.cpp's converter leaves q/k rows in order (NEOX rope).
+    "gemma3_text": ArchSpec("model.layers", ("model.embed_tokens", "model.rotary_emb"), _LLAMA_LINEARS,
+                            "gemma3", _LLAMA_GGUF),
     "opt": ArchSpec("model.decoder.layers",
                     ("model.decoder.embed_tokens", "model.decoder.embed_positions", "model.decoder.project_in"),
                     ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",

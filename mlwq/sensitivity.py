@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from . import bpll, mqsa
-from .engine import SharedInputs, _block_forward, _capture_block0_inputs, layer_plan
+from .engine import SharedInputs, _block_forward, _capture_block_inputs, layer_plan
 from .gptq import quantize_without_compensation
 from .model_io import arch_of, blocks_of, get_module
 
@@ -124,7 +124,7 @@ def block_hessians(model, calib: torch.Tensor, device, windows: int):
     spec = arch_of(model)
     ids = calib[:min(windows, calib.shape[0])]
     with torch.no_grad():
-        inps, kwargs = _capture_block0_inputs(model, ids, device)
+        inps, kwargs_of = _capture_block_inputs(model, ids, device)
     tokens = ids.numel()
     for i, block in enumerate(blocks_of(model)):
         block.to(device)
@@ -137,7 +137,7 @@ def block_hessians(model, calib: torch.Tensor, device, windows: int):
         handles = [get_module(block, n).register_forward_hook(hook(n)) for n in spec.linears]
         try:
             with torch.no_grad():
-                inps = _block_forward(block, inps, kwargs)     # window by window, as the full model ran them
+                inps = _block_forward(block, inps, kwargs_of[i])     # window by window, as the full model ran them
         finally:
             for h in handles:
                 h.remove()

@@ -21,7 +21,7 @@ def test_missing_model_file():
 def test_unsupported_architecture(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_embd": 64,
                                                       "n_head": 2, "vocab_size": 100}))
-    with pytest.raises(MLWQError, match=r"unsupported architecture 'gpt2'; supported: .*llama.*opt.*phi.*qwen2"):
+    with pytest.raises(MLWQError, match=r"unsupported architecture 'gpt2'; supported: .*gemma3_text.*llama.*opt.*phi.*qwen2"):
         load_model(tmp_path)
 
 
@@ -100,23 +100,33 @@ def test_write_failure_is_one_line_and_keeps_nothing_under_the_final_name(tmp_pa
 
 @pytest.mark.slow          # tokenizes wiki.valid.tokens with Llama-3's tokenizer
 def test_llama3_tokenizer_at_the_paper_calibration_quantizes_with_a_warning(calib_path, tmp_path):
-    """Llama-3's tokenizer makes 262,067 tokens of wiki.valid.tokens, fewer than 128 x 2048: the
-    windows overlap, one warning says so, and the quantization runs (a tiny random Llama-3 shape)."""
+    """Llama-3's tokenizer makes 262,067 tokens of wiki.valid.tokens (BOS included). Its windows
+    start with BOS as llama.cpp's do, so 128 x 2048 needs 128 x 2047 = 262,016 of the text's
+    tokens: no overlap. 129 windows overlap: one warning says so, and the quantization runs (a
+    tiny random Llama-3 shape)."""
+    import warnings
+
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from mlwq import api
     from mlwq.assets import llama3_tokenizer_dir
+    from mlwq.calibration import calibration_windows
     from mlwq.engine import QuantConfig
 
     tok = AutoTokenizer.from_pretrained(str(llama3_tokenizer_dir()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        calib = calibration_windows(tok, calib_path, 128, 2048, 0)
+    assert calib.shape == (128, 2048) and (calib[:, 0] == tok.bos_token_id).all()
+    assert (calib[:, 1:] != tok.bos_token_id).all()
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=128256, hidden_size=64, intermediate_size=128,
                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                                          head_dim=32, max_position_embeddings=4096)).eval()
     model.config.use_cache = False
-    with pytest.warns(UserWarning, match=r"262067 distinct tokens, fewer than the 128 x 2048"):
+    with pytest.warns(UserWarning, match=r"262067 distinct tokens, fewer than the 129 x 2047 after BOS"):
         res = api.quantize("random llama-3 shape", tmp_path / "ckpt", QuantConfig(method="gptq", bits=3),
-                           nsamples=128, seqlen=2048, calib_path=calib_path, device="cpu", progress=False,
+                           nsamples=129, seqlen=2048, calib_path=calib_path, device="cpu", progress=False,
                            model_and_tokenizer=(model, tok))
-    assert res.meta["calibration"]["nsamples"] == 128 and (tmp_path / "ckpt" / "mlwq_checkpoint.json").is_file()
+    assert res.meta["calibration"]["nsamples"] == 129 and (tmp_path / "ckpt" / "mlwq_checkpoint.json").is_file()

@@ -198,6 +198,7 @@ def test_one_architecture_table_names_every_exported_linear_layer():
         assert len(set(names)) == len(names) and all(n.startswith("blk.7.") for n in names)
     assert spec_of_gguf_arch("llama") is ARCHITECTURES["llama"] and spec_of_gguf_arch("llama").rope_permuted
     assert not spec_of_gguf_arch("qwen2").rope_permuted
+    assert spec_of_gguf_arch("gemma3") is ARCHITECTURES["gemma3_text"] and not ARCHITECTURES["gemma3_text"].rope_permuted
     assert gguf_name("model.layers.0.self_attn.dense", ARCHITECTURES["phi"]) == "blk.0.attn_output"
     assert [gguf_name(f"model.layers.2.{n}") for n in HF_LINEARS] == [f"blk.2.{GGUF_OF[n]}" for n in HF_LINEARS]
     with pytest.raises(MLWQError, match="no GGUF export for llama.cpp architecture 'opt'"):

