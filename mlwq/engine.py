@@ -163,7 +163,7 @@ def _capture_block_inputs(model, calib: torch.Tensor, device):
                 inps.append(hidden)
             if kwargs_of[self.i] is None:
                 kwargs_of[self.i] = kwargs
-            if self.i == n - 1 or kwargs_of[-1] is not None:
+            if kwargs_of[-1] is not None:      # every block's arguments seen
                 raise Stop
             return hidden                   # decoder blocks return their hidden states
 

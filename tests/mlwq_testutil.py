@@ -105,3 +105,12 @@ def write_rtn_checkpoint(ckpt_dir, source_gguf, b: int = 3, seed: int = 0, layer
             "layers": layer_meta, "config": {"quantizer": "rtn-test", "b": b}, "max_blocks": max_blocks}
     (ckpt_dir / "mlwq_checkpoint.json").write_text(json.dumps(meta, indent=1))
     return deq
+
+
+def llama_logits(path, ids: list[int]) -> np.ndarray:
+    """[len(ids), vocab] logits of every position from llama-cpp-python (our libllama), CPU."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=64, n_batch=64, logits_all=True, n_threads=2, verbose=False)
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float64)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from exporters import llamacpp
+from mlwq_testutil import llama_logits
 
 pytestmark = pytest.mark.llamacpp
 
@@ -30,14 +31,6 @@ def gemma3_model(gemma3_reduced):
     from mlwq.model_io import load_model
     torch.set_num_threads(2)
     return load_model(gemma3_reduced)
-
-
-def llama_logits(path, ids):
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(path), n_ctx=64, n_batch=64, logits_all=True, n_threads=2, verbose=False)
-    llm.eval(ids)
-    return np.array(llm.scores[: len(ids)], dtype=np.float64)
 
 
 def test_gemma3_low_memory_statistics_equal_the_one_pass_ones(gemma3_model, calib_path):

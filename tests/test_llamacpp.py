@@ -16,7 +16,7 @@ import gguf
 from exporters import llamacpp
 from exporters import mlwq_format as F
 from exporters.gguf_export import read_mlwq_tensor
-from mlwq_testutil import HF_LINEARS, GGUF_OF, gguf_float_weights, hf_reverse_permute
+from mlwq_testutil import HF_LINEARS, GGUF_OF, gguf_float_weights, hf_reverse_permute, llama_logits
 
 pytestmark = pytest.mark.llamacpp
 
@@ -189,14 +189,6 @@ def torch_model(reduced_gguf, deq):
         return model(torch.tensor([PROMPT_IDS])).logits[0].double().numpy()
 
 
-def llama_logits(path):
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(path), n_ctx=64, n_batch=64, logits_all=True, n_threads=2, verbose=False)
-    llm.eval(PROMPT_IDS)
-    return np.array(llm.scores[: len(PROMPT_IDS)], dtype=np.float64)
-
-
 def test_logits_match_pytorch_on_the_dequantized_weights(exported, rtn_checkpoint, reduced_gguf):
     """llama-cpp-python (our libllama) vs transformers' LlamaForCausalLM (fp32) built from the same
     dequantized weights, on a 16-token prompt, all positions.
@@ -209,10 +201,10 @@ def test_logits_match_pytorch_on_the_dequantized_weights(exported, rtn_checkpoin
     model (a wrong permutation or row order lands near 1 std)."""
     llamacpp.check_python_bindings()
     path, _ = exported
-    got = llama_logits(path)
+    got = llama_logits(path, PROMPT_IDS)
     ref = torch_model(reduced_gguf, rtn_checkpoint[1])
     unq = torch_model(reduced_gguf, None)
-    floor = np.abs(llama_logits(reduced_gguf) - unq).max() / unq.std()
+    floor = np.abs(llama_logits(reduced_gguf, PROMPT_IDS) - unq).max() / unq.std()
     err = np.abs(got - ref).max() / ref.std()
     err_unq = np.abs(got - unq).max() / ref.std()
     print(f"max|llama.cpp - torch(dequantized)| = {err:.4f} std (stock-type floor {floor:.4f}), "

@@ -10,6 +10,13 @@ def _l2(w, bits, gamma=None, beta=None):
     return (dequantize(quantize_codes(w, d, z, bits), d, z) - w).pow(2).sum(-1)
 
 
+def _correlated(cols: int, rows: int, n: int, seed: int):
+    """A layer and n correlated inputs (as a real layer's are), seeded."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, cols, generator=g) @ torch.randn(cols, cols, generator=g) * 0.1
+    return torch.nn.Linear(cols, rows, bias=False), X
+
+
 def test_tqp_never_increases_l2_error_over_min_max():
     for seed in range(4):
         g = torch.Generator().manual_seed(seed)
@@ -26,9 +33,7 @@ def test_tqp_never_increases_l2_error_over_min_max():
 
 
 def test_gptq_compensation_beats_rtn_on_correlated_inputs():
-    g = torch.Generator().manual_seed(0)
-    layer = torch.nn.Linear(256, 64, bias=False)
-    X = torch.randn(2048, 256, generator=g) @ torch.randn(256, 256, generator=g) * 0.1
+    layer, X = _correlated(256, 64, 2048, seed=0)
     gptq = GPTQ(layer)
     gptq.add_batch(X)
     rtn = gptq.quantize(uniform_plan(256, 3, compensate=False))
@@ -71,9 +76,7 @@ def test_weighted_search_never_worse_than_its_start_and_stays_on_the_grid():
 
 
 def test_weighted_gptq_lowers_its_own_loss():
-    g = torch.Generator().manual_seed(2)
-    layer = torch.nn.Linear(256, 64, bias=False)
-    X = torch.randn(2048, 256, generator=g) @ torch.randn(256, 256, generator=g) * 0.1
+    layer, X = _correlated(256, 64, 2048, seed=2)
     X[:, :8] *= 20                                         # a few strong input channels
     gptq = GPTQ(layer)
     gptq.add_batch(X)
@@ -128,9 +131,7 @@ def _reference_gptq(gptq, plan, percdamp=0.01):
 
 def test_column_loop_gives_the_bytes_of_the_reference_loop():
     from mlwq.mqsa import plan_tiers, salience
-    g = torch.Generator().manual_seed(3)
-    layer = torch.nn.Linear(320, 48, bias=False)
-    X = torch.randn(1024, 320, generator=g) @ torch.randn(320, 320, generator=g) * 0.1
+    layer, X = _correlated(320, 48, 1024, seed=3)
     gptq = GPTQ(layer)
     gptq.add_batch(X)
     delta = salience(layer.weight, gptq.H)

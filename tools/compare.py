@@ -52,7 +52,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from exporters import llamacpp
-from mlwq.assets import CALIBRATION_TEXT, EVAL_TEXT, MODEL_ALIASES, MODELS, resolve_model, sha256_of
+from mlwq.assets import CALIBRATION_TEXT, EVAL_TEXT, MODELS, model_key, resolve_model, sha256_of
 from mlwq.engine import QuantConfig
 from mlwq.errors import MLWQError
 from mlwq.resume import atomic_write_text
@@ -290,9 +290,11 @@ class Run:
         for name, path in self.args.add:
             if not path.is_file():
                 raise MLWQError(f"--add {name}={path}: file not found")
-            sizes = llamacpp.gguf_sizes(path)
-            family = "mlwq" if any(t.startswith("MLWQ") for r in sizes["linear_types"].values() for t in r) else "added"
-            entries.append(Entry(name, family, None, path, sha256_of(path)[:12], f"added: {path}"))
+            e = Entry(name, "added", None, path, sha256_of(path)[:12], f"added: {path}")
+            self.sizes(e)                              # stored: the report reads the same measurement
+            if any(t.startswith("MLWQ") for r in e.sizes["linear_types"].values() for t in r):
+                e.family = "mlwq"
+            entries.append(e)
         return entries
 
     # measurements ----------------------------------------------------------------------------
@@ -666,8 +668,7 @@ def parse_args(argv):
     if bad:
         p.error(f"unknown steps or methods: {bad}")
     if a.out is None:
-        name = (MODEL_ALIASES.get(a.model, a.model) if a.model in MODELS or a.model in MODEL_ALIASES
-                else Path(a.model).stem)
+        name = model_key(a.model) or Path(a.model).stem
         a.out = str(ROOT / "runs" / "compare" / name)
     return a
 
@@ -704,8 +705,7 @@ def compare(args) -> int:
     rows = table_rows(entries, front)
     lines = verdict(entries)
     out = run.out
-    write_json(out / "results.json", {"model": str(run.source), "model_sha256": run.src_sha,
-                                      "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    write_json(out / "results.json", {"model": str(run.source), "model_sha256": run.src_sha, "args": vars(args),
                                       "bench": bench_info, "rows": rows, "verdict": lines})
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from mlwq import api
-from mlwq.assets import EVAL_TEXT, MODEL_ALIASES, MODELS, named_model_path
+from mlwq.assets import EVAL_TEXT, MODEL_ALIASES, MODELS, model_key, named_model_path
 from mlwq.engine import QuantConfig
 
 
@@ -68,10 +68,10 @@ def main(argv=None) -> int:
     nsamples = args.nsamples or (128 if gpu else 32)
     seqlen = args.seqlen or (2048 if gpu else 512)
     steps = args.tqp_steps or (50 if gpu else 20)
-    out = Path(args.out or ("runs/demo" if MODEL_ALIASES.get(args.model, args.model) == "smollm2-135m"
+    out = Path(args.out or ("runs/demo" if model_key(args.model) == "smollm2-135m"
                             else f"runs/demo-{args.model}"))
     source = named_model_path(args.model)
-    name = MODELS[MODEL_ALIASES.get(args.model, args.model)].description.split(" (")[0]
+    name = MODELS[model_key(args.model)].description.split(" (")[0]
     print(f"[demo] quantizing {source.name} with MLWQ {args.bits:g} bits, calibration {nsamples} x {seqlen} "
           f"tokens of wiki.valid.tokens, TQP {steps} steps, on {api.default_device()}", flush=True)
     api.quantize(str(source), out / "checkpoint", QuantConfig(method="mlwq", bits=args.bits, tqp_steps=steps),

@@ -16,7 +16,7 @@ source bench/gpu/model_halves.sh
 mode=$1; shift
 case "$mode" in
 part1)
-    store_first_half && echo "first half stored" ;;
+    store_parts .device/p1 && echo "first half stored" ;;
 start)
     assemble_model || exit 1
     mkdir -p "$RES"

@@ -9,11 +9,7 @@ SRC_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 export MLWQ_CACHE=$CACHE MLWQ_DATA_DIR=$PWD/.device/data PYTHONUNBUFFERED=1
 
-store_first_half() {
-    mkdir -p "$CACHE" && cp .device/p1/model.part.aa "$CACHE/"
-}
-
-# files carried in these directories kept for a later call
+# files carried in these directories (.device/p1, .device/gN) kept for a later call
 store_parts() {
     mkdir -p "$CACHE" && for d in "$@"; do cp "$d"/* "$CACHE/" || return 1; done
 }
