@@ -125,10 +125,29 @@ def _load(where: str, kw: dict, source: str, dtype: torch.dtype):
         raise MLWQError(f"cannot load model {source}: {str(e).splitlines()[0]}") from None
     except ValueError as e:
         raise MLWQError(f"cannot load model {source}: {str(e).splitlines()[0]}") from None
+    _check_tokenizer(tokenizer, source)
     model.eval()
     model.config.use_cache = False
     arch_of(model)
     return model, tokenizer
+
+
+# a tokenizer that splits this into about one token per character was converted wrongly
+_TOKENIZER_PROBE = "The quick brown fox jumps over the lazy dog, and the committee met on Tuesday."
+
+
+def _check_tokenizer(tokenizer, source: str) -> None:
+    """Refuse a tokenizer that gives one token per character (some transformers versions convert
+    a GGUF's tokenizer so): calibrating on such tokens quantizes for text the model never sees."""
+    import transformers
+
+    ids = tokenizer(_TOKENIZER_PROBE, add_special_tokens=False).input_ids
+    if len(ids) > 0.6 * len(_TOKENIZER_PROBE):
+        raise MLWQError(
+            f"the tokenizer of {source} splits English into {len(ids)} tokens for {len(_TOKENIZER_PROBE)} "
+            f"characters (a working one gives about a quarter): transformers {transformers.__version__} "
+            f"converted it wrongly; install transformers 5.25 (constraints.txt) or pass a Hugging Face "
+            f"directory with a working tokenizer")
 
 
 def _converted_gguf(path: Path) -> Path | None:

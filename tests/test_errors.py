@@ -130,3 +130,22 @@ def test_llama3_tokenizer_at_the_paper_calibration_quantizes_with_a_warning(cali
                            nsamples=129, seqlen=2048, calib_path=calib_path, device="cpu", progress=False,
                            model_and_tokenizer=(model, tok))
     assert res.meta["calibration"]["nsamples"] == 129 and (tmp_path / "ckpt" / "mlwq_checkpoint.json").is_file()
+
+
+def test_tokenizer_of_one_token_per_character_is_refused(tmp_path):
+    """transformers 5.17 converts Gemma-3's GGUF tokenizer to single characters: calibrating on that
+    quantizes for text the model never sees (PPL 58 instead of 22), so loading refuses it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ,.?!'-"))
+    vocab = {"<unk>": 0, **{c: i + 1 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    assert len(fast("the lazy dog").input_ids) == 12           # one token per character
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(tmp_path)
+    fast.save_pretrained(tmp_path)
+    with pytest.raises(MLWQError, match=r"splits English into \d+ tokens for 78 characters.*converted it wrongly"):
+        load_model(tmp_path)
