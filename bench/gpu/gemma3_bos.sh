@@ -3,14 +3,26 @@
 # 3, 2.5 and 3.59 bits on the GPU machine (then the Llama-3.2-1B shape's time with block tuning), the checkpoints kept for the trip back, and the first
 # one run through the CUDA build. From the repo root, one device call per line:
 #   bench/gpu/quant_time.sh store .device/g1        # ... g4: carry .device/gN
-#   bench/gpu/gemma3_bos.sh start                    # carry .device/g5 .cache/cuda_src .device/data .whl .device/tok
+#   bench/gpu/gemma3_bos.sh start                    # carry .device/g5 .device/gtok .cache/cuda_src .device/data .whl .device/tok
 #   bench/gpu/gemma3_bos.sh cuda                     # waits for run 1 and the build: gemma3_cuda.sh
 #   bench/gpu/quant_time.sh wait 540; bench/gpu/quant_time.sh fetch N   # N = 1, 2, 3
+# or, for the demo's CPU-sized calibration (32 x 512, TQP 20) with 50 steps of block tuning at 3
+# and 2.5 bits (the CPU takes hours for it):
+#   bench/gpu/gemma3_bos.sh cpucal                   # carry .device/g5 .device/gtok .device/data .whl
 set -uo pipefail
 RES=/tmp/res/qt
 case "${1:-}" in
-start)
+prepare)   # the last part stored, the GGUF joined, the machine's char-level tokenizer replaced
     bash bench/gpu/quant_time.sh store .device/g5 > /dev/null || exit 1
+    (source bench/gpu/model_halves.sh && assemble_model && assemble_gemma) > /dev/null || exit 1
+    bash bench/gpu/gemma3_tokenizer.sh ;;
+cpucal)
+    bash "$0" prepare || exit 1
+    bash bench/gpu/quant_time.sh start \
+        "keep:--shape gemma3-270m --bits 3 --nsamples 32 --seqlen 512 --tqp-steps 20 --block-tune-steps 50" \
+        "keep:--shape gemma3-270m --bits 2.5 --nsamples 32 --seqlen 512 --tqp-steps 20 --block-tune-steps 50" ;;
+start)
+    bash "$0" prepare || exit 1
     mkdir -p /tmp/mlwqcache/llama3.2-tokenizer && cp .device/tok/* /tmp/mlwqcache/llama3.2-tokenizer/ || exit 1
     bash bench/gpu/quant_time.sh start "keep:--shape gemma3-270m --bits 3 --block-tune-steps 200" \
         "keep:--shape gemma3-270m --bits 2.5 --block-tune-steps 200" \
@@ -28,5 +40,5 @@ cuda)
     echo "run 1 and the build done after ${t}s of waiting"; grep "ninja took" /tmp/build.log
     bash bench/gpu/gemma3_cuda.sh "$RES/ckpt_1" 40 ;;
 *)
-    echo "usage: $0 start | cuda" >&2; exit 2 ;;
+    echo "usage: $0 start | cpucal | cuda" >&2; exit 2 ;;
 esac
