@@ -20,6 +20,7 @@ import dataclasses
 import torch
 from torch.func import functional_call
 
+from . import grid
 from .gptq import QuantResult
 
 SCALE_RANGE = 0.2
@@ -46,7 +47,7 @@ class _Tunable:
     def dequantized(self, hard: bool = False):
         """(weight in the original column order, codes, fp16 scale); hard: no gradient tricks."""
         d = self.d * self.s
-        d16 = d.to(torch.float16).float()
+        d16 = grid.round_scale(d)
         d = d16 if hard else d + (d16 - d).detach()
         cols = self.c.shape[1]
         dc = d.repeat_interleave(self.gs, dim=1)[:, :cols]

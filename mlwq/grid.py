@@ -41,9 +41,14 @@ def scale_zero_of_range(wmax: torch.Tensor, wmin: torch.Tensor, bits, gamma=None
     if beta is not None:
         wmin = wmin * beta
     d = ((wmax - wmin) / qmax).clamp(min=_MIN_SCALE)
-    d = d.to(torch.float16).to(torch.float32).clamp(min=_MIN_SCALE)
+    d = round_scale(d).clamp(min=_MIN_SCALE)
     zero = torch.clamp(torch.round(-wmin / d), torch.zeros_like(qmax), qmax)
     return d, zero
+
+
+def round_scale(d: torch.Tensor) -> torch.Tensor:
+    """The scale as the file stores it (fp16), back in float32; every quantizer rounds through here."""
+    return d.to(torch.float16).to(torch.float32)
 
 
 def quantize_codes(w: torch.Tensor, d: torch.Tensor, zero: torch.Tensor, bits) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from . import grid
 from .grid import dequantize, fit_scale_zero, maxq, quantize_codes, scale_zero_of_range
 
 TQP_STEPS = 50
@@ -129,8 +130,8 @@ def weighted_search(w: torch.Tensor, bits, importance: torch.Tensor, d0: torch.T
         q = torch.clamp(torch.round(w / d.unsqueeze(-1)) + z.unsqueeze(-1), 0, qmax)
         return (h * (d.unsqueeze(-1) * (q - z.unsqueeze(-1)) - w).pow(2)).sum(-1), q
 
-    grid = CLIP_GRID.to(w.device)
-    gam, bet = grid.repeat_interleave(grid.numel()), grid.repeat(grid.numel())
+    clips = CLIP_GRID.to(w.device)
+    gam, bet = clips.repeat_interleave(clips.numel()), clips.repeat(clips.numel())
     d_c, z_c = scale_zero_of_range(w.amax(dim=-1), w.amin(dim=-1), bits,
                                    gam.view(-1, 1), bet.view(-1, 1))       # [C, rows]
     d_c = torch.cat([d0.view(1, -1).float(), d_c])
@@ -145,7 +146,7 @@ def weighted_search(w: torch.Tensor, bits, importance: torch.Tensor, d0: torch.T
             c = q - zt.unsqueeze(-1)
             den = (h * c * c).sum(-1)
             dt = torch.where(den > 0, (h * w * c).sum(-1) / den.clamp(min=1e-30), d)
-            dt = dt.to(torch.float16).to(torch.float32)
+            dt = grid.round_scale(dt)
             dt = torch.where(torch.isfinite(dt) & (dt > 0), dt, d)
             et, qt = err_of(dt, zt)
             better = et < best

@@ -187,3 +187,22 @@ def test_tqp_error_and_gradient_match_autograd_of_eq7():
     for a, b in zip(ref_grads, got_grads):
         assert a.abs().max() > 0
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6 * float(a.abs().max()))
+
+
+def test_every_scale_goes_through_round_scale(monkeypatch):
+    """grid.round_scale is the one place a scale is rounded to what the file stores (format v2's
+    coded scales are simulated by replacing it): min/max, TQP and the weighted search all use it."""
+    from mlwq import grid
+
+    def log_grid(d):          # 8 steps per octave, then fp16 as the v1 file stores it
+        return torch.exp2(torch.round(torch.log2(d.clamp(min=2.0 ** -24)) * 8) / 8).half().float()
+
+    monkeypatch.setattr(grid, "round_scale", log_grid)
+    layer, X = _correlated(192, 48, 1024, seed=3)
+    gptq = GPTQ(layer)
+    gptq.add_batch(X)
+    plan = uniform_plan(192, 3)
+    plan.tqp, plan.tqp_steps, plan.weighted = True, 10, True
+    res = gptq.quantize(plan)
+    steps = torch.log2(res.scale.float()) * 8
+    assert torch.allclose(steps, steps.round(), atol=0.02)   # fp16 keeps 2^(k/8) to 1e-3 relative
