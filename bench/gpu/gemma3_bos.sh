@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Gemma-3-270M with the paper's calibration (BOS-headed windows) and 200 steps of block tuning at
-# 3, 2.5 and 3.59 bits on the GPU machine (then the Llama-3.2-1B shape's time with block tuning), the checkpoints kept for the trip back, and the first
-# one run through the CUDA build. From the repo root, one device call per line:
+# 3, 2.5 and 3.59 bits on the GPU machine, then the Llama-3.2-1B shape's time with block tuning;
+# the checkpoints kept for the trip back, the first one run through the CUDA build. From the repo
+# root, one device call per line:
 #   bench/gpu/quant_time.sh store .device/g1        # ... g4: carry .device/gN
 #   bench/gpu/gemma3_bos.sh start                    # carry .device/g5 .device/gtok .cache/cuda_src .device/data .whl .device/tok
 #   bench/gpu/gemma3_bos.sh cuda                     # waits for run 1 and the build: gemma3_cuda.sh
