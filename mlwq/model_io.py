@@ -120,12 +120,12 @@ def _load(where: str, kw: dict, source: str, dtype: torch.dtype):
     _check_architecture(where, kw)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kw)
+        _check_tokenizer(tokenizer, source)          # before the weights: a second, not a minute
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw)
     except OSError as e:
         raise MLWQError(f"cannot load model {source}: {str(e).splitlines()[0]}") from None
     except ValueError as e:
         raise MLWQError(f"cannot load model {source}: {str(e).splitlines()[0]}") from None
-    _check_tokenizer(tokenizer, source)
     model.eval()
     model.config.use_cache = False
     arch_of(model)
