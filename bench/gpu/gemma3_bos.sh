@@ -12,10 +12,10 @@
 #   bench/gpu/gemma3_bos.sh cpucal                   # carry .device/g5 .device/gtok .device/data .whl
 set -uo pipefail
 RES=/tmp/res/qt
+source bench/gpu/model_halves.sh
 case "${1:-}" in
 prepare)   # the last part stored, the GGUF joined, the machine's char-level tokenizer replaced
-    bash bench/gpu/quant_time.sh store .device/g5 > /dev/null || exit 1
-    (source bench/gpu/model_halves.sh && assemble_model && assemble_gemma) > /dev/null || exit 1
+    store_parts .device/g5 && assemble_model && assemble_gemma > /dev/null || exit 1
     bash bench/gpu/gemma3_tokenizer.sh ;;
 cpucal)
     bash "$0" prepare || exit 1
@@ -24,7 +24,7 @@ cpucal)
         "keep:--shape gemma3-270m --bits 2.5 --nsamples 32 --seqlen 512 --tqp-steps 20 --block-tune-steps 50" ;;
 start)
     bash "$0" prepare || exit 1
-    mkdir -p /tmp/mlwqcache/llama3.2-tokenizer && cp .device/tok/* /tmp/mlwqcache/llama3.2-tokenizer/ || exit 1
+    store_llama3_tokenizer || exit 1
     bash bench/gpu/quant_time.sh start "keep:--shape gemma3-270m --bits 3 --block-tune-steps 200" \
         "keep:--shape gemma3-270m --bits 2.5 --block-tune-steps 200" \
         "keep:--shape gemma3-270m --bits 3.59 --block-tune-steps 200" \

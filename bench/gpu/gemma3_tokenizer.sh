@@ -4,13 +4,13 @@
 # Carry .device/gtok: tokenizer_config.json and tokenizer.json.xz (`xz -c tokenizer.json`) of
 # ~/.cache/mlwq/models/gemma-3-270m-*-transformers5.25.0/.
 set -uo pipefail
-export MLWQ_CACHE=/tmp/mlwqcache
+source bench/gpu/model_halves.sh          # CACHE, MLWQ_CACHE
 # a fresh machine converts the GGUF first (its tokenizer check off: the tokenizer is replaced below)
-ls -d /tmp/mlwqcache/models/gemma-3-270m-q4_k_m-* > /dev/null 2>&1 || PYTHONPATH=/tmp/site:$PWD python3 -c "
+ls -d "$CACHE"/models/gemma-3-270m-q4_k_m-* > /dev/null 2>&1 || PYTHONPATH=/tmp/site:$PWD python3 -c "
 import mlwq.model_io as m
 m._check_tokenizer = lambda tokenizer, source: None
-m.load_model('/tmp/mlwqcache/gemma-3-270m-q4_k_m.gguf')" || exit 1
-d=$(ls -d /tmp/mlwqcache/models/gemma-3-270m-q4_k_m-*) || exit 1
+m.load_model('$CACHE/gemma-3-270m-q4_k_m.gguf')" || exit 1
+d=$(ls -d "$CACHE"/models/gemma-3-270m-q4_k_m-*) || exit 1
 xz -dc .device/gtok/tokenizer.json.xz > "$d/tokenizer.json" && cp .device/gtok/tokenizer_config.json "$d/" || exit 1
 PYTHONPATH=/tmp/site:$PWD python3 -c "
 from transformers import AutoTokenizer

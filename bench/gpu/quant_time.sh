@@ -17,8 +17,7 @@ source bench/gpu/model_halves.sh
 mode=$1; shift
 case "$mode" in
 part1)
-    store_parts .device/p1 && mkdir -p "$CACHE/llama3.2-tokenizer" && cp .device/tok/* "$CACHE/llama3.2-tokenizer/" &&
-        echo "first half and tokenizer stored" ;;
+    store_parts .device/p1 && store_llama3_tokenizer && echo "first half and tokenizer stored" ;;
 store)
     store_parts "$@" && ls -la "$CACHE" ;;
 start)
