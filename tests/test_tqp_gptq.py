@@ -192,12 +192,10 @@ def test_tqp_error_and_gradient_match_autograd_of_eq7():
 def test_every_scale_goes_through_round_scale(monkeypatch):
     """grid.round_scale is the one place a scale is rounded to what the file stores (format v2's
     coded scales are simulated by replacing it): min/max, TQP and the weighted search all use it."""
+    from bench.format_v2.scale_grid import log_grid_round_scale
     from mlwq import grid
 
-    def log_grid(d):          # 8 steps per octave, then fp16 as the v1 file stores it
-        return torch.exp2(torch.round(torch.log2(d.clamp(min=2.0 ** -24)) * 8) / 8).half().float()
-
-    monkeypatch.setattr(grid, "round_scale", log_grid)
+    monkeypatch.setattr(grid, "round_scale", log_grid_round_scale(8))   # 8 steps per octave, then fp16
     layer, X = _correlated(192, 48, 1024, seed=3)
     gptq = GPTQ(layer)
     gptq.add_batch(X)
