@@ -11,6 +11,9 @@ import mlwq.model_io as m
 m._check_tokenizer = lambda tokenizer, source: None
 m.load_model('$CACHE/gemma-3-270m-q4_k_m.gguf')" || exit 1
 d=$(ls -d "$CACHE"/models/gemma-3-270m-q4_k_m-*) || exit 1
+PYTHONPATH=/tmp/site:$PWD python3 -c "
+from transformers import AutoTokenizer
+print('machine tokenizer:', AutoTokenizer.from_pretrained('$d')('Hello world').input_ids)"
 xz -dc .device/gtok/tokenizer.json.xz > "$d/tokenizer.json" && cp .device/gtok/tokenizer_config.json "$d/" || exit 1
 PYTHONPATH=/tmp/site:$PWD python3 -c "
 from transformers import AutoTokenizer
