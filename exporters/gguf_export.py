@@ -9,7 +9,7 @@ Checkpoint contract (written by ``mlwq quantize``, see mlwq/checkpoint.py):
     DIR/mlwq_checkpoint.json   {"format": "mlwq-checkpoint", "version": 1, "source": ..., "group_size": 64,
                                 "layers": {HF module name: {...}}, ...}
     DIR/quantized.safetensors  N.qcodes uint8 [out, in] (permuted columns), N.perm int32 [in],
-                               N.scale float16 [out, in/64], N.zero uint8 [out, in/64], N.group_bits uint8 [in/64]
+                               N.scale float32 [out, in/64] (on the scale grid), N.zero uint8 [out, in/64], N.group_bits uint8 [in/64]
 
 Rows of q_proj / k_proj: transformers un-permutes them when it loads a llama GGUF (rope layout), so
 the checkpoint holds them in Hugging Face order; the exporter applies llama.cpp's permutation

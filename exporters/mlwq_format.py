@@ -2,18 +2,21 @@
 
 Pure numpy, no torch and no gguf import, so the exporter, the tests and any tool can use it.
 
-A tensor of type MLWQb (b = 2, 3, 4) has ``ne0`` columns (a multiple of 64, K = ne0 / 64 blocks)
-and rows of exactly ``K * (4 + 8*b)`` bytes::
+Format version 2. A tensor of type MLWQb (b = 2, 3, 4) has ``ne0`` columns (a multiple of 64,
+K = ne0 / 64 blocks) and rows of exactly ``K * (2 + 8*b)`` bytes::
 
-    [K headers of 4 bytes][codes of block 0][codes of block 1] ... [codes of block K-1][zero padding]
-    header j = fp16 d (little endian) | u8 zero | u8 bits          bits in 1..8, zero <= 2^bits - 1
+    [K headers of 2 bytes][codes of block 0][codes of block 1] ... [codes of block K-1][zero padding]
+    header j = u8 s | u8 (zero | (bits - 1) << 5)      bits in 1..8, zero <= min(2^bits - 1, 31)
+
+The scale is coded on a log grid, 8 steps per octave over 32 octaves:
+``d = SCALE_MANTISSA[s % 8] * 2^(s // 8 + SCALE_EXP0)`` (exact float32 values, SCALE_TABLE).
 
 Block j's codes take ``8 * bits_j`` bytes, stored as bit planes (low bits first); the planes of
 a width are taken greedily 4, then 2, then 1 (3 = [2, 1], 5 = [4, 1], 7 = [4, 2, 1], 8 = [4, 4]).
 A plane of width p has 8*p bytes; byte i holds, at bit offset k*p, column ``i + k*8*p``
 (k = 0 .. 8/p - 1). When sum(bits) < K*b (the tier split does not fill the row), the row ends
 with zero bytes; every byte is counted in the file's bits per weight.
-Dequantized permuted column 64*j + i: ``float32(d_j) * float32(q - zero_j)``.
+Dequantized permuted column 64*j + i: ``d_j * float32(q - zero_j)`` in float32.
 """
 
 from __future__ import annotations
@@ -22,14 +25,27 @@ import numpy as np
 
 # ---- constants shared with the C side (ggml/include/ggml-mlwq.h) and gguf-py (constants.py) ----
 QK = 64                           # columns per block
-HEADER_BYTES = 4                  # fp16 d + u8 zero + u8 bits
+HEADER_BYTES = 2                  # u8 scale code + u8 (zero | (bits - 1) << 5)
 MIN_BITS, MAX_BITS = 1, 8         # widths a block header may hold
+ZERO_MAX = 31                     # the header's 5-bit zero field (binds only for widths >= 6)
 WIDTHS = (2, 3, 4)                # type widths b: MLWQ2, MLWQ3, MLWQ4
-GGML_TYPE_ID = {2: 140, 3: 141, 4: 142}        # enum ggml_type GGML_TYPE_MLWQ<b>
+GGML_TYPE_ID = {2: 143, 3: 144, 4: 145}        # enum ggml_type GGML_TYPE_MLWQ<b>
+V1_TYPE_IDS = (140, 141, 142)                  # format version 1's types: refused, naming the version
 TYPE_NAME = {b: f"MLWQ{b}" for b in WIDTHS}    # gguf-py GGMLQuantizationType names
 GGML_TYPE_NAME = {b: f"mlwq{b}" for b in WIDTHS}  # ggml_type_name()
-LLAMA_FTYPE = {2: 140, 3: 141, 4: 142}         # enum llama_ftype LLAMA_FTYPE_MOSTLY_MLWQ<b>
-FORMAT_VERSION = 1
+LLAMA_FTYPE = {2: 143, 3: 144, 4: 145}         # enum llama_ftype LLAMA_FTYPE_MOSTLY_MLWQ<b>
+FORMAT_VERSION = 2
+
+# the block scale grid: d(s) = SCALE_MANTISSA[s % 8] * 2^(s // 8 + SCALE_EXP0), s = 0..255, i.e.
+# 2^(s/8 - 20) from 2^-20 to 2^11.875; the mantissas are float32(2^(i/8)), written out so that C
+# (ggml-mlwq.h) and numpy hold the same bits, and d is an exact product in both
+SCALE_STEPS_PER_OCTAVE = 8
+SCALE_EXP0 = -20
+SCALE_MANTISSA = np.array([float.fromhex(h) for h in (
+    "0x1.000000p+0", "0x1.172b84p+0", "0x1.306fe0p+0", "0x1.4bfdaep+0",
+    "0x1.6a09e6p+0", "0x1.8ace54p+0", "0x1.ae89fap+0", "0x1.d5818ep+0")], dtype=np.float32)
+SCALE_TABLE = (SCALE_MANTISSA[np.arange(256) % 8]
+               * np.ldexp(np.float32(1), np.arange(256) // 8 + SCALE_EXP0).astype(np.float32)).astype(np.float32)
 KEY_FORMAT_VERSION = "mlwq.format_version"     # GGUF KV (uint32), checked by the loader
 PERM_SUFFIX = "mlwq_perm"                      # "blk.0.attn_q.weight" -> "blk.0.attn_q.mlwq_perm"
 
@@ -71,6 +87,26 @@ def planes(width: int) -> list[int]:
     return out
 
 
+def round_to_scale_grid(d: np.ndarray) -> np.ndarray:
+    """The nearest grid scale (in log terms, clamped to the grid's range) of each d, float32."""
+    d = np.maximum(np.asarray(d, dtype=np.float64), float(SCALE_TABLE[0]))
+    s = np.clip(np.rint(np.log2(d) * SCALE_STEPS_PER_OCTAVE) - SCALE_EXP0 * SCALE_STEPS_PER_OCTAVE, 0, 255)
+    return SCALE_TABLE[s.astype(np.int64)]
+
+
+def scale_codes(scale: np.ndarray) -> np.ndarray:
+    """uint8 code of every scale, which must be exactly on the grid (SCALE_TABLE); ValueError otherwise."""
+    d = np.asarray(scale, dtype=np.float32)
+    s = np.clip(np.searchsorted(SCALE_TABLE, d), 0, 255)
+    off = SCALE_TABLE[s] != d
+    if np.any(off):
+        i = tuple(int(v[0]) for v in np.nonzero(off))
+        raise ValueError(f"scale {float(d[i])!r} at {i} is not on the format's scale grid (2^(k/8), "
+                         f"{SCALE_TABLE[0]:.3g} .. {SCALE_TABLE[-1]:.4g}): quantize with this mlwq "
+                         f"(its checkpoints from before format version 2 hold fp16 scales)")
+    return s.astype(np.uint8)
+
+
 def _check_width(b: int) -> None:
     if int(b) not in WIDTHS:
         raise ValueError(f"MLWQ type width b={b} is not one of {WIDTHS}")
@@ -91,8 +127,8 @@ def validate(codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: np.nd
     if scale.shape != (rows, K) or zero.shape != (rows, K) or bits.shape != (K,):
         raise ValueError(f"shapes do not match: codes {codes.shape} needs scale/zero {(rows, K)} and bits {(K,)}, "
                          f"got scale {scale.shape}, zero {zero.shape}, bits {bits.shape}")
-    if scale.dtype != np.float16:
-        raise ValueError(f"scale must be float16 (the header stores fp16), got {scale.dtype}")
+    if scale.dtype != np.float32:
+        raise ValueError(f"scale must be float32 values of the scale grid, got {scale.dtype}")
     if zero.dtype != np.uint8 or bits.dtype != np.uint8:
         raise ValueError(f"zero and bits must be uint8, got {zero.dtype} and {bits.dtype}")
     if bits.min() < MIN_BITS or bits.max() > MAX_BITS:
@@ -105,12 +141,11 @@ def validate(codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: np.nd
         raise ValueError(f"sum(bits)={total} fits MLWQ{b - 1} (K*{b - 1}={K * (b - 1)}): use the narrowest type, "
                          f"b = ceil(sum(bits)/K)")
     maxq = (1 << bits.astype(np.int64)) - 1                      # [K]
-    if np.any(zero.astype(np.int64) > maxq[None, :]):
-        r, j = (int(v[0]) for v in np.nonzero(zero.astype(np.int64) > maxq[None, :]))
-        raise ValueError(f"row {r} block {j}: zero={int(zero[r, j])} > 2^bits-1={int(maxq[j])}")
-    if not np.all(np.isfinite(scale)):
-        r, j = (int(v[0]) for v in np.nonzero(~np.isfinite(scale)))
-        raise ValueError(f"row {r} block {j}: scale {scale[r, j]} is not finite")
+    maxz = np.minimum(maxq, ZERO_MAX)
+    if np.any(zero.astype(np.int64) > maxz[None, :]):
+        r, j = (int(v[0]) for v in np.nonzero(zero.astype(np.int64) > maxz[None, :]))
+        raise ValueError(f"row {r} block {j}: zero={int(zero[r, j])} > min(2^bits-1, {ZERO_MAX})={int(maxz[j])}")
+    scale_codes(scale)
     colmax = np.repeat(maxq, QK)                                  # [ne0]
     over = codes.astype(np.int64) > colmax[None, :]
     if np.any(over):
@@ -126,17 +161,17 @@ def _block_offsets(bits: np.ndarray) -> np.ndarray:
 
 
 def pack_rows(codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: np.ndarray, b: int) -> np.ndarray:
-    """Pack one MLWQb matrix. codes uint8 [rows, ne0] (permuted column order), scale fp16 [rows, K],
-    zero uint8 [rows, K], bits uint8 [K] (same widths on every row). Returns uint8 [rows, row_bytes]."""
+    """Pack one MLWQb matrix. codes uint8 [rows, ne0] (permuted column order), scale float32 [rows, K]
+    (values of SCALE_TABLE), zero uint8 [rows, K], bits uint8 [K] (same widths on every row).
+    Returns uint8 [rows, row_bytes]."""
     validate(codes, scale, zero, bits, b)
     codes = np.ascontiguousarray(codes)
     rows, ne0 = codes.shape
     K = ne0 // QK
     out = np.zeros((rows, K * type_size(b)), dtype=np.uint8)
     hdr = out[:, : K * HEADER_BYTES].reshape(rows, K, HEADER_BYTES)
-    hdr[:, :, 0:2] = np.ascontiguousarray(scale.astype("<f2")).view(np.uint8).reshape(rows, K, 2)
-    hdr[:, :, 2] = zero
-    hdr[:, :, 3] = bits[None, :]
+    hdr[:, :, 0] = scale_codes(scale)
+    hdr[:, :, 1] = zero | ((bits[None, :] - 1) << 5).astype(np.uint8)
     offs = K * HEADER_BYTES + _block_offsets(bits)
     blocks = codes.reshape(rows, K, QK)
     for w in np.unique(bits):
@@ -174,9 +209,9 @@ def unpack_rows(data: np.ndarray, ne0: int, b: int):
                          f"got {data.dtype} {data.shape}")
     rows = data.shape[0]
     hdr = data[:, : K * HEADER_BYTES].reshape(rows, K, HEADER_BYTES)
-    scale = np.ascontiguousarray(hdr[:, :, 0:2]).view("<f2").reshape(rows, K).astype(np.float16)
-    zero = hdr[:, :, 2].copy()
-    allbits = hdr[:, :, 3]
+    scale = SCALE_TABLE[hdr[:, :, 0]]
+    zero = hdr[:, :, 1] & ZERO_MAX
+    allbits = (hdr[:, :, 1] >> 5) + 1
     if rows and np.any(allbits != allbits[0:1, :]):
         r = int(np.flatnonzero(np.any(allbits != allbits[0:1, :], axis=1))[0])
         raise ValueError(f"row {r} has block widths different from row 0: unpack_rows needs the same widths on every row")
@@ -194,8 +229,6 @@ def unpack_rows(data: np.ndarray, ne0: int, b: int):
     maxq = (1 << bits.astype(np.int64)) - 1
     if np.any(zero.astype(np.int64) > maxq[None, :]):
         raise ValueError("a header has zero > 2^bits - 1")
-    if not np.all(np.isfinite(scale)):
-        raise ValueError("a header has a non-finite scale")
     offs = K * HEADER_BYTES + _block_offsets(bits)
     codes = np.zeros((rows, K, QK), dtype=np.uint8)
     for w in np.unique(bits):
@@ -216,7 +249,7 @@ def unpack_rows(data: np.ndarray, ne0: int, b: int):
 
 
 def dequantize_rows(data: np.ndarray, ne0: int, b: int) -> np.ndarray:
-    """fp32 [rows, ne0] in PERMUTED column order: float32(d) * float32(q - zero), as the C to_float."""
+    """fp32 [rows, ne0] in PERMUTED column order: d * float32(q - zero), as the C to_float."""
     codes, scale, zero, bits = unpack_rows(data, ne0, b)
     return dequantize_codes(codes, scale, zero)
 

@@ -4,10 +4,10 @@ Cheng et al. 2023), starting from GPTQ's result.
 
 Per layer: a rounding offset V in [-0.5, 0.5] per weight and a scale factor s per row and
 64-column group in [1 - SCALE_RANGE, 1 + SCALE_RANGE]. The codes are
-    q = clamp(round(c / d + V) + zero, 0, maxq),   d = fp16(d_gptq * s)
+    q = clamp(round(c / d + V) + zero, 0, maxq),   d = grid(d_gptq * s)
 where c holds GPTQ's compensated weights just before rounding, so V = 0, s = 1 gives GPTQ's codes
-exactly. The forward pass is the format's dequantization, float32(d) * (q - zero); rounding and
-the fp16 cast pass gradients straight through, so the tuned weights are the exported ones bit for
+exactly. The forward pass is the format's dequantization, d * (q - zero); rounding and
+the scale grid pass gradients straight through, so the tuned weights are the exported ones bit for
 bit. The loss is the mean squared error of the block's output, computed on the inputs that the
 already quantized blocks produce, against the float block's output on the float model's inputs.
 The tuned layers are kept only if the loss over all calibration windows went down.
@@ -20,7 +20,7 @@ import dataclasses
 import torch
 from torch.func import functional_call
 
-from . import grid      # grid.round_scale looked up at call time: bench/format_v2 replaces it
+from . import grid
 from .gptq import QuantResult
 
 SCALE_RANGE = 0.2
@@ -45,10 +45,10 @@ class _Tunable:
         self.s = torch.ones_like(self.d, requires_grad=True)
 
     def dequantized(self, hard: bool = False):
-        """(weight in the original column order, codes, fp16 scale); hard: no gradient tricks."""
+        """(weight in the original column order, codes, coded scale); hard: no gradient tricks."""
         d = self.d * self.s
-        d16 = grid.round_scale(d)
-        d = d16 if hard else d + (d16 - d).detach()
+        dq = grid.round_scale(d)
+        d = dq if hard else d + (dq - d).detach()
         cols = self.c.shape[1]
         dc = d.repeat_interleave(self.gs, dim=1)[:, :cols]
         zc = self.z.repeat_interleave(self.gs, dim=1)[:, :cols]
@@ -56,13 +56,13 @@ class _Tunable:
         x = self.c / dc + self.V
         q = (torch.round(x) if hard else _round_ste(x)) + zc
         q = torch.minimum(q.clamp(min=0), mc)
-        return (dc * (q - zc))[:, self.inv], q, d16
+        return (dc * (q - zc))[:, self.inv], q, dq
 
     def result(self) -> QuantResult:
         with torch.no_grad():
-            weight, q, d16 = self.dequantized(hard=True)
+            weight, q, dq = self.dequantized(hard=True)
         return dataclasses.replace(self.res, weight=weight, codes=q.to(torch.uint8).cpu(),
-                                   scale=d16.to(torch.float16).cpu())
+                                   scale=dq.float().cpu())
 
 
 def _block_loss(block, weights, inps, targets, kwargs, idx) -> torch.Tensor:

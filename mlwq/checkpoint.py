@@ -3,7 +3,7 @@
 DIR/quantized.safetensors holds, per quantized linear layer N (its module name):
     N.qcodes      uint8 [out, in]      codes, permuted column order
     N.perm        int32 [in]           permuted position j holds original column perm[j]
-    N.scale       float16 [out, in/64] one per 64-column block (the MLWQ block)
+    N.scale       float32 [out, in/64] one per 64-column block (the MLWQ block), on the format's 2^(k/8) grid
     N.zero        uint8 [out, in/64]
     N.group_bits  uint8 [in/64]        width of each block (same for every row)
 and DIR/mlwq_checkpoint.json the settings, per-layer widths, tiers and bit counts.
@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from exporters.mlwq_format import HEADER_BYTES
+
 from .errors import MLWQError
 from .gptq import QuantResult
 from .grid import GROUP_SIZE
@@ -29,7 +31,7 @@ from .model_io import get_module
 
 CHECKPOINT_JSON = "mlwq_checkpoint.json"
 CHECKPOINT_TENSORS = "quantized.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: scales on the GGUF format 2 grid (1 held fp16 scales)
 
 
 def type_width(group_bits) -> int:
@@ -40,10 +42,10 @@ def type_width(group_bits) -> int:
 
 
 def layer_bytes(rows: int, cols: int, width: int) -> int:
-    """Bytes of one MLWQ tensor in the GGUF: rows of K 4-byte headers + K*8*width code bytes,
+    """Bytes of one MLWQ tensor in the GGUF: rows of K 2-byte headers + K*8*width code bytes,
     plus its int32 column permutation (ggml_patch/FORMAT.md)."""
     blocks = cols // GROUP_SIZE
-    return rows * blocks * (4 + 8 * width) + 4 * cols
+    return rows * blocks * (HEADER_BYTES + 8 * width) + 4 * cols
 
 
 def to_blocks(res: QuantResult) -> dict[str, torch.Tensor]:
@@ -133,7 +135,8 @@ def load(ckpt_dir: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
         raise MLWQError(f"corrupt checkpoint {ckpt_dir}: {e}") from None
     if meta.get("format") != "mlwq-checkpoint" or meta.get("version") != FORMAT_VERSION:
         raise MLWQError(f"{ckpt_dir}: unsupported checkpoint format/version "
-                        f"{meta.get('format')}/{meta.get('version')} (this mlwq reads version {FORMAT_VERSION})")
+                        f"{meta.get('format')}/{meta.get('version')} (this mlwq reads version {FORMAT_VERSION}; "
+                        f"version 1 checkpoints hold fp16 scales: quantize again)")
     return meta, tensors
 
 

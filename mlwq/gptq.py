@@ -40,7 +40,7 @@ class QuantPlan:
 class QuantResult:
     weight: torch.Tensor | None # [rows, cols] float32 dequantized weight, original column order
     codes: torch.Tensor         # [rows, cols] uint8 codes, permuted column order
-    scale: torch.Tensor         # [rows, n_groups] float16
+    scale: torch.Tensor         # [rows, n_groups] float32, values of the format's scale grid
     zero: torch.Tensor          # [rows, n_groups] uint8
     perm: torch.Tensor          # [cols] int32
     group_bits: torch.Tensor    # [n_groups] uint8
@@ -205,7 +205,7 @@ def _result(Q, D, Z, plan: QuantPlan, loss: float, continuous: torch.Tensor) -> 
     Zc = Z.repeat_interleave(gs, dim=1)[:, :cols]
     weight = torch.empty_like(Q)
     weight[:, plan.perm.to(Q.device)] = Dc * (Q - Zc)
-    return QuantResult(weight=weight, codes=Q.to(torch.uint8), scale=D.to(torch.float16),
+    return QuantResult(weight=weight, codes=Q.to(torch.uint8), scale=D.float(),
                        zero=Z.to(torch.uint8), perm=plan.perm.to(torch.int32).cpu(),
                        group_bits=plan.group_bits.to(torch.uint8).cpu(), group_size=gs, loss=loss,
                        continuous=continuous)

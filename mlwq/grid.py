@@ -2,18 +2,21 @@
 
 A group of GROUP_SIZE input columns of one output row is quantized asymmetrically:
     q = clamp(round(w / d) + zero, 0, 2^bits - 1),   w_hat = d * (q - zero)
-with d stored as fp16 and zero as an integer, exactly as the GGUF block header stores them
-(ggml_patch/FORMAT.md), so that the PyTorch fake-quant weights equal the C dequantization bit
-for bit: both compute float32(d) * float32(q - zero).
+with d on the format's log grid (2^(k/8), exact float32 values) and zero an integer of at most
+5 bits, exactly as the GGUF block header codes them (ggml_patch/FORMAT.md), so that the PyTorch
+fake-quant weights equal the C dequantization bit for bit: both compute d * float32(q - zero).
 """
 
 from __future__ import annotations
 
 import torch
 
+from exporters.mlwq_format import SCALE_EXP0, SCALE_STEPS_PER_OCTAVE, SCALE_TABLE, ZERO_MAX
+
 GROUP_SIZE = 64          # columns per group = one block of the MLWQ ggml type
 MAX_BITS = 8             # widths 1..8 fit in the block header
-_MIN_SCALE = 2.0 ** -24  # smallest positive fp16 (subnormal): keeps d > 0 after the fp16 cast
+_MIN_SCALE = float(SCALE_TABLE[0])   # the grid's smallest scale: keeps d > 0
+_SCALE_TABLE = torch.from_numpy(SCALE_TABLE.copy())
 
 
 def fit_scale_zero(w: torch.Tensor, bits: torch.Tensor | int,
@@ -22,7 +25,7 @@ def fit_scale_zero(w: torch.Tensor, bits: torch.Tensor | int,
 
     The range always contains 0 (GPTQ's convention); gamma and beta in (0, 1] shrink the upper
     and lower end. bits may be an int or a tensor broadcastable to w's leading dims + rows.
-    Returns (d, zero) as float32 tensors of shape [..., rows]; d is already rounded to fp16.
+    Returns (d, zero) as float32 tensors of shape [..., rows]; d is already on the scale grid (round_scale).
     """
     return scale_zero_of_range(w.amax(dim=-1), w.amin(dim=-1), bits, gamma, beta)
 
@@ -42,13 +45,21 @@ def scale_zero_of_range(wmax: torch.Tensor, wmin: torch.Tensor, bits, gamma=None
         wmin = wmin * beta
     d = ((wmax - wmin) / qmax).clamp(min=_MIN_SCALE)
     d = round_scale(d).clamp(min=_MIN_SCALE)
-    zero = torch.clamp(torch.round(-wmin / d), torch.zeros_like(qmax), qmax)
+    zero = torch.clamp(torch.round(-wmin / d), torch.zeros_like(qmax), qmax.clamp(max=ZERO_MAX))
     return d, zero
 
 
 def round_scale(d: torch.Tensor) -> torch.Tensor:
-    """The scale as the file stores it (fp16), back in float32; every quantizer rounds through here."""
-    return d.to(torch.float16).to(torch.float32)
+    """The scale as the file stores it (the nearest 2^(k/8) of the grid, in log terms, clamped to
+    its range), in float32; every quantizer rounds through here."""
+    k = torch.round(torch.log2(d.float().clamp(min=_MIN_SCALE)) * SCALE_STEPS_PER_OCTAVE)
+    s = (k - SCALE_EXP0 * SCALE_STEPS_PER_OCTAVE).clamp(0, 255).to(torch.long)
+    return _SCALE_TABLE.to(d.device)[s]
+
+
+def max_zero(bits) -> float:
+    """Largest zero point the header holds for this width: 2^bits - 1, at most 31."""
+    return float(min(2 ** int(bits) - 1, ZERO_MAX))
 
 
 def quantize_codes(w: torch.Tensor, d: torch.Tensor, zero: torch.Tensor, bits) -> torch.Tensor:

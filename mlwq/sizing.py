@@ -1,9 +1,9 @@
 """The bit budget that makes an exported GGUF a given size (`mlwq quantize --target-mb`).
 
 mlwq-export keeps every tensor of the source GGUF that is not a quantized linear layer byte for
-byte, and writes each linear layer as an MLWQ tensor: per row K = cols/64 block headers of 4
+byte, and writes each linear layer as an MLWQ tensor: per row K = cols/64 block headers of 2
 bytes and the codes, plus a 4-byte permutation entry per column (ggml_patch/FORMAT.md). So
-    file = (source bytes - source linear bytes) + sum_l (rows_l * K_l * 4 + 4 * cols_l) + B * N / 8
+    file = (source bytes - source linear bytes) + sum_l (rows_l * K_l * 2 + 4 * cols_l) + B * N / 8
 with N the linear weights and B their average code bits, which fixes B for a target size.
 """
 
@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 
 from .errors import MLWQError
+from exporters.mlwq_format import HEADER_BYTES
+
 from .grid import GROUP_SIZE
 
 LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -38,7 +40,7 @@ def budget_for_size(source: str | Path, target_bytes: int, lo: float = 2.0, hi: 
     for t in reader.tensors:
         if is_linear_weight(t.name):
             cols, rows = int(t.shape[0]), int(t.shape[1])
-            fixed += rows * (cols // GROUP_SIZE) * 4 + 4 * cols + TENSOR_INFO_BYTES - int(t.n_bytes)
+            fixed += rows * (cols // GROUP_SIZE) * HEADER_BYTES + 4 * cols + TENSOR_INFO_BYTES - int(t.n_bytes)
             weights += rows * cols
     if not weights:
         raise MLWQError(f"{source} has no linear layers that mlwq quantizes")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from . import grid      # grid.round_scale looked up at call time: bench/format_v2 replaces it
+from . import grid
 from .grid import dequantize, fit_scale_zero, maxq, quantize_codes, scale_zero_of_range
 
 TQP_STEPS = 50
@@ -53,7 +53,7 @@ class _FakeQuantError(torch.autograd.Function):
 
 
 def _clipped_error(w, wmax, wmin, qmax, gamma, beta):
-    """Eq. 7 for clipping strengths gamma, beta (no fp16 rounding of d); wmax, wmin: each row's
+    """Eq. 7 for clipping strengths gamma, beta (no rounding of d to the grid); wmax, wmin: each row's
     range clamped to contain 0 (constant over the steps)."""
     wmax = wmax * gamma
     wmin = wmin * beta
@@ -100,7 +100,7 @@ def _learn_clipping(w, bits, steps, lr):
             err.sum().backward()
             opt.step()
     gamma, beta = torch.sigmoid(logit_g).detach(), torch.sigmoid(logit_b).detach()
-    err = _group_error(w, bits, gamma, beta)                 # exact error, fp16 scale included
+    err = _group_error(w, bits, gamma, beta)                 # exact error, coded scale included
     better = err < best_err
     return torch.where(better, gamma, best_g), torch.where(better, beta, best_b)
 
@@ -120,7 +120,7 @@ def weighted_search(w: torch.Tensor, bits, importance: torch.Tensor, d0: torch.T
 
     Candidates: the start (d0, z0), every pair of clipping factors of CLIP_GRID for the two ends,
     then LS_ROUNDS weighted least-squares refits of d for the best codes with zero and zero +- 1.
-    Returns (d, zero) on the format's grid (fp16 d, integer zero); never worse than the start.
+    Returns (d, zero) on the format's grid (coded d, integer zero); never worse than the start.
     """
     w = w.float()
     h = importance.float().to(w.device).clamp(min=0).expand_as(w)
@@ -142,7 +142,7 @@ def weighted_search(w: torch.Tensor, bits, importance: torch.Tensor, d0: torch.T
     best, q = err_of(d, z)
     for _ in range(LS_ROUNDS):
         for dz in (0.0, -1.0, 1.0):
-            zt = torch.clamp(z + dz, 0, qmax)
+            zt = torch.clamp(z + dz, 0, grid.max_zero(bits))
             c = q - zt.unsqueeze(-1)
             den = (h * c * c).sum(-1)
             dt = torch.where(den > 0, (h * w * c).sum(-1) / den.clamp(min=1e-30), d)

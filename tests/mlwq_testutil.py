@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from exporters import mlwq_format as F
+from mlwq import checkpoint
 
 DEFAULT_GGUF = Path.home() / ".cache" / "mlwq" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 HF_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -63,10 +64,9 @@ def rtn_quantize(W: np.ndarray, bits: np.ndarray, rng) -> dict[str, np.ndarray]:
     maxq = ((1 << bits.astype(np.int64)) - 1).astype(np.float32)[None, :]
     wmax = np.maximum(Wp.max(axis=2), 0)
     wmin = np.minimum(Wp.min(axis=2), 0)
-    d = ((wmax - wmin) / maxq).astype(np.float16)
-    d = np.where(d == 0, np.float16(2 ** -24), d)
-    df = d.astype(np.float32)
-    zero = np.clip(np.round(-wmin / df), 0, maxq).astype(np.uint8)
+    d = F.round_to_scale_grid((wmax - wmin) / maxq)
+    df = d
+    zero = np.clip(np.round(-wmin / df), 0, np.minimum(maxq, F.ZERO_MAX)).astype(np.uint8)
     q = np.clip(np.round(Wp / df[:, :, None]) + zero[:, :, None], 0, maxq[:, :, None]).astype(np.uint8)
     t = {"qcodes": q.reshape(out_f, in_f), "perm": perm, "scale": d, "zero": zero, "group_bits": bits.copy()}
     return {k: np.ascontiguousarray(v) for k, v in t.items()}   # safetensors.numpy ignores strides
@@ -101,8 +101,8 @@ def write_rtn_checkpoint(ckpt_dir, source_gguf, b: int = 3, seed: int = 0, layer
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(ckpt_dir / "quantized.safetensors"))
-    meta = {"format": "mlwq-checkpoint", "version": 1, "source": str(source_gguf), "group_size": 64,
-            "layers": layer_meta, "config": {"quantizer": "rtn-test", "b": b}, "max_blocks": max_blocks}
+    meta = {"format": "mlwq-checkpoint", "version": checkpoint.FORMAT_VERSION, "source": str(source_gguf),
+            "group_size": 64, "layers": layer_meta, "config": {"quantizer": "rtn-test", "b": b}, "max_blocks": max_blocks}
     (ckpt_dir / "mlwq_checkpoint.json").write_text(json.dumps(meta, indent=1))
     return deq
 

@@ -117,7 +117,7 @@ def test_a_wrong_sum_is_reported(bins):
     differs could not pass unnoticed)."""
     b, cpu = bins["armv8.2-a+dotprod"]
     rows = np.random.default_rng(1).integers(0, 4, (3, 128)).astype(np.uint8)
-    data = F.pack_rows(rows, np.full((3, 2), 0.01, np.float16), np.ones((3, 2), np.uint8), np.array([2, 2], np.uint8), 2)
+    data = F.pack_rows(rows, F.round_to_scale_grid(np.full((3, 2), 0.01)), np.ones((3, 2), np.uint8), np.array([2, 2], np.uint8), 2)
     f = Path(os.environ.get("TMPDIR", "/tmp")) / f"mlwq-arm-selftest-{os.getpid()}.bin"
     f.write_bytes(data.tobytes())
     try:

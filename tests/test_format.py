@@ -14,30 +14,40 @@ def random_layer(rng, rows, K, bits, b):
     bits = np.asarray(bits, dtype=np.uint8)
     maxq = (1 << bits.astype(np.int64)) - 1
     codes = (rng.integers(0, 256, (rows, K * F.QK)) & np.repeat(maxq, F.QK)).astype(np.uint8)
-    scale = rng.standard_normal((rows, K)).astype(np.float16)
-    zero = (rng.integers(0, 256, (rows, K)) & maxq).astype(np.uint8)
+    scale = F.SCALE_TABLE[rng.integers(0, 256, (rows, K))]
+    zero = (rng.integers(0, 256, (rows, K)) & np.minimum(maxq, F.ZERO_MAX)).astype(np.uint8)
     return codes, scale, zero, bits
 
 
 def test_constants_match_format_md():
-    assert [F.type_size(b) for b in (2, 3, 4)] == [20, 28, 36]
-    assert F.GGML_TYPE_ID == {2: 140, 3: 141, 4: 142}
+    assert [F.type_size(b) for b in (2, 3, 4)] == [18, 26, 34]
+    assert F.GGML_TYPE_ID == {2: 143, 3: 144, 4: 145} and F.FORMAT_VERSION == 2
     assert F.planes(1) == [1] and F.planes(3) == [2, 1] and F.planes(7) == [4, 2, 1] and F.planes(8) == [4, 4]
     assert F.perm_name("blk.0.attn_q.weight") == "blk.0.attn_q.mlwq_perm"
 
 
+def test_scale_grid():
+    s = np.arange(256)
+    want = 2.0 ** (s / 8 - 20)
+    assert F.SCALE_TABLE.dtype == np.float32 and np.all(np.diff(F.SCALE_TABLE) > 0)
+    assert np.all(np.abs(F.SCALE_TABLE / want - 1) < 2 ** -23)       # float32(2^(k/8)) times 2^e, exact
+    assert (F.scale_codes(F.SCALE_TABLE) == s).all()
+    assert (F.round_to_scale_grid(F.SCALE_TABLE * np.float32(1.02)) == F.SCALE_TABLE).all()
+    assert F.round_to_scale_grid([0.0, 1e-12, 1e9]).tolist() == [F.SCALE_TABLE[0]] * 2 + [F.SCALE_TABLE[-1]]
+
+
 def test_byte_layout_by_hand():
-    # one row, one block of width 3 (planes 2 + 1), b = 3: header + 16 + 8 bytes = 28
+    # one row, one block of width 3 (planes 2 + 1), b = 3: header + 16 + 8 bytes = 26
     codes = np.arange(64, dtype=np.uint8)[None, :] % 8
-    scale = np.array([[1.5]], np.float16)
+    scale = np.array([[2 ** 0.5]], np.float32)                      # code 164: 2^(164/8 - 20)
     data = F.pack_rows(codes, scale, np.array([[5]], np.uint8), np.array([3], np.uint8), 3)
-    assert data.shape == (1, 28)
-    assert bytes(data[0, :4]) == np.float16(1.5).tobytes() + bytes([5, 3])
+    assert data.shape == (1, 26)
+    assert bytes(data[0, :2]) == bytes([164, 5 | (3 - 1) << 5])
     q = codes[0].astype(int)
     for i in range(16):   # 2-bit plane: columns i, i+16, i+32, i+48
-        assert data[0, 4 + i] == sum((q[i + 16 * k] & 3) << (2 * k) for k in range(4))
+        assert data[0, 2 + i] == sum((q[i + 16 * k] & 3) << (2 * k) for k in range(4))
     for i in range(8):    # 1-bit plane: bit 2 of columns i, i+8, ..., i+56
-        assert data[0, 20 + i] == sum(((q[i + 8 * k] >> 2) & 1) << k for k in range(8))
+        assert data[0, 18 + i] == sum(((q[i + 8 * k] >> 2) & 1) << k for k in range(8))
 
 
 @pytest.mark.parametrize("b,bits", [(2, [1, 3, 2, 2]), (3, [4, 2, 3, 3, 6, 1, 3, 2, 3]), (4, [4] * 5 + [3, 8, 1]),
@@ -49,7 +59,7 @@ def test_round_trip(b, bits):
     assert data.shape == (7, len(bits) * F.type_size(b))
     c2, s2, z2, b2 = F.unpack_rows(data, codes.shape[1], b)
     assert (c2 == codes).all() and (z2 == zero).all() and (b2 == bits).all()
-    assert (s2.view(np.uint16) == scale.view(np.uint16)).all()
+    assert (s2.view(np.uint32) == scale.view(np.uint32)).all()
     w = F.dequantize_rows(data, codes.shape[1], b)
     ref = np.repeat(scale.astype(np.float32), 64, 1) * (codes.astype(np.float32) - np.repeat(zero, 64, 1))
     assert w.dtype == np.float32 and (w.view(np.uint32) == ref.view(np.uint32)).all()
@@ -59,7 +69,7 @@ def test_padding_when_the_split_does_not_fill_the_row():
     rng = np.random.default_rng(2)
     codes, scale, zero, bits = random_layer(rng, 3, 3, [2, 4, 2], 3)   # sum 8 < K*b = 9
     data = F.pack_rows(codes, scale, zero, bits, 3)
-    assert (data[:, 3 * 4 + 8 * 8:] == 0).all() and data.shape[1] == 3 * 28
+    assert (data[:, 3 * 2 + 8 * 8:] == 0).all() and data.shape[1] == 3 * 26
     data[1, -1] = 1
     with pytest.raises(ValueError, match="padding"):
         F.unpack_rows(data, 192, 3)
@@ -78,20 +88,28 @@ def test_speed_of_a_real_matrix():
 @pytest.mark.parametrize("mutate,msg", [
     (lambda c, s, z, b: (c, s, z, np.array([0, 3, 3], np.uint8)), "outside 1..8"),
     (lambda c, s, z, b: (c, s, z, np.array([9, 3, 3], np.uint8)), "outside 1..8"),
-    (lambda c, s, z, b: (c, s, np.full_like(z, 8), b), "zero=8 > 2"),
+    (lambda c, s, z, b: (c, s, np.full_like(z, 8), b), "zero=8 > min"),
     (lambda c, s, z, b: (c, s, z, np.array([4, 3, 3], np.uint8)), "exceeds K"),
     (lambda c, s, z, b: (c, s, z, np.array([2, 2, 2], np.uint8)), "narrowest type"),
     (lambda c, s, z, b: (np.full_like(c, 8), s, z, b), "code 8 >= 2\\^bits=8"),
-    (lambda c, s, z, b: (c, np.full_like(s, np.inf), z, b), "not finite"),
-    (lambda c, s, z, b: (c, np.full_like(s, np.nan), z, b), "not finite"),
+    (lambda c, s, z, b: (c, np.full_like(s, np.inf), z, b), "not on the format's scale grid"),
+    (lambda c, s, z, b: (c, np.full_like(s, np.nan), z, b), "not on the format's scale grid"),
+    (lambda c, s, z, b: (c, np.full_like(s, 1.5), z, b), "not on the format's scale grid"),
     (lambda c, s, z, b: (c[:, :100], s, z, b), "multiple of the MLWQ block"),
-    (lambda c, s, z, b: (c, s.astype(np.float32), z, b), "float16"),
+    (lambda c, s, z, b: (c, s.astype(np.float16), z, b), "float32"),
 ])
 def test_refusals(mutate, msg):
     rng = np.random.default_rng(4)
     args = mutate(*random_layer(rng, 2, 3, [3, 3, 3], 3))
     with pytest.raises(ValueError, match=msg):
         F.pack_rows(*args, 3)
+
+
+def test_zero_point_field_is_five_bits():
+    rng = np.random.default_rng(6)
+    codes, scale, zero, bits = random_layer(rng, 2, 2, [6, 6], 4)
+    with pytest.raises(ValueError, match="zero=32 > min"):
+        F.pack_rows(codes, scale, np.full_like(zero, 32), np.array([6, 2], np.uint8), 4)
 
 
 def test_width_and_perm_refusals():
@@ -110,10 +128,10 @@ def test_width_and_perm_refusals():
 def test_unpack_refuses_bad_headers():
     rng = np.random.default_rng(6)
     data = F.pack_rows(*random_layer(rng, 2, 2, [3, 3], 3), 3)
-    bad = data.copy(); bad[0, 3] = 0
+    bad = data.copy(); bad[0, 1] = 31                     # width 1, zero 31
     with pytest.raises(ValueError):
         F.unpack_rows(bad, 128, 3)
-    bad = data.copy(); bad[1, 3] = 2; bad[1, 7] = 4
+    bad = data.copy(); bad[1, 1] = 1 << 5; bad[1, 3] = 3 << 5   # widths 2, 4 where row 0 has 3, 3
     with pytest.raises(ValueError, match="different from row 0"):
         F.unpack_rows(bad, 128, 3)
     with pytest.raises(ValueError, match="uint8"):
@@ -153,5 +171,5 @@ def test_pack_unpack_identity(layer):
     assert data.shape == (rows, F.row_bytes(codes.shape[1], b))
     c2, s2, z2, b2 = F.unpack_rows(data, codes.shape[1], b)
     assert (c2 == codes).all() and (z2 == zero).all() and (b2 == bits).all()
-    assert (s2.view(np.uint16) == scale.view(np.uint16)).all()
+    assert (s2.view(np.uint32) == scale.view(np.uint32)).all()
     assert (F.pack_rows(c2, s2, z2, b2, b) == data).all()

@@ -45,8 +45,8 @@ def random_rows(rng, rows, bits, b):
     bits = np.asarray(bits, np.uint8)
     maxq = (1 << bits.astype(np.int64)) - 1
     codes = (rng.integers(0, 256, (rows, bits.size * 64)) & np.repeat(maxq, 64)).astype(np.uint8)
-    scale = (rng.standard_normal((rows, bits.size)) * 0.05).astype(np.float16)
-    zero = (rng.integers(0, 256, (rows, bits.size)) & maxq).astype(np.uint8)
+    scale = F.SCALE_TABLE[rng.integers(0, 256, (rows, bits.size))]
+    zero = (rng.integers(0, 256, (rows, bits.size)) & np.minimum(maxq, F.ZERO_MAX)).astype(np.uint8)
     return F.pack_rows(codes, scale, zero, bits, b)
 
 
@@ -62,6 +62,20 @@ def test_c_dequant_is_bit_exact(b, bits, tmp_path):
     assert r.returncode == 0, r.stderr
     c = np.fromfile(tmp_path / "y.f32", dtype=np.float32).reshape(5, ne0)
     assert (c.view(np.uint32) == F.dequantize_rows(data, ne0, b).view(np.uint32)).all()
+
+
+def test_c_dequant_of_every_scale_code_is_bit_exact(tmp_path):
+    # 4 rows x 64 blocks of width 2: the 256 scale codes once each, C's exact product vs SCALE_TABLE
+    rows, K = 4, 64
+    rng = np.random.default_rng(7)
+    codes = rng.integers(0, 4, (rows, K * 64)).astype(np.uint8)
+    scale = F.SCALE_TABLE[np.arange(256).reshape(rows, K)]
+    data = F.pack_rows(codes, scale, rng.integers(0, 4, (rows, K)).astype(np.uint8), np.full(K, 2, np.uint8), 2)
+    (tmp_path / "rows.bin").write_bytes(data.tobytes())
+    r = run([llamacpp.tool_path("mlwq-check"), "dequant", "mlwq2", K * 64, rows, tmp_path / "rows.bin", tmp_path / "y.f32"])
+    assert r.returncode == 0, r.stderr
+    c = np.fromfile(tmp_path / "y.f32", dtype=np.float32).reshape(rows, K * 64)
+    assert (c.view(np.uint32) == F.dequantize_rows(data, K * 64, 2).view(np.uint32)).all()
 
 
 def test_c_dequant_of_exported_tensors_is_bit_exact(exported, tmp_path):
@@ -108,18 +122,17 @@ def test_c_vec_dot_matches_numpy(b, bits, tmp_path):
 
 
 def test_c_kernels_never_read_past_a_corrupt_row(tmp_path):
-    """bits = 200 in a header (or bits that sum past the row): the kernels stop there, output 0 for
-    the rest of the row, and do not crash; the validator names the fault."""
+    """Widths that sum past the row: the kernels stop at the first block whose codes would end past
+    it, output 0 for the rest of the row, and do not crash; the validator names the fault."""
     data = random_rows(np.random.default_rng(7), 4, [3, 3, 3, 3], 3)
-    data[1, 4 * 1 + 3] = 200          # row 1 block 1
-    data[2, 4 * 0 + 3] = 8            # row 2 block 0: 8 bits, the sum (17) exceeds the row (12)
-    data[2, 4 * 1 + 3] = 8
+    data[1, 2 * 1 + 1] |= 7 << 5; data[1, 2 * 2 + 1] |= 7 << 5   # row 1: block 2's codes end past the row
+    data[2, 2 * 0 + 1] |= 7 << 5; data[2, 2 * 1 + 1] |= 7 << 5   # row 2: block 1's codes end past the row
     (tmp_path / "rows.bin").write_bytes(data.tobytes())
     exe = llamacpp.tool_path("mlwq-check")
     r = run([exe, "dequant", "mlwq3", 256, 4, tmp_path / "rows.bin", tmp_path / "y.f32"])
     assert r.returncode == 0
     y = np.fromfile(tmp_path / "y.f32", np.float32).reshape(4, 256)
-    assert (y[1, 64:] == 0).all() and (y[2, 128:] == 0).all()
+    assert (y[1, 128:] == 0).all() and (y[2, 64:] == 0).all()
     np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32).tofile(tmp_path / "x.f32")
     r = run([exe, "dot", "mlwq3", 256, 4, tmp_path / "rows.bin", tmp_path / "x.f32", 2, tmp_path / "o"])
     assert r.returncode == 0
@@ -128,7 +141,7 @@ def test_c_kernels_never_read_past_a_corrupt_row(tmp_path):
     for k in ("simd", "simd2", "gemm"):
         assert np.allclose(np.fromfile(tmp_path / f"o.{k}.f32", np.float32), gen, rtol=1e-5, atol=1e-6), k
     r = run([exe, "validate", "mlwq3", 256, 4, tmp_path / "rows.bin"])
-    assert r.returncode == 1 and "row 1 block 1: bits = 200" in r.stdout
+    assert r.returncode == 1 and "row 1: sum of block bits" in r.stdout
 
 
 # ---- llama.cpp on an exported file ---------------------------------------------------------
@@ -247,14 +260,13 @@ def malformed_variants(path, tmp_path):
     v = {}
     w = "blk.0.attn_v.weight"                       # MLWQ3, ne0 = 576 (K = 9), headers all bits 2..4
     _, d = tensor_info_offsets(path, w)
-    hdr = open(path, "rb").read()[d: d + 4 * 9]
-    bits0, bits1 = hdr[3], hdr[7]
-    v["bad bits"] = (patched(path, tmp_path / "bits.gguf", [(d + 3, bytes([9]))]), "bits = 9, outside 1..8")
-    v["bad zero"] = (patched(path, tmp_path / "zero.gguf", [(d + 2, bytes([255]))]),
-                     f"zero = 255 > 2^bits - 1 = {(1 << bits0) - 1}")
-    v["sum mismatch"] = (patched(path, tmp_path / "sum.gguf", [(d + 3, bytes([8])), (d + 7, bytes([8]))]),
+    hdr = open(path, "rb").read()[d: d + 2 * 9]
+    bits0 = (hdr[1] >> 5) + 1
+    v["bad zero"] = (patched(path, tmp_path / "zero.gguf", [(d + 1, bytes([31 | (bits0 - 1) << 5]))]),
+                     f"zero = 31 > 2^bits - 1 = {(1 << bits0) - 1}")
+    v["sum mismatch"] = (patched(path, tmp_path / "sum.gguf", [(d + 1, bytes([(hdr[1] & 31) | 7 << 5])),
+                                                               (d + 3, bytes([(hdr[3] & 31) | 7 << 5]))]),
                          "exceeds K*b = 27")
-    v["nan scale"] = (patched(path, tmp_path / "nan.gguf", [(d, b"\x00\x7e")]), "scale d is NaN")
     _, pd = tensor_info_offsets(path, "blk.1.ffn_down.mlwq_perm")
     v["perm out of range"] = (patched(path, tmp_path / "prange.gguf", [(pd, struct.pack("<i", 1536))]),
                               "entry 0 = 1536 is outside 0..1535")
@@ -263,14 +275,16 @@ def malformed_variants(path, tmp_path):
     t_off, _ = tensor_info_offsets(path, "blk.1.attn_q.weight")
     v["unused type id"] = (patched(path, tmp_path / "type.gguf", [(t_off, struct.pack("<I", 139))]),
                            "not a multiple of block size")
+    v["format 1 type id"] = (patched(path, tmp_path / "type1.gguf", [(t_off, struct.pack("<I", 141))]),
+                             "MLWQ format version 1: this llama.cpp reads MLWQ format version 2")
     v["type id out of range"] = (patched(path, tmp_path / "type2.gguf", [(t_off, struct.pack("<I", 1000))]),
                                  "has invalid ggml type 1000")
     t_off, _ = tensor_info_offsets(path, "blk.0.attn_output.mlwq_perm")
     v["perm not I32"] = (patched(path, tmp_path / "ptype.gguf", [(t_off, struct.pack("<I", 0))]),
                          "must be I32 [576]")
     k = kv_value_offset(path, F.KEY_FORMAT_VERSION)
-    v["wrong format_version"] = (patched(path, tmp_path / "ver.gguf", [(k, struct.pack("<I", 2))]),
-                                 "MLWQ format version 2, this llama.cpp reads version 1")
+    v["wrong format_version"] = (patched(path, tmp_path / "ver.gguf", [(k, struct.pack("<I", 3))]),
+                                 "MLWQ format version 3, this llama.cpp reads version 2")
     trunc = tmp_path / "trunc.gguf"
     shutil.copyfile(path, trunc)
     with open(trunc, "r+b") as f:
@@ -310,7 +324,7 @@ def test_python_bindings_refuse_a_malformed_file(exported, tmp_path):
     from llama_cpp import Llama
 
     path, _ = exported
-    f, _ = malformed_variants(path, tmp_path)["bad bits"]
+    f, _ = malformed_variants(path, tmp_path)["bad zero"]
     with pytest.raises(ValueError, match="Failed to load model"):
         Llama(model_path=str(f), n_ctx=64, verbose=False)
 

@@ -1,6 +1,7 @@
 import torch
 
 from mlwq.gptq import GPTQ, quantize_without_compensation, uniform_plan
+from mlwq import grid
 from mlwq.grid import fit_scale_zero, quantize_codes, dequantize
 from mlwq.tqp import learn_clipping
 
@@ -49,7 +50,7 @@ def test_codes_and_weights_agree_with_the_format_formula():
     plan = uniform_plan(192, 3, perm=perm)
     plan.group_bits = torch.tensor([4, 3, 2])
     for res in (quantize_without_compensation(layer.weight, plan), ):
-        assert res.codes.dtype == torch.uint8 and res.scale.dtype == torch.float16
+        assert res.codes.dtype == torch.uint8 and res.scale.dtype == torch.float32
         maxq = (2 ** plan.group_bits.repeat_interleave(64)) - 1
         assert torch.all(res.codes.long() <= maxq)
         W = torch.empty(40, 192)
@@ -71,7 +72,7 @@ def test_weighted_search_never_worse_than_its_start_and_stays_on_the_grid():
             werr = lambda d, z: (h * (dequantize(quantize_codes(w, d, z, bits), d, z) - w).pow(2)).sum(-1)
             assert torch.all(werr(d, z) <= werr(d0, z0))
             assert werr(d, z).sum() < 0.9 * werr(d0, z0).sum()
-            assert torch.equal(d, d.half().float()) and torch.all(d > 0)
+            assert torch.equal(d, grid.round_scale(d)) and torch.all(d > 0)
             assert torch.equal(z, z.round()) and z.min() >= 0 and z.max() <= 2 ** bits - 1
 
 
@@ -189,18 +190,16 @@ def test_tqp_error_and_gradient_match_autograd_of_eq7():
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6 * float(a.abs().max()))
 
 
-def test_every_scale_goes_through_round_scale(monkeypatch):
-    """grid.round_scale is the one place a scale is rounded to what the file stores (format v2's
-    coded scales are simulated by replacing it): min/max, TQP and the weighted search all use it."""
-    from bench.format_v2.scale_grid import log_grid_round_scale
-    from mlwq import grid
+def test_every_scale_is_on_the_format_grid():
+    """grid.round_scale is the one place a scale is rounded to what the file stores: min/max, TQP
+    and the weighted search all give scales that the GGUF header codes exactly."""
+    from exporters import mlwq_format as F
 
-    monkeypatch.setattr(grid, "round_scale", log_grid_round_scale(8))   # 8 steps per octave, then fp16
     layer, X = _correlated(192, 48, 1024, seed=3)
     gptq = GPTQ(layer)
     gptq.add_batch(X)
     plan = uniform_plan(192, 3)
     plan.tqp, plan.tqp_steps, plan.weighted = True, 10, True
     res = gptq.quantize(plan)
-    steps = torch.log2(res.scale.float()) * 8
-    assert torch.allclose(steps, steps.round(), atol=0.02)   # fp16 keeps 2^(k/8) to 1e-3 relative
+    assert res.scale.dtype == torch.float32
+    F.scale_codes(res.scale.numpy())           # raises on any scale off the grid

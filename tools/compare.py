@@ -52,6 +52,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from exporters import llamacpp
+from exporters import mlwq_format as F
 from mlwq.assets import CALIBRATION_TEXT, EVAL_TEXT, MODELS, model_key, resolve_model, sha256_of
 from mlwq.engine import QuantConfig
 from mlwq.errors import MLWQError
@@ -256,7 +257,8 @@ class Run:
             cfg = self.our_config(method, bits, tune)
             name = f"{method.upper()} {bits:g}" + (f" bt{tune}" if tune else "")
             key = key_of(name, self.src_sha, a.max_blocks, asdict(cfg), self.calib_sha, a.nsamples, a.seqlen,
-                         *([a.embedding_type] if a.embedding_type else []))
+                         *([a.embedding_type] if a.embedding_type else []),
+                         *([f"format{F.FORMAT_VERSION}"] if F.FORMAT_VERSION > 1 else []))
             out = self.path(name, key)
             meta_path = out.with_suffix(".json")
             how = (f"mlwq quantize {self.stem} --method {cfg.method} --bits {bits:g}"

@@ -31,7 +31,12 @@ SHAPES = {
     "llama-3.2-1b": (2048, 16, 32, 8, 8192, 128256, 500000.0),
 }
 LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-QK, HDR = 64, 4
+# MLWQ format version 2 (ggml_patch/src/ggml/include/ggml-mlwq.h): a row of K = ne0/64 blocks is
+# K*(2 + 8b) bytes, K 2-byte headers [u8 scale code s][u8 zero | (bits - 1) << 5] first, then the
+# codes; d = 2^(s/8 - 20). Type ids and LLAMA_FTYPE_MOSTLY_MLWQ<b>: 143, 144, 145.
+QK, HDR = 64, 2
+FORMAT_VERSION = 2
+MLWQ_FTYPE = {2: 143, 3: 144, 4: 145}
 
 
 def linear_shapes(shape: str) -> dict[str, tuple[int, int]]:
@@ -59,7 +64,7 @@ def write_kv(w: gguf.GGUFWriter, shape: str, tok_path: str, file_type: int, mlwq
     w.add_vocab_size(n_vocab)
     w.add_file_type(file_type)
     if mlwq:
-        w.add_uint32("mlwq.format_version", 1)
+        w.add_uint32("mlwq.format_version", FORMAT_VERSION)
     with gzip.open(tok_path, "rt") as f:
         tok = json.load(f)
     tokens = list(tok["tokenizer.ggml.tokens"])
@@ -87,12 +92,12 @@ def mlwq_tensor(rng: np.random.Generator, ne0: int, ne1: int, b: int) -> tuple[n
     assert widths.min() >= 1 and widths.max() <= 8 and widths.sum() <= K * b
     row_bytes = K * (HDR + 8 * b)
     out = np.zeros((ne1, row_bytes), dtype=np.uint8)
-    hdr = np.zeros((K, 4), dtype=np.uint8)
+    hdr = np.zeros((K, HDR), dtype=np.uint8)
     for j, wj in enumerate(widths):
-        d = np.float16(0.02 * np.sqrt(12.0) / 2**wj)   # weights of std ~0.02
-        hdr[j, 0:2] = np.frombuffer(d.tobytes(), dtype=np.uint8)
-        hdr[j, 2] = 2 ** (wj - 1)                       # zero in the middle
-        hdr[j, 3] = wj
+        d = 0.02 * np.sqrt(12.0) / 2**wj                  # weights of std ~0.02
+        hdr[j, 0] = int(np.clip(np.rint(8 * (np.log2(d) + 20)), 0, 255))   # nearest code: 2^(s/8 - 20)
+        zero = 2 ** (wj - 1)                              # zero in the middle (<= 16: widths <= 5)
+        hdr[j, 1] = zero | ((wj - 1) << 5)
     out[:, : HDR * K] = hdr.reshape(-1)
     ncode = 8 * int(widths.sum())
     out[:, HDR * K : HDR * K + ncode] = rng.integers(0, 256, size=(ne1, ncode), dtype=np.uint8)
@@ -117,7 +122,7 @@ def main() -> int:
     qtype = {2: gguf.GGMLQuantizationType.MLWQ2, 3: gguf.GGMLQuantizationType.MLWQ3,
              4: gguf.GGMLQuantizationType.MLWQ4}[args.bits]
     w = gguf.GGUFWriter(args.output, "llama")
-    write_kv(w, args.shape, args.tokenizer, (140 + args.bits - 2) if mlwq else int(gguf.LlamaFileType.MOSTLY_F16), mlwq)
+    write_kv(w, args.shape, args.tokenizer, MLWQ_FTYPE[args.bits] if mlwq else int(gguf.LlamaFileType.MOSTLY_F16), mlwq)
 
     like = {}
     if args.like:

@@ -15,6 +15,8 @@
 //    the file (mlwq_fuzz_check_row: reference values, exact-size buffers), with activations
 //    permuted by the tensor's permutation and quantized to q8_1 as the graph does; for an accepted
 //    file also the reference's verdict on every tensor and ggml_validate_row_data (--check-tensors).
+// A file that gguf refuses because it holds format version 1's type ids (140..142) gets the verdict
+// "refused by gguf_init_from_file: MLWQ format version 1" (gguf's message names the version).
 #define GGML_COMMON_DECL_CPP
 #include "ggml-common.h"
 
@@ -159,7 +161,7 @@ void run_kernels(const uint8_t * file, const std::map<std::string, weight> & wei
         // the validator refuses such a tensor (checked above), the kernels have no rows to read
         const int b = ggml_mlwq_type_width(t->type);
         const bool rows_fit = nrows > 0 &&
-            (unsigned __int128) (ne0 / QK_MLWQ) * (unsigned) (4 + 8*b) * (uint64_t) nrows == data.size();
+            (unsigned __int128) mlwq_ref_row_bytes(ne0 / QK_MLWQ, b) * (uint64_t) nrows == data.size();
         if (rows_fit) {
             // the activations the graph would give this weight: x[perm[j]], quantized to q8_1
             std::vector<float> x(ne0);
@@ -199,13 +201,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t * data, size_t size) {
     if (f == nullptr) {
         return 0;
     }
+    mlwq_fuzz_log_clear();
     ggml_context * ctx = nullptr;
     gguf_init_params params = { /*.no_alloc =*/ true, /*.ctx =*/ &ctx };
     gguf_context * meta = gguf_init_from_file_ptr(f, params);
     fclose(f);
     if (meta == nullptr) {
         FUZZ_CHECK(ctx == nullptr, "gguf refused the file but left a context");
-        mlwq_fuzz_verdict("refused by gguf_init_from_file");
+        mlwq_fuzz_verdict(strstr(mlwq_fuzz_log(), "MLWQ format version 1") != nullptr
+                              ? "refused by gguf_init_from_file: MLWQ format version 1"
+                              : "refused by gguf_init_from_file");
         return 0;
     }
 

@@ -6,7 +6,7 @@
 // Input (all modes read past the end as zeros where said):
 //   byte 0   mode % 4
 //   mode 0   rows: byte 1 type = MLWQ2 + v%3, byte 2 K = 1 + v%32 blocks (ne0 = 64K), byte 3 nrows = v%5,
-//            then nrows rows of K*(4+8b) bytes (zero-filled if short), then 2K q8_1 activation blocks
+//            then nrows rows of K*(2+8b) bytes (zero-filled if short), then 2K q8_1 activation blocks
 //            (36 bytes each, zero-filled if short; qs -128 read as -127, which is all ggml's q8_1
 //            quantizer writes). Runs validate_rows, ggml_validate_row_data (what
 //            --check-tensors calls), and the kernels on every row, valid or not, and vec_dot
@@ -15,7 +15,8 @@
 //   mode 1   shapes: byte 1 type = MLWQ2 + v%3, bytes 2-3 ne0 (int16), byte 4 nrows (int8), the rest
 //            is the tensor (nbytes = its length). validate_rows must refuse any mismatch.
 //   mode 2   permutation: bytes 1.. are int32 entries (n = length/4).
-//   mode 3   other type ids: bytes 1-4 type (int32), bytes 5-6 ne0 (int16), the rest the data.
+//   mode 3   other type ids: bytes 1-4 type (int32), bytes 5-6 ne0 (int16), the rest the data
+//            (format version 1's ids 140..142 are not MLWQ types: validate_rows must refuse them).
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
 
@@ -60,7 +61,7 @@ static void rows_mode(const uint8_t * data, size_t size) {
     const int64_t K         = 1 + hdr[2] % 32;
     const int64_t ne0       = K * QK_MLWQ;
     const int64_t nrows     = hdr[3] % 5;
-    const size_t  row_bytes = (size_t) K * (GGML_MLWQ_HEADER_SIZE + 8*(size_t) b);
+    const size_t  row_bytes = mlwq_ref_row_bytes(K, b);
     const size_t  nbytes    = (size_t) nrows * row_bytes;
     const uint8_t * p   = data + (size < 4 ? size : 4);
     size_t        left  = size < 4 ? 0 : size - 4;
@@ -80,10 +81,10 @@ static void rows_mode(const uint8_t * data, size_t size) {
     // --check-tensors: ggml_validate_row_data sees the tensor's bytes and checks the first header
     const bool first_ok = ggml_validate_row_data(type, t, nbytes);
     if (nrows > 0) {
-        const uint16_t d16 = (uint16_t) (t[0] | (t[1] << 8));
-        const bool want = t[3] >= 1 && t[3] <= 8 && t[2] < (1 << t[3]) && ((d16 >> 10) & 0x1f) != 0x1f;
-        FUZZ_CHECK(first_ok == want, "ggml_validate_row_data(mlwq%d) = %d, first header (d 0x%04x zero %d bits %d) says %d",
-                   b, first_ok, d16, t[2], t[3], want);
+        const int zero = mlwq_ref_zero(t, 0), bits = mlwq_ref_bits(t, 0);
+        const bool want = zero < (1 << bits);
+        FUZZ_CHECK(first_ok == want, "ggml_validate_row_data(mlwq%d) = %d, first header (s %d zero %d bits %d) says %d",
+                   b, first_ok, t[0], zero, bits, want);
         FUZZ_CHECK(!valid || first_ok, "validate_rows accepts what ggml_validate_row_data refuses");
     }
 
@@ -156,7 +157,7 @@ static void foreign_type_mode(const uint8_t * data, size_t size) {
     uint8_t * t = exact_copy(data + (size < 7 ? size : 7), n, n);
     FUZZ_CHECK(ggml_mlwq_is_type((enum ggml_type) type) == (mlwq_ref_width(type) != 0), "ggml_mlwq_is_type(%d)", type);
     FUZZ_CHECK(ggml_mlwq_type_width((enum ggml_type) type) == mlwq_ref_width(type), "ggml_mlwq_type_width(%d)", type);
-    const int64_t row_bytes = ne0 > 0 ? ne0 / QK_MLWQ * (4 + 8*mlwq_ref_width(type)) : 0;
+    const int64_t row_bytes = ne0 > 0 ? (int64_t) mlwq_ref_row_bytes(ne0 / QK_MLWQ, mlwq_ref_width(type)) : 0;
     mlwq_fuzz_check_validate((enum ggml_type) type, t, n, ne0, row_bytes > 0 ? (int64_t) n / row_bytes : 1);
     free(t);
 }

@@ -7,11 +7,16 @@ refused. Real exported files, small: a synthetic llama source GGUF (1 block, tin
 synthetic mlwq checkpoint go through the project's exporter (exporters.gguf_export.export_gguf,
 packing by exporters.mlwq_format), giving two valid MLWQ GGUFs: `tiny` (one 64-column block per
 weight, one weight of each type) and `mixed` (mixed tiers 1..8 bits, padded rows, 2 and 3 blocks).
-Then targeted mutations of `mixed`, each one fault: header bits/zero/scale, sum of widths, padding,
-permutation range and repeats, truncations, wrong shapes and sizes, wrong and unused type ids,
-missing and orphan permutations, the format_version key (missing, wrong value, other value types),
-3-D and token_embd MLWQ tensors, duplicate names (also equal only up to a NUL); and valid edge cases (a weight with no rows,
-format_version as int32 / uint64, zero = 255 in an 8-bit block).
+Then targeted mutations of `mixed`, each one fault: header widths whose codes end past the row,
+zero points too large, sum of widths, padding, permutation range and repeats, truncations, wrong
+shapes and sizes, wrong and unused type ids, format version 1's type ids (140..142, which gguf refuses
+naming the version; also a whole file of them), missing and orphan permutations, the format_version
+key (missing, version 1, other values, other value types), 3-D and token_embd MLWQ tensors, duplicate
+names (also equal only up to a NUL); and valid edge cases (a weight with no rows, format_version as
+int32 / uint64, zero = 31 in 7- and 8-bit blocks, the smallest and largest scale codes).
+
+Format version 2 (ggml-mlwq.h): a row of K blocks is K*(2 + 8b) bytes, K 2-byte headers
+[u8 scale code s][u8 zero | (bits - 1) << 5] first; d = 2^(s/8 - 20), every code valid.
 
 rows/: inputs of fuzz_mlwq_rows (layout in fuzz_mlwq_rows.c): rows packed by
 exporters.mlwq_format.pack_rows for every type and many width mixes, each also with one fault,
@@ -34,9 +39,37 @@ sys.path.insert(0, str(ROOT))
 
 from exporters import mlwq_format as F  # noqa: E402
 from exporters.gguf_export import _copy_kvs, export_gguf  # noqa: E402
+from mlwq.checkpoint import FORMAT_VERSION as CHECKPOINT_VERSION  # noqa: E402
 
 ARCH = "llama"
 Q8_1_BLOCK = 36            # fp16 d, fp16 s, 32 x int8
+
+
+def grid_scales(rng: np.random.Generator, shape) -> np.ndarray:
+    """float32 scales on the format's grid, about 0.005 .. 0.2 (codes 100..140 of 0..255)."""
+    return F.SCALE_TABLE[rng.integers(100, 141, shape)]
+
+
+def hdr_byte1(zero: int, bits: int) -> bytes:
+    """Second header byte: zero in bits 0-4, bits - 1 in bits 5-7."""
+    return bytes([(zero & F.ZERO_MAX) | ((bits - 1) << 5)])
+
+
+def hdr_bits(byte1: int) -> int:
+    return (byte1 >> 5) + 1
+
+
+def wrapping_ne0(type_size: int, target: int) -> int:
+    """A 1-row ne0 (a multiple of 64, below 2^63) for which ggml_nbytes, ne0 * type_size / 64 in
+    64-bit arithmetic, wraps to exactly `target` bytes (target a multiple of type_size's power of 2)."""
+    e = (type_size & -type_size).bit_length() - 1          # type_size = 2^e * odd
+    odd = type_size >> e
+    assert target % (1 << e) == 0
+    mod = 1 << (58 - e)                                     # 64 m * type_size = 64 target (mod 2^64)
+    m = (target >> e) * pow(odd, -1, mod) % mod
+    ne0 = 64 * m
+    assert 0 < ne0 < 2**63 and (ne0 * type_size % 2**64) // 64 == target
+    return ne0
 
 
 # ---- valid files through the exporter --------------------------------------------------------
@@ -86,11 +119,11 @@ def _checkpoint(d: Path, source: Path, layers: dict, rng: np.random.Generator) -
         maxq = (1 << bits.astype(np.int64)) - 1
         tensors[f"{name}.qcodes"] = (rng.integers(0, 256, (rows, ne0)) & np.repeat(maxq, 64)).astype(np.uint8)
         tensors[f"{name}.perm"] = rng.permutation(ne0).astype(np.int32)
-        tensors[f"{name}.scale"] = (rng.standard_normal((rows, bits.size)) * 0.05).astype(np.float16)
-        tensors[f"{name}.zero"] = (rng.integers(0, 256, (rows, bits.size)) & maxq).astype(np.uint8)
+        tensors[f"{name}.scale"] = grid_scales(rng, (rows, bits.size))
+        tensors[f"{name}.zero"] = (rng.integers(0, 256, (rows, bits.size)) & np.minimum(maxq, F.ZERO_MAX)).astype(np.uint8)
         tensors[f"{name}.group_bits"] = bits
     save_file(tensors, str(d / "quantized.safetensors"))
-    meta = {"format": "mlwq-checkpoint", "version": 1, "source": str(source), "group_size": 64,
+    meta = {"format": "mlwq-checkpoint", "version": CHECKPOINT_VERSION, "source": str(source), "group_size": 64,
             "layers": {name: {} for name in layers}, "config": {"seed": "fuzz"}}
     (d / "mlwq_checkpoint.json").write_text(json.dumps(meta))
 
@@ -164,20 +197,29 @@ def gguf_seeds(out: Path, tmp: Path) -> int:
 
     W2, W3, W4, W8, WPAD = ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight",
                             "blk.0.attn_output.weight", "blk.0.ffn_down.weight")
+    # first row's headers: byte d + 2j is block j's scale code, byte d + 2j + 1 its zero | (bits - 1) << 5
     for w in (W2, W3, W4, W8):
         d, _ = offs[w]
         tag = w.split(".")[2]
-        seeds[f"{tag}-bits0"] = edit(raw, (d + 3, b"\x00"))
-        seeds[f"{tag}-bits9"] = edit(raw, (d + 3, b"\x09"))
-        seeds[f"{tag}-bits255"] = edit(raw, (d + 3, b"\xff"))
-        if raw[d + 3] < 8:
-            seeds[f"{tag}-zero-too-big"] = edit(raw, (d + 2, bytes([1 << raw[d + 3]])))
-        else:
-            seeds[f"valid-{tag}-zero-255-bits8"] = edit(raw, (d + 2, b"\xff"))
-        seeds[f"{tag}-scale-nan"] = edit(raw, (d, b"\x00\x7e"))
-        seeds[f"{tag}-scale-inf"] = edit(raw, (d, b"\x00\xfc"))
-        seeds[f"{tag}-sum-too-big"] = edit(raw, (d + 3, b"\x08"), (d + 7, b"\x08"))
-        seeds[f"{tag}-second-header-bits0"] = edit(raw, (d + 7, b"\x00"))
+        z0, z1 = raw[d + 1] & F.ZERO_MAX, raw[d + 3] & F.ZERO_MAX
+        bits0 = hdr_bits(raw[d + 1])
+        # width 8 on the first block: its codes (64 bytes) or the next block's end past the row
+        if bits0 != 8:
+            seeds[f"{tag}-first-bits8"] = edit(raw, (d + 1, hdr_byte1(z0, 8)))
+        if bits0 < 5:
+            seeds[f"{tag}-zero-too-big"] = edit(raw, (d + 1, hdr_byte1(1 << bits0, bits0)))
+        else:                       # 5 bits of zero point: 31 is the largest, valid from width 5 on
+            seeds[f"valid-{tag}-zero-31-bits{bits0}"] = edit(raw, (d + 1, hdr_byte1(31, bits0)))
+        seeds[f"{tag}-sum-too-big"] = edit(raw, (d + 1, hdr_byte1(z0, 8)), (d + 3, hdr_byte1(z1, 8)))
+        seeds[f"{tag}-second-header-bits8"] = edit(raw, (d + 3, hdr_byte1(z1, 8)))
+        if hdr_bits(raw[d + 3]) < 5:
+            seeds[f"{tag}-second-header-zero-31"] = edit(raw, (d + 3, hdr_byte1(31, hdr_bits(raw[d + 3]))))
+    # scale codes: every one is valid (2^-20 .. 2^11.875)
+    for w in (W2, W8):
+        d, _ = offs[w]
+        tag = w.split(".")[2]
+        seeds[f"valid-{tag}-scale-code-0"] = edit(raw, (d, b"\x00"))
+        seeds[f"valid-{tag}-scale-code-255"] = edit(raw, (d, b"\xff"), (d + 2, b"\xff"))
     d, n = offs[WPAD]
     seeds["padding-nonzero"] = edit(raw, (d + n - 1, b"\x01"))
     seeds["padding-first-byte"] = edit(raw, (d + n - 8, b"\x80"))
@@ -205,15 +247,27 @@ def gguf_seeds(out: Path, tmp: Path) -> int:
     seeds["ne1-huge"] = edit(raw, (dims + 12, struct.pack("<q", 1 << 40)))
     seeds["ne1-0"] = edit(raw, (dims + 12, struct.pack("<q", 0)))
     seeds["ne1-3-out-of-file"] = edit(raw, (dims + 12, struct.pack("<q", 3)))
-    # ggml_nbytes wraps: ne0 * 36 overflows before the division by 64 and gives 144 bytes, the size of
-    # the 2x128 MLWQ4 tensor it replaces (gguf and the bounds check pass; the MLWQ checks must refuse)
+    # ggml_nbytes wraps: ne0 * 34 overflows before the division by 64 and gives 138 bytes, which pad
+    # to the 160 of the 2x128 MLWQ4 tensor (136 bytes) it replaces (gguf and the bounds check pass;
+    # the MLWQ checks must refuse: rows x row size is not 138)
     d4, _, _ = tensor_info(raw, W4)
-    seeds["ne0-wraps-nbytes"] = edit(raw, (d4 + 4, struct.pack("<qq", 2**62 + 256, 1)))
-    for t in (139, 143, 1000, -1, 140, 142, 26, 0):
+    seeds["ne0-wraps-nbytes"] = edit(raw, (d4 + 4, struct.pack("<qq", wrapping_ne0(F.type_size(4), 138), 1)))
+    # 146 = GGML_TYPE_COUNT; 143 and 145: other MLWQ types (rows of another size); 140..142: format
+    # version 1's MLWQ types, which gguf refuses naming the version
+    for t in (139, 143, 145, 146, 1000, -1, 26, 0):
         seeds[f"type-{t}"] = edit(raw, (tid, struct.pack("<i", t)))
+    for t in F.V1_TYPE_IDS:
+        seeds[f"type-{t}-format-v1"] = edit(raw, (tid, struct.pack("<i", t)))
+    # a whole file as format version 1 labelled it: every MLWQ type id 143 + k -> 140 + k, version 1
+    v1 = []
+    for w in (W2, W3, W4, W8, WPAD):
+        at = tensor_info(raw, w)[1]
+        b = F.width_of_type_id(struct.unpack_from("<i", raw, at)[0])
+        v1.append((at, struct.pack("<i", F.V1_TYPE_IDS[b - 2])))
+    seeds["format-v1-file"] = edit(raw, *v1, (kv_value(raw, F.KEY_FORMAT_VERSION) + 4, struct.pack("<I", 1)))
     pdims, ptid, _ = tensor_info(raw, F.perm_name(W3))
     seeds["perm-type-f32"] = edit(raw, (ptid, struct.pack("<i", 0)))
-    seeds["perm-type-mlwq3"] = edit(raw, (ptid, struct.pack("<i", 141)))
+    seeds["perm-type-mlwq3"] = edit(raw, (ptid, struct.pack("<i", F.GGML_TYPE_ID[3])))
     seeds["perm-ne0-64"] = edit(raw, (pdims + 4, struct.pack("<q", 64)))
     seeds["perm-2d"] = edit(raw, (pdims, struct.pack("<I", 2)))
 
@@ -230,9 +284,11 @@ def gguf_seeds(out: Path, tmp: Path) -> int:
 
     # format_version: value, key name, value type
     k = kv_value(raw, F.KEY_FORMAT_VERSION)
+    assert struct.unpack_from("<I", raw, k + 4)[0] == F.FORMAT_VERSION == 2
     seeds["format-version-0"] = edit(raw, (k + 4, struct.pack("<I", 0)))
-    seeds["format-version-2"] = edit(raw, (k + 4, struct.pack("<I", 2)))
-    seeds["valid-format-version-int32"] = edit(raw, (k, struct.pack("<I", 5)))   # GGUF_TYPE_INT32, value 1
+    seeds["format-version-1"] = edit(raw, (k + 4, struct.pack("<I", 1)))
+    seeds["format-version-3"] = edit(raw, (k + 4, struct.pack("<I", 3)))
+    seeds["valid-format-version-int32"] = edit(raw, (k, struct.pack("<I", 5)))   # GGUF_TYPE_INT32, value 2
     seeds["format-version-float"] = edit(raw, (k, struct.pack("<I", 6)))         # GGUF_TYPE_FLOAT32
     seeds["format-version-key-renamed"] = edit(raw, (k - 1, b"X"))
 
@@ -266,12 +322,12 @@ def gguf_seeds(out: Path, tmp: Path) -> int:
     def as_u64(name, data, ttype):
         return keep(name, data, ttype)
     as_u64.skip = (F.KEY_FORMAT_VERSION,)
-    as_u64.kv = lambda w, gguf: w.add_uint64(F.KEY_FORMAT_VERSION, 1)
+    as_u64.kv = lambda w, gguf: w.add_uint64(F.KEY_FORMAT_VERSION, F.FORMAT_VERSION)
 
     def as_str(name, data, ttype):
         return keep(name, data, ttype)
     as_str.skip = (F.KEY_FORMAT_VERSION,)
-    as_str.kv = lambda w, gguf: w.add_string(F.KEY_FORMAT_VERSION, "1")
+    as_str.kv = lambda w, gguf: w.add_string(F.KEY_FORMAT_VERSION, str(F.FORMAT_VERSION))
 
     def no_key(name, data, ttype):
         return keep(name, data, ttype)
@@ -312,8 +368,8 @@ def packed(rng: np.random.Generator, b: int, bits: list[int], nrows: int) -> np.
     bits = np.array(bits, dtype=np.uint8)
     maxq = (1 << bits.astype(np.int64)) - 1
     codes = (rng.integers(0, 256, (nrows, bits.size * 64)) & np.repeat(maxq, 64)).astype(np.uint8)
-    scale = (rng.standard_normal((nrows, bits.size)) * 0.05).astype(np.float16)
-    zero = (rng.integers(0, 256, (nrows, bits.size)) & maxq).astype(np.uint8)
+    scale = grid_scales(rng, (nrows, bits.size))
+    zero = (rng.integers(0, 256, (nrows, bits.size)) & np.minimum(maxq, F.ZERO_MAX)).astype(np.uint8)
     return F.pack_rows(codes, scale, zero, bits, b)
 
 
@@ -330,11 +386,15 @@ def row_seeds(out: Path) -> int:
             act = q8_1_blocks(rng, 2 * len(bits))
             seeds[f"mlwq{b}-{i}"] = rows_input(b, rows, act)
             K = len(bits)
-            faults = {"bits0": (3, 0), "bits9": (3, 9), "zero": (2, 255), "nan": (1, 0x7e),
-                      "wide": (3 + 4 * (K - 1), 8)}
-            for tag, (off, val) in faults.items():
+            # (header byte of row 1, new value from the old one); headers at 2j (scale), 2j + 1
+            faults = {"first-bits8": (1, lambda v: (v & 31) | 7 << 5),         # codes past the row
+                      "last-bits8": (2 * K - 1, lambda v: (v & 31) | 7 << 5),
+                      "first-bits1": (1, lambda v: (v & 1)),                    # later codes shift
+                      "zero31": (1, lambda v: v | 31),                          # too big below 5 bits
+                      "scale0": (0, lambda v: 0), "scale255": (0, lambda v: 255)}
+            for tag, (off, fn) in faults.items():
                 bad = rows.copy()
-                bad[1, off] = val
+                bad[1, off] = fn(int(bad[1, off]))
                 seeds[f"mlwq{b}-{i}-{tag}"] = rows_input(b, bad, act)
             if int(sum(bits)) < K * b:
                 bad = rows.copy()
@@ -355,8 +415,8 @@ def row_seeds(out: Path) -> int:
         q[idx] = val
         seeds[f"perm-{tag}"] = b"\x02" + q.tobytes()
     seeds["perm-empty"] = b"\x02"
-    # foreign type ids (mode 3)
-    for t in (139, 143, 26, 0, -1, 2**31 - 1):
+    # foreign type ids (mode 3): format version 1's (140..142) are not MLWQ types any more
+    for t in (139, 140, 141, 142, 146, 26, 0, -1, 2**31 - 1, 144):
         seeds[f"type-{t & 0xffffffff}"] = b"\x03" + struct.pack("<ih", t, 64) + bytes(20)
     for name, data in seeds.items():
         (out / f"{name}.bin").write_bytes(data)

@@ -44,8 +44,28 @@ bool mlwq_fuzz_selftest = false;
 static bool verbose = false;
 int64_t mlwq_fuzz_max_rows = INT64_MAX;
 
-static void log_nothing(enum ggml_log_level level, const char * text, void * user_data) {
-    (void) level; (void) text; (void) user_data;
+// ggml's messages are kept (a target may look for one, e.g. gguf's refusal of format version 1's
+// type ids), never printed
+static char   log_buf[4096];
+static size_t log_len = 0;
+
+static void log_keep(enum ggml_log_level level, const char * text, void * user_data) {
+    (void) level; (void) user_data;
+    const size_t n = strlen(text);
+    const size_t room = sizeof(log_buf) - 1 - log_len;
+    const size_t k = n < room ? n : room;
+    memcpy(log_buf + log_len, text, k);
+    log_len += k;
+    log_buf[log_len] = 0;
+}
+
+const char * mlwq_fuzz_log(void) {
+    return log_buf;
+}
+
+void mlwq_fuzz_log_clear(void) {
+    log_len = 0;
+    log_buf[0] = 0;
 }
 
 void mlwq_fuzz_init(void) {
@@ -60,7 +80,7 @@ void mlwq_fuzz_init(void) {
     for (int i = 0; i < (1 << 16); ++i) {
         ggml_table_f32_f16[i] = ggml_fp16_to_fp32((ggml_fp16_t) i);
     }
-    ggml_log_set(log_nothing, NULL);
+    ggml_log_set(log_keep, NULL);
     const char * st = getenv("MLWQ_FUZZ_SELFTEST");
     mlwq_fuzz_selftest = st != NULL && strcmp(st, "1") == 0;
     const char * vb = getenv("MLWQ_FUZZ_VERBOSE");
@@ -68,6 +88,14 @@ void mlwq_fuzz_init(void) {
     const char * mr = getenv("MLWQ_FUZZ_MAX_ROWS");
     if (mr != NULL && atoll(mr) > 0) {
         mlwq_fuzz_max_rows = atoll(mr);
+    }
+    // the scale grid: the reference's values are ggml's, bit for bit (to_float is compared exactly)
+    for (int s = 0; s < 256; ++s) {
+        const float want = mlwq_ref_scale((uint8_t) s), got = ggml_mlwq_scale((uint8_t) s);
+        uint32_t uw, ug;
+        memcpy(&uw, &want, 4);
+        memcpy(&ug, &got, 4);
+        FUZZ_CHECK(uw == ug, "ggml_mlwq_scale(%d) = %a, reference %a", s, (double) got, (double) want);
     }
 }
 
@@ -92,8 +120,31 @@ void mlwq_fuzz_fail(const char * file, int line, const char * fmt, ...) {
 
 // ---- reference -------------------------------------------------------------------------------
 
+// format version 2's type ids (140..142 were version 1's: not MLWQ types here)
 int mlwq_ref_width(int type) {
-    return type == 140 ? 2 : type == 141 ? 3 : type == 142 ? 4 : 0;
+    return type == 143 ? 2 : type == 144 ? 3 : type == 145 ? 4 : 0;
+}
+
+#define REF_HDR 2       // bytes of a block header
+
+size_t mlwq_ref_row_bytes(int64_t K, int b) {
+    return (size_t) K * (REF_HDR + 8*(size_t) b);
+}
+
+// header j: byte 0 the scale code, byte 1 the zero point (bits 0-4) and the width minus 1 (bits 5-7)
+int mlwq_ref_bits(const uint8_t * row, int64_t j) {
+    return (row[REF_HDR*j + 1] >> 5) + 1;
+}
+
+int mlwq_ref_zero(const uint8_t * row, int64_t j) {
+    return row[REF_HDR*j + 1] & 0x1f;
+}
+
+// d = 2^(s/8 - 20): 2^((s%8)/8) rounded to float (exp2 in double is within an ulp of double, far
+// from a float rounding boundary for these 8 values), times 2^(s/8 - 20) exactly (2^-20 .. 2^11, normal)
+float mlwq_ref_scale(uint8_t s) {
+    const float m = (float) exp2((double) (s % 8) / 8.0);
+    return ldexpf(m, s / 8 - 20);
 }
 
 float mlwq_ref_fp16(uint16_t h) {
@@ -133,12 +184,12 @@ static int ref_code(const uint8_t * codes, int w, int c) {
 
 int64_t mlwq_ref_decode_row(const uint8_t * row, int64_t ne0, int b, uint8_t * q) {
     const int64_t K         = ne0 / QK;
-    const int64_t row_bytes = K * (4 + 8*b);
-    int64_t off = 4*K, decoded = 0;
+    const int64_t row_bytes = (int64_t) mlwq_ref_row_bytes(K, b);
+    int64_t off = REF_HDR*K, decoded = 0;
     memset(q, 0, (size_t) ne0);
     for (int64_t j = 0; j < K; ++j) {
-        const int w = row[4*j + 3];
-        if (w < 1 || w > 8 || off + 8*w > row_bytes) {
+        const int w = mlwq_ref_bits(row, j);
+        if (off + 8*w > row_bytes) {
             break;
         }
         for (int c = 0; c < QK; ++c) {
@@ -156,7 +207,7 @@ bool mlwq_ref_validate_rows(int type, const uint8_t * data, size_t nbytes, int64
         return false;
     }
     const int64_t K         = ne0 / QK;
-    const uint64_t row_bytes = (uint64_t) K * (uint64_t) (4 + 8*b);
+    const uint64_t row_bytes = (uint64_t) K * (uint64_t) (REF_HDR + 8*b);
     if ((unsigned __int128) row_bytes * (uint64_t) nrows != (unsigned __int128) nbytes) {
         return false;
     }
@@ -164,9 +215,8 @@ bool mlwq_ref_validate_rows(int type, const uint8_t * data, size_t nbytes, int64
         const uint8_t * row = data + (size_t) r * row_bytes;
         int64_t sum = 0;
         for (int64_t j = 0; j < K; ++j) {
-            const uint16_t d = (uint16_t) (row[4*j] | (row[4*j + 1] << 8));
-            const int zero = row[4*j + 2], w = row[4*j + 3];
-            if (w < 1 || w > 8 || zero >= (1 << w) || ((d >> 10) & 0x1f) == 0x1f) {
+            const int zero = mlwq_ref_zero(row, j), w = mlwq_ref_bits(row, j);
+            if (zero >= (1 << w)) {
                 return false;
             }
             sum += w;
@@ -174,7 +224,7 @@ bool mlwq_ref_validate_rows(int type, const uint8_t * data, size_t nbytes, int64
         if (sum > K*b) {
             return false;
         }
-        for (uint64_t i = (uint64_t) (4*K + 8*sum); i < row_bytes; ++i) {
+        for (uint64_t i = (uint64_t) (REF_HDR*K + 8*sum); i < row_bytes; ++i) {
             if (row[i] != 0) {
                 return false;
             }
@@ -237,13 +287,13 @@ typedef void (*vec_dot_fn)(int, float *, size_t, const void *, size_t, const voi
 // its tolerance: float rounding in any summation order (the SIMD paths sum 8 or 16 lanes per block in
 // float, so lanes may cancel) is at most ~(2K + 16) roundings of 2^-24 of the sum of |products|; a
 // wrong code or column moves the result by ~1e-4 of that or more. Returns false (no value specified)
-// when a scale is inf or NaN.
+// when an activation scale is inf or NaN (the block scales are always finite).
 static bool ref_dot(const uint8_t * row, const uint8_t * q, int64_t decoded, const block_q8_1 * y, double * ref, double * tol) {
     double sum = 0.0, mag = 0.0;
     bool finite = true;
     for (int64_t j = 0; j < decoded; ++j) {
-        const double d = mlwq_ref_fp16((uint16_t) (row[4*j] | (row[4*j + 1] << 8)));
-        const int zero = row[4*j + 2];
+        const double d = mlwq_ref_scale(row[REF_HDR*j]);
+        const int zero = mlwq_ref_zero(row, j);
         for (int h = 0; h < 2; ++h) {
             const block_q8_1 * yb = y + 2*j + h;
             const double dy = mlwq_ref_fp16(yb->d);
@@ -267,7 +317,7 @@ void mlwq_fuzz_check_row(enum ggml_type type, const uint8_t * row_in, int64_t ne
     const int b = mlwq_ref_width((int) type);
     FUZZ_CHECK(b != 0 && ne0 > 0 && ne0 % QK == 0, "bad call");
     const int64_t K         = ne0 / QK;
-    const size_t  row_bytes = (size_t) K * (4 + 8*(size_t) b);
+    const size_t  row_bytes = mlwq_ref_row_bytes(K, b);
     const block_q8_1 * y    = (const block_q8_1 *) y_q8_1;
 
     // exactly the row: any read past it is a heap-buffer-overflow for ASan
@@ -285,12 +335,12 @@ void mlwq_fuzz_check_row(enum ggml_type type, const uint8_t * row_in, int64_t ne
                    b, (long long) i, qgot[i], qref[i], (long long) K, (long long) decoded);
     }
 
-    // Values are specified for blocks whose header is valid apart from the scale (bits in 1..8,
-    // codes inside the row, zero <= 2^bits - 1); a zero point out of range is refused by the
-    // validator and the kernels need not agree on it (only never read outside the row).
+    // Values are specified for blocks whose header is valid (codes inside the row,
+    // zero <= 2^bits - 1); a zero point out of range is refused by the validator and the kernels
+    // need not agree on it (only never read outside the row).
     bool zeros_ok = true;
     for (int64_t j = 0; j < decoded; ++j) {
-        zeros_ok = zeros_ok && row[4*j + 2] < (1 << row[4*j + 3]);
+        zeros_ok = zeros_ok && mlwq_ref_zero(row, j) < (1 << mlwq_ref_bits(row, j));
     }
 
     // to_float (the type traits' entry, as get_rows calls it)
@@ -302,9 +352,8 @@ void mlwq_fuzz_check_row(enum ggml_type type, const uint8_t * row_in, int64_t ne
         if (j >= decoded) {
             FUZZ_CHECK(deq[i] == 0.0f, "mlwq%d to_float: column %lld = %a after the first corrupt header (block %lld), not 0",
                        b, (long long) i, (double) deq[i], (long long) decoded);
-        } else if (row[4*j + 2] < (1 << row[4*j + 3])) {
-            const uint16_t d16 = (uint16_t) (row[4*j] | (row[4*j + 1] << 8));
-            const float want = mlwq_ref_fp16(d16) * (float) ((int) qref[i] - (int) row[4*j + 2]);
+        } else if (mlwq_ref_zero(row, j) < (1 << mlwq_ref_bits(row, j))) {
+            const float want = mlwq_ref_scale(row[REF_HDR*j]) * (float) ((int) qref[i] - mlwq_ref_zero(row, j));
             FUZZ_CHECK(same_float(deq[i], want), "mlwq%d to_float: column %lld = %a, reference %a",
                        b, (long long) i, (double) deq[i], (double) want);
         }
@@ -334,7 +383,7 @@ void mlwq_fuzz_check_rows2(enum ggml_type type, const uint8_t * rows_in, int64_t
     const int b = mlwq_ref_width((int) type);
     FUZZ_CHECK(b != 0 && ne0 > 0 && ne0 % QK == 0, "bad call");
     const int64_t K         = ne0 / QK;
-    const size_t  row_bytes = (size_t) K * (4 + 8*(size_t) b);
+    const size_t  row_bytes = mlwq_ref_row_bytes(K, b);
     const size_t  y_bytes   = (size_t) (2*K) * sizeof(block_q8_1);
 
     // exactly two rows and two columns, as mul_mat passes them (strides bx, by)
@@ -355,7 +404,7 @@ void mlwq_fuzz_check_rows2(enum ggml_type type, const uint8_t * rows_in, int64_t
         const int64_t decoded = mlwq_ref_decode_row(row, ne0, b, q);
         bool zeros_ok = true;
         for (int64_t j = 0; j < decoded; ++j) {
-            zeros_ok = zeros_ok && row[4*j + 2] < (1 << row[4*j + 3]);
+            zeros_ok = zeros_ok && mlwq_ref_zero(row, j) < (1 << mlwq_ref_bits(row, j));
         }
         for (int c = 0; c < 2; ++c) {
             double ref, tol;
@@ -374,7 +423,7 @@ void mlwq_fuzz_check_gemm(enum ggml_type type, const uint8_t * t, int64_t nrows,
     const int b = mlwq_ref_width((int) type);
     FUZZ_CHECK(b != 0 && ne0 > 0 && ne0 % QK == 0 && nrows > 0 && ncols > 0, "bad call");
     const int64_t K         = ne0 / QK;
-    const size_t  row_bytes = (size_t) K * (4 + 8*(size_t) b);
+    const size_t  row_bytes = mlwq_ref_row_bytes(K, b);
     const size_t  y_bytes   = (size_t) (2*K) * sizeof(block_q8_1);
     float   * C = (float *) malloc(sizeof(float) * (size_t) (nrows * ncols));
     uint8_t * q = (uint8_t *) malloc((size_t) ne0);
@@ -394,7 +443,7 @@ void mlwq_fuzz_check_gemm(enum ggml_type type, const uint8_t * t, int64_t nrows,
             const int64_t decoded = mlwq_ref_decode_row(row, ne0, b, q);
             bool zeros_ok = true;
             for (int64_t j = 0; j < decoded; ++j) {
-                zeros_ok = zeros_ok && row[4*j + 2] < (1 << row[4*j + 3]);
+                zeros_ok = zeros_ok && mlwq_ref_zero(row, j) < (1 << mlwq_ref_bits(row, j));
             }
             for (int64_t c = 0; c < ncols; ++c) {
                 const float got = C[c*nrows + r];

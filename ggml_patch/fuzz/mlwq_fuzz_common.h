@@ -16,8 +16,12 @@ extern "C" {
 #endif
 
 // once per process: the CPU fp16 table the kernels read (what ggml_cpu_init does), logs off,
-// reports to the stderr that libFuzzer had at start (-close_fd_mask=2 hides ggml's own prints)
+// reports to the stderr that libFuzzer had at start (-close_fd_mask=2 hides ggml's own prints);
+// checks the reference's 256 scales against ggml_mlwq_scale (bit for bit)
 void mlwq_fuzz_init(void);
+// ggml's log messages since the last mlwq_fuzz_log_clear (kept, not printed; the first 4 KiB)
+const char * mlwq_fuzz_log(void);
+void mlwq_fuzz_log_clear(void);
 // MLWQ_FUZZ_SELFTEST=1 in the environment: every input fails a check (tests that failures are caught)
 extern bool mlwq_fuzz_selftest;
 // MLWQ_FUZZ_VERBOSE=1: the targets print "mlwq-fuzz verdict: ..." for each input (tests read it)
@@ -30,10 +34,16 @@ void mlwq_fuzz_fail(const char * file, int line, const char * fmt, ...) __attrib
 #define FUZZ_CHECK(cond, ...) do { if (!(cond)) { FUZZ_FAIL(__VA_ARGS__); } } while (0)
 
 // ---- reference (FORMAT.md, written without looking at ggml-mlwq.c) ------------------------------
-int    mlwq_ref_width(int type);                               // 2, 3, 4 for MLWQ2/3/4, else 0
-float  mlwq_ref_fp16(uint16_t h);                              // exact IEEE half -> float
+// Format version 2: a row of K = ne0/64 blocks is K*(2 + 8b) bytes, K headers of 2 bytes
+// [u8 s][u8 zero | (bits - 1) << 5] first, d = 2^(s/8 - 20) (every code valid).
+int    mlwq_ref_width(int type);                               // 2, 3, 4 for MLWQ2/3/4 (143..145), else 0
+size_t mlwq_ref_row_bytes(int64_t K, int b);                   // K*(2 + 8b)
+int    mlwq_ref_bits(const uint8_t * row, int64_t j);          // header j's width, 1..8
+int    mlwq_ref_zero(const uint8_t * row, int64_t j);          // header j's zero point, 0..31
+float  mlwq_ref_scale(uint8_t s);                              // float32(2^(s/8 - 20)), from exp2 in double
+float  mlwq_ref_fp16(uint16_t h);                              // exact IEEE half -> float (q8_1 scales)
 // codes of one row (uint8 [ne0]); returns the number of blocks decoded: decoding stops at the first
-// header with bits outside 1..8 or codes that end past the row; later blocks get code 0
+// header whose codes end past the row; later blocks get code 0
 int64_t mlwq_ref_decode_row(const uint8_t * row, int64_t ne0, int b, uint8_t * q);
 bool   mlwq_ref_validate_rows(int type, const uint8_t * data, size_t nbytes, int64_t ne0, int64_t nrows);
 bool   mlwq_ref_validate_perm(const uint8_t * perm_le, int64_t n);

@@ -6,9 +6,10 @@
 //   test-mlwq-cuda --bench    mat-vec speed on Llama-3.2-1B shapes, MLWQ3 vs Q3_K/Q4_0/Q8_0
 //   test-mlwq-cuda --bench mlwq   the same, MLWQ3 only
 //
-// MLWQ rows are packed here by an independent writer of ggml_patch/FORMAT.md (random widths 1..8,
-// random codes, scales and zero points), so the test also checks the C and CUDA readers against
-// the written format. Ends with "test-mlwq-cuda: N/M cases passed" (exit 0 only if all pass).
+// MLWQ rows are packed here by an independent writer of ggml_patch/FORMAT.md, format version 2
+// (2-byte headers [u8 scale code s][u8 zero | (bits - 1) << 5], d = 2^(s/8 - 20); random widths
+// 1..8, random codes, scale codes and zero points), so the test also checks the C and CUDA readers
+// against the written format. Ends with "test-mlwq-cuda: N/M cases passed" (exit 0 only if all pass).
 
 #include "ggml.h"
 #include "ggml-alloc.h"
@@ -32,7 +33,26 @@ static std::mt19937_64 g_rng(1234);
 static int   rnd_int(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(g_rng); }
 static float rnd_f(float lo, float hi) { return std::uniform_real_distribution<float>(lo, hi)(g_rng); }
 
-// ---- an independent MLWQ writer (FORMAT.md) ----
+// ---- an independent MLWQ writer (FORMAT.md, format version 2) ----
+
+static const int HDR = 2;   // bytes of a block header
+
+// header of block j of a row: scale code s (d = 2^(s/8 - 20)), zero point (0..31, <= 2^bits - 1), width 1..8
+static void put_header(uint8_t * row, int64_t j, int s, int zero, int bits) {
+    row[HDR*j]     = (uint8_t) s;
+    row[HDR*j + 1] = (uint8_t) ((zero & 31) | ((bits - 1) << 5));
+}
+
+// width 8 for block j of a row, its zero point kept (a header whose codes may end past the row)
+static void set_width8(uint8_t * row, int64_t j) {
+    row[HDR*j + 1] = (uint8_t) ((row[HDR*j + 1] & 31) | (7 << 5));
+}
+
+// the scale code nearest to d (d in 2^-20 .. 2^11.875)
+static int scale_code(float d) {
+    const int s = (int) std::lround(8.0 * (std::log2((double) d) + 20.0));
+    return std::min(255, std::max(0, s));
+}
 
 static void pack_block(uint8_t * out, int bits, const uint8_t * q) {
     int shift = 0;
@@ -82,7 +102,7 @@ static std::vector<int> make_widths(int K, int b, width_mode mode) {
 // nrows rows of MLWQb with ne0 columns
 static std::vector<uint8_t> make_mlwq(int b, int64_t ne0, int64_t nrows, width_mode mode) {
     const int64_t K  = ne0/QK_MLWQ;
-    const size_t  rb = (size_t) K*(GGML_MLWQ_HEADER_SIZE + 8*b);
+    const size_t  rb = (size_t) K*(HDR + 8*b);
     std::vector<uint8_t> data(rb*nrows, 0);
     std::vector<int> w = make_widths((int) K, b, mode);
     uint8_t q[QK_MLWQ];
@@ -91,14 +111,12 @@ static std::vector<uint8_t> make_mlwq(int b, int64_t ne0, int64_t nrows, width_m
             w = make_widths((int) K, b, mode); // rows need not share widths
         }
         uint8_t * row = data.data() + r*rb;
-        size_t off = (size_t) K*GGML_MLWQ_HEADER_SIZE;
+        size_t off = (size_t) K*HDR;
         for (int64_t j = 0; j < K; ++j) {
             const int bits = w[j];
-            const ggml_fp16_t d = ggml_fp32_to_fp16(rnd_f(0.002f, 0.05f) / (float) (1 << (bits - 1)));
-            const int zero = rnd_int(0, (1 << bits) - 1);
-            memcpy(row + 4*j, &d, 2);
-            row[4*j + 2] = (uint8_t) zero;
-            row[4*j + 3] = (uint8_t) bits;
+            const int s    = scale_code(rnd_f(0.002f, 0.05f) / (float) (1 << (bits - 1)));
+            const int zero = rnd_int(0, std::min((1 << bits) - 1, 31));
+            put_header(row, j, s, zero, bits);
             for (int i = 0; i < QK_MLWQ; ++i) {
                 q[i] = (uint8_t) rnd_int(0, (1 << bits) - 1);
             }
@@ -347,10 +365,11 @@ static void test_get_rows(int b, int64_t ne0, int64_t nr, int64_t n_idx, bool co
     const ggml_type type = mlwq_type(b);
     auto wq = make_mlwq(b, ne0, nr, WIDTHS_WILD);
     if (corrupt) {
+        // widths 8 make the codes end past the row (the only corrupt header of format version 2)
         const size_t rb = ggml_row_size(type, ne0);
-        wq[1*rb + 4*2 + 3] = 9;    // row 1, block 2: width 9
-        wq[2*rb + 4*1 + 3] = 0;    // row 2, block 1: width 0
-        for (int64_t j = 0; j < ne0/QK_MLWQ; ++j) wq[3*rb + 4*j + 3] = 8;  // row 3: codes past the row end
+        for (int64_t j = 2; j < ne0/QK_MLWQ; ++j) set_width8(wq.data() + 1*rb, j);  // row 1: from block 2 on
+        for (int64_t j = 1; j < ne0/QK_MLWQ; j += 2) set_width8(wq.data() + 2*rb, j); // row 2: every other block from 1
+        for (int64_t j = 0; j < ne0/QK_MLWQ; ++j) set_width8(wq.data() + 3*rb, j);  // row 3: every block
     }
     const auto w = dequant(type, wq, ne0, nr);
     std::vector<int32_t> idx(n_idx);
@@ -376,11 +395,13 @@ static void test_corrupt_mul_mat(int b, int64_t ne0, int64_t nr, int64_t nc) {
     auto wq = make_mlwq(b, ne0, nr, WIDTHS_WILD);
     const size_t rb = ggml_row_size(type, ne0);
     const int64_t K = ne0/QK_MLWQ;
+    // widths 8 make the codes end past the row (the only corrupt header of format version 2)
     for (int64_t r = 0; r < nr; r += 5) {
+        uint8_t * row = wq.data() + r*rb;
         switch ((r/5) % 3) {
-            case 0: wq[r*rb + 4*(r % K) + 3] = (uint8_t) (9 + r % 200); break; // width > 8
-            case 1: wq[r*rb + 4*(r % K) + 3] = 0; break;                       // width 0
-            case 2: for (int64_t j = 0; j < K; ++j) wq[r*rb + 4*j + 3] = 8; break; // codes past the row end
+            case 0: for (int64_t j = r % K; j < K; ++j) set_width8(row, j); break; // from block r % K on
+            case 1: for (int64_t j = r % K; j < K; j += 2) set_width8(row, j); break; // every other block
+            case 2: for (int64_t j = 0; j < K; ++j) set_width8(row, j); break;     // every block
         }
     }
     char name[128];

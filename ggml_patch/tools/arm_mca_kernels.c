@@ -37,11 +37,12 @@ void mca_mlwq_w##W##_##NR##x##NC(int K, float * s, size_t bs, const uint8_t * x,
         for (int c = 0; c < NC; ++c) {                                                                        \
             yv[c] = mlwq_neon_load_y((const block_q8_1 *) (y + c*by) + 2*j);                                  \
         }                                                                                                     \
-        const int w0 = x[4*j + 3];                                                                            \
+        const int w0 = ggml_mlwq_hdr_bits(x + GGML_MLWQ_HEADER_SIZE*j);                                       \
         bool uniform = true;                                                                                  \
         MLWQ_NEON_UNROLL                                                                                      \
         for (int r = 0; r < NR; ++r) {                                                                        \
-            uniform = uniform && x[r*bx + 4*j + 3] == w0 && ggml_mlwq_block_readable(w0, off[r], row_bytes);  \
+            uniform = uniform && ggml_mlwq_hdr_bits(x + r*bx + GGML_MLWQ_HEADER_SIZE*j) == w0 &&              \
+                      ggml_mlwq_block_readable(w0, off[r], row_bytes);                                        \
         }                                                                                                     \
         if (!uniform || w0 != W) {                                                                            \
             break;                                                                                            \

@@ -7,15 +7,16 @@
 //                                                        rows mode only, the layout of fuzz_mlwq_rows.c)
 //   mlwq-exact path                                      prints the kernel this build runs
 //
-// How exactness is seen through float outputs. For every block j, the rows are copied with the scale
-// of block j set to 2^-(r%4) (row r) and every other block's scale set to 0, and the activations of
-// column c get scales 2^-(c%3) (first q8_1 block of a pair) and 2^(1-c%3) (second one). Every kernel
-// then returns 2^-(r%4) * (2^-(c%3) * S0 + 2^(1-c%3) * S1), with S0, S1 the int32 sums of
-// (q - zero)*qy over the block's two halves: |S| < 2^21, so every step of the float arithmetic is
-// exact, and the output equals that value exactly (compared with ==) or an int32 sum differs. Blocks
-// after a row's first corrupt header must give 0; blocks with a zero point out of range (refused by
-// the validator, FORMAT.md) are not compared. The expected value is computed here from the codes of
-// ggml_mlwq_unpack_row in int64.
+// How exactness is seen through float outputs. The rows are copied with every block's scale code set
+// to 160 - 8*(r%4), i.e. d = 2^-(r%4) (row r; format version 2 has no scale 0, every code is a power
+// 2^(s/8 - 20) > 0). For every block j, the activations of column c get scales 2^-(c%3) (q8_1 block
+// 2j) and 2^(1-c%3) (block 2j+1), and every other q8_1 block of the column scale 0 (the kernels use
+// only q8_1's d, never its rounded sum s). Every kernel then returns 2^-(r%4) * (2^-(c%3) * S0 +
+// 2^(1-c%3) * S1), with S0, S1 the int32 sums of (q - zero)*qy over block j's two halves: |S| < 2^21,
+// so every step of the float arithmetic is exact, and the output equals that value exactly (compared
+// with ==) or an int32 sum differs. Blocks after a row's first corrupt header (codes past the row end)
+// must give 0; blocks with a zero point out of range (refused by the validator, FORMAT.md) are not
+// compared. The expected value is computed here from the codes of ggml_mlwq_unpack_row in int64.
 //
 // Kernels checked on every block: vec_dot 1 row x 1 column (the type traits' entry), vec_dot 2 rows x
 // 2 columns (nrows = 2, as ggml's mul_mat calls it), ggml_mlwq_gemm with 1 and 2 threads (the tiled
@@ -130,11 +131,12 @@ static void check(const char * what, enum ggml_type type, const uint8_t * rows_i
         size_t off = (size_t) K * GGML_MLWQ_HEADER_SIZE;
         nb[r] = K;
         for (int64_t j = 0; j < K; ++j) {
-            if (!ggml_mlwq_block_readable(x[4*j + 3], off, row_size)) {
+            const int bits = ggml_mlwq_hdr_bits(x + GGML_MLWQ_HEADER_SIZE*j);
+            if (!ggml_mlwq_block_readable(bits, off, row_size)) {
                 nb[r] = j;
                 break;
             }
-            off += 8*(size_t) x[4*j + 3];
+            off += 8*(size_t) bits;
         }
     }
     // int64 sums of (q - zero)*qy per row, column, block, half
@@ -147,7 +149,7 @@ static void check(const char * what, enum ggml_type type, const uint8_t * rows_i
                 for (int h = 0; h < 2; ++h) {
                     int64_t s = 0;
                     for (int i = 0; i < 32; ++i) {
-                        s += ((int64_t) q[r*ne0 + 64*j + 32*h + i] - x[4*j + 2]) * yb[2*j + h].qs[i];
+                        s += ((int64_t) q[r*ne0 + 64*j + 32*h + i] - ggml_mlwq_hdr_zero(x + GGML_MLWQ_HEADER_SIZE*j)) * yb[2*j + h].qs[i];
                     }
                     S[((r*ncol + c)*K + j)*2 + h] = j < nb[r] ? s : 0;
                 }
@@ -162,27 +164,26 @@ static void check(const char * what, enum ggml_type type, const uint8_t * rows_i
         out[k] = malloc(sizeof(float) * (size_t) (nrows*ncol));
     }
 
-    // exact sums, block by block
-    memcpy(ys, ys_in, qrow * (size_t) ncol);
-    for (int64_t c = 0; c < ncol; ++c) {
-        block_q8_1 * yb = (block_q8_1 *) (ys + c*qrow);
-        for (int64_t i = 0; i < 2*K; ++i) {
-            yb[i].d = ggml_fp32_to_fp16(ldexpf(1.0f, (int) (i % 2) - (int) (c % 3)));
+    // exact sums, block by block: row scales 2^-(r%4) on every block, activations only on block j
+    memcpy(rows, rows_in, row_size * (size_t) nrows);
+    for (int64_t r = 0; r < nrows; ++r) {
+        uint8_t * x = rows + r*row_size;
+        for (int64_t jj = 0; jj < K; ++jj) {
+            x[GGML_MLWQ_HEADER_SIZE*jj] = (uint8_t) (8*(-GGML_MLWQ_SCALE_EXP0) - 8*(r % 4));
         }
     }
+    memcpy(ys, ys_in, qrow * (size_t) ncol);
     for (int64_t j = 0; j < K; ++j) {
-        memcpy(rows, rows_in, row_size * (size_t) nrows);
-        for (int64_t r = 0; r < nrows; ++r) {
-            uint8_t * x = rows + r*row_size;
-            for (int64_t jj = 0; jj < K; ++jj) {
-                const ggml_fp16_t d = ggml_fp32_to_fp16(jj == j ? ldexpf(1.0f, -(int) (r % 4)) : 0.0f);
-                memcpy(x + 4*jj, &d, sizeof(d));
+        for (int64_t c = 0; c < ncol; ++c) {
+            block_q8_1 * yb = (block_q8_1 *) (ys + c*qrow);
+            for (int64_t i = 0; i < 2*K; ++i) {
+                yb[i].d = ggml_fp32_to_fp16(i / 2 == j ? ldexpf(1.0f, (int) (i % 2) - (int) (c % 3)) : 0.0f);
             }
         }
         run_kernels(type, rows, nrows, ne0, ys, ncol, out);
         for (int64_t r = 0; r < nrows; ++r) {
-            const uint8_t * x = rows_in + r*row_size;
-            if (j < nb[r] && x[4*j + 2] > (1 << x[4*j + 3]) - 1) {
+            const uint8_t * h = rows_in + r*row_size + GGML_MLWQ_HEADER_SIZE*j;
+            if (j < nb[r] && ggml_mlwq_hdr_zero(h) > (1 << ggml_mlwq_hdr_bits(h)) - 1) {
                 continue;   // zero point out of range: no value specified
             }
             for (int64_t c = 0; c < ncol; ++c) {
@@ -206,9 +207,8 @@ static void check(const char * what, enum ggml_type type, const uint8_t * rows_i
         const uint8_t * x = rows_in + r*row_size;
         bool specified = true;
         for (int64_t j = 0; j < nb[r]; ++j) {
-            uint16_t d16;
-            memcpy(&d16, x + 4*j, sizeof(d16));
-            specified = specified && x[4*j + 2] <= (1 << x[4*j + 3]) - 1 && isfinite(ggml_fp16_to_fp32(d16));
+            const uint8_t * h = x + GGML_MLWQ_HEADER_SIZE*j;
+            specified = specified && ggml_mlwq_hdr_zero(h) <= (1 << ggml_mlwq_hdr_bits(h)) - 1;
         }
         if (!specified) {
             continue;
@@ -218,14 +218,13 @@ static void check(const char * what, enum ggml_type type, const uint8_t * rows_i
             double ref = 0.0, mag = 0.0;
             bool finite = true;
             for (int64_t j = 0; j < nb[r]; ++j) {
-                uint16_t d16;
-                memcpy(&d16, x + 4*j, sizeof(d16));
-                const double d = ggml_fp16_to_fp32(d16);
+                const double d    = ggml_mlwq_hdr_scale(x + GGML_MLWQ_HEADER_SIZE*j);
+                const int    zero = ggml_mlwq_hdr_zero(x + GGML_MLWQ_HEADER_SIZE*j);
                 for (int h = 0; h < 2; ++h) {
                     const double dy = ggml_fp16_to_fp32(yb[2*j + h].d);
                     int64_t sabs = 0;
                     for (int i = 0; i < 32; ++i) {
-                        const int64_t p = ((int64_t) q[r*ne0 + 64*j + 32*h + i] - x[4*j + 2]) * yb[2*j + h].qs[i];
+                        const int64_t p = ((int64_t) q[r*ne0 + 64*j + 32*h + i] - zero) * yb[2*j + h].qs[i];
                         sabs += p < 0 ? -p : p;
                     }
                     finite = finite && isfinite(dy);

@@ -9,8 +9,7 @@
 // same instructions whatever the width (absent bit planes load nothing), because the 32 blocks of
 // a round span several tiers and a switch on the width would run each width present in turn.
 // Every code read is bounds-checked against the row's fixed code area (8*K*b bytes): as on the
-// CPU, from the first block whose width is outside 1..8 or whose codes would end past the row,
-// blocks read as 0.
+// CPU, from the first block whose codes would end past the row, blocks read as 0.
 
 #include "mlwq.cuh"
 #include "unary.cuh"
@@ -18,7 +17,7 @@
 #include "ggml-mlwq.h"
 
 #define MLWQ_QK           QK_MLWQ                // 64 columns per block
-#define MLWQ_HDR_BYTES    GGML_MLWQ_HEADER_SIZE  // fp16 d | u8 zero | u8 bits
+#define MLWQ_HDR_BYTES    GGML_MLWQ_HEADER_SIZE  // u8 scale code | u8 (zero | (bits - 1) << 5)
 #define MLWQ_WARPS        4                      // warps per CTA (mat-vec); rows per CTA in dequantization
 
 static_assert(MLWQ_QK == 2*QK8_1, "an MLWQ block spans two q8_1 blocks");
@@ -48,8 +47,18 @@ static __device__ __forceinline__ int mlwq_dp4a_us(const uint32_t a, const int b
 #endif
 }
 
+// Code words, read as two 16-bit halves: a row is K*(2 + 8b) bytes, so with K odd every other
+// row's code area is 2 but not 4-byte aligned.
+struct mlwq_words {
+    const uint16_t * p;
+    __device__ __forceinline__ int operator[](const int i) const {
+        return (int) ((uint32_t) p[2*i] | (uint32_t) p[2*i + 1] << 16);
+    }
+    __device__ __forceinline__ mlwq_words operator+(const int i) const { return { p + 2*i }; }
+};
+
 // A 64-column block is 16 groups of 4 columns; group g = columns 4g..4g+3, as 4 byte-codes in a
-// word (low byte = lowest column). Plane words are read as ints (code offsets are multiples of 8).
+// word (low byte = lowest column).
 // Group g in each plane (FORMAT.md's byte layouts, no shuffling):
 //   4-bit plane (8 words): word g & 7, nibble g < 8 ? low : high
 //   2-bit plane (4 words): word g & 3, bits 2*(g >> 2) of each byte
@@ -58,7 +67,7 @@ static __device__ __forceinline__ int mlwq_dp4a_us(const uint32_t a, const int b
 // planes of a width-W block (dequantization: one width per call), greedy: 4-bit planes while
 // >= 4 remain, then a 2-bit, then a 1-bit
 template <int W>
-static __device__ __forceinline__ void mlwq_unpack(const int * GGML_CUDA_RESTRICT p, uint32_t q[16]) {
+static __device__ __forceinline__ void mlwq_unpack(const mlwq_words p, uint32_t q[16]) {
     static_assert(W >= 1 && W <= 8, "MLWQ block width out of range");
     constexpr int n4 = W / 4;            // 0, 1 or 2 four-bit planes
     constexpr int o2 = 8*n4;             // int offset of the 2-bit plane
@@ -75,7 +84,7 @@ static __device__ __forceinline__ void mlwq_unpack(const int * GGML_CUDA_RESTRIC
 }
 
 // unpack a block of runtime width w (1..8)
-static __device__ __forceinline__ void mlwq_unpack_w(const int w, const int * GGML_CUDA_RESTRICT p, uint32_t q[16]) {
+static __device__ __forceinline__ void mlwq_unpack_w(const int w, const mlwq_words p, uint32_t q[16]) {
     switch (w) {
         case 1:  mlwq_unpack<1>(p, q); break;
         case 2:  mlwq_unpack<2>(p, q); break;
@@ -88,15 +97,41 @@ static __device__ __forceinline__ void mlwq_unpack_w(const int w, const int * GG
     }
 }
 
+// a block header h = byte 0 | byte 1 << 8 (ggml-mlwq.h): scale code, then zero | (bits - 1) << 5
+static __device__ __forceinline__ int mlwq_hdr_bits(const uint32_t h) {
+    return (int) ((h >> 13) & 7) + 1;
+}
+
+static __device__ __forceinline__ int mlwq_hdr_zero(const uint32_t h) {
+    return (int) ((h >> 8) & GGML_MLWQ_ZERO_MAX);
+}
+
+// d = 2^(s/8 - 20), the same exact float32 product as ggml_mlwq_scale
+static __device__ __forceinline__ float mlwq_hdr_d(const uint32_t h) {
+    const int s = (int) (h & 0xFF);
+    float m;
+    switch (s & 7) {
+        case 0:  m = 0x1.000000p+0f; break;
+        case 1:  m = 0x1.172b84p+0f; break;
+        case 2:  m = 0x1.306fe0p+0f; break;
+        case 3:  m = 0x1.4bfdaep+0f; break;
+        case 4:  m = 0x1.6a09e6p+0f; break;
+        case 5:  m = 0x1.8ace54p+0f; break;
+        case 6:  m = 0x1.ae89fap+0f; break;
+        default: m = 0x1.d5818ep+0f; break;
+    }
+    return m * __int_as_float(((s >> 3) + GGML_MLWQ_SCALE_EXP0 + 127) << 23);
+}
+
 // Locate this lane's block (one lane per block) in a round: returns its width, or 0 if the block
 // does not exist or must read as 0, and its byte offset in the code area; advances carry (a sum
 // of widths) by the round's total. As on the CPU (ggml-mlwq.c), from the first corrupt header on
-// (width outside 1..8, or codes ending past the row) every block reads as 0: `dead` carries that
+// (codes ending past the row) every block reads as 0: `dead` carries that
 // across rounds. All lanes of the warp call it together.
 static __device__ __forceinline__ int mlwq_locate(const uint32_t h, const bool exists, const int code_bytes,
                                                   int & carry, bool & dead, int & off) {
     const int  lane = threadIdx.x;
-    const int  wraw = exists ? (int) (h >> 24) : 0;
+    const int  wraw = exists ? mlwq_hdr_bits(h) : 0;
     const bool wok  = wraw >= GGML_MLWQ_MIN_BITS && wraw <= GGML_MLWQ_MAX_BITS;
     const int  w    = exists && wok ? wraw : 0;
     int incl = w;
@@ -117,13 +152,6 @@ static __device__ __forceinline__ int mlwq_locate(const uint32_t h, const bool e
     return ok ? w : 0;
 }
 
-static __device__ __forceinline__ float mlwq_hdr_d(const uint32_t h) {
-    return __half2float(__ushort_as_half((unsigned short) (h & 0xFFFF)));
-}
-
-static __device__ __forceinline__ int mlwq_hdr_zero(const uint32_t h) {
-    return (int) ((h >> 16) & 0xFF);
-}
 
 // ---------------------------------------------------------------------------------------------
 // matrix-vector product
@@ -139,10 +167,10 @@ struct mlwq_block_words {
 };
 
 // w = 0 (no block, or a block that reads as 0) loads nothing
-static __device__ __forceinline__ void mlwq_load_words(const int * GGML_CUDA_RESTRICT p, const int w, mlwq_block_words & bw) {
+static __device__ __forceinline__ void mlwq_load_words(const mlwq_words p, const int w, mlwq_block_words & bw) {
     const int n4 = w >> 2;
-    const int * pc = p + 8*n4;
-    const int * pd = pc + ((w & 2) ? 4 : 0);
+    const mlwq_words pc = p + 8*n4;
+    const mlwq_words pd = pc + ((w & 2) ? 4 : 0);
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
         bw.a[i] = n4 >= 1 ? p[i]     : 0;
@@ -241,7 +269,7 @@ static __device__ __forceinline__ void mlwq_load_y(const block_q8_1 * GGML_CUDA_
 // A warp's walk over the 32-block rounds of one row. carry = the sum of the widths of blocks
 // [0, 32*next); dead: a corrupt header was met, the rest of the row reads as 0.
 struct mlwq_cursor {
-    const uint32_t * hdr;
+    const uint16_t * hdr;
     const char     * codes;
     int  carry;
     int  next;
@@ -249,7 +277,7 @@ struct mlwq_cursor {
 };
 
 static __device__ __forceinline__ mlwq_cursor mlwq_cursor_at(const char * GGML_CUDA_RESTRICT xrow, const int K) {
-    return { (const uint32_t *) xrow, xrow + MLWQ_HDR_BYTES*K, 0, 0, false };
+    return { (const uint16_t *) xrow, xrow + MLWQ_HDR_BYTES*K, 0, 0, false };
 }
 
 // This lane's block of one round: header, width (0: no block, or a block that reads as 0), code words.
@@ -273,7 +301,7 @@ static __device__ __forceinline__ void mlwq_load_round(mlwq_cursor & cur, const 
         int  part = 0;
         bool bad  = false;
         for (int jj = cur.next*WARP_SIZE + lane; jj < m*WARP_SIZE; jj += WARP_SIZE) {
-            const int  wr = (int) (cur.hdr[jj] >> 24);
+            const int  wr = mlwq_hdr_bits(cur.hdr[jj]);
             const bool ok = wr >= GGML_MLWQ_MIN_BITS && wr <= GGML_MLWQ_MAX_BITS;
             part += ok ? wr : 0;
             bad  |= !ok;
@@ -284,7 +312,7 @@ static __device__ __forceinline__ void mlwq_load_round(mlwq_cursor & cur, const 
     cur.next = m + 1;
     int off;
     r.w = mlwq_locate(r.h, exists, code_bytes, cur.carry, cur.dead, off);
-    mlwq_load_words((const int *) (cur.codes + off), r.w, r.bw);
+    mlwq_load_words({ (const uint16_t *) (cur.codes + off) }, r.w, r.bw);
 }
 
 // This lane's part of a loaded round against ncols q8_1 columns, added to acc. y: column 0 (block 0);
@@ -1092,7 +1120,7 @@ static __device__ __forceinline__ void mlwq_store4(dst_t * p, const float v0, co
 // one warp dequantizes one row of K blocks into out[0 .. 64*K)
 template <typename dst_t>
 static __device__ __forceinline__ void mlwq_dequant_row(const char * GGML_CUDA_RESTRICT xrow, const int K, const int code_bytes, dst_t * GGML_CUDA_RESTRICT out) {
-    const uint32_t * hdr   = (const uint32_t *) xrow;
+    const uint16_t * hdr   = (const uint16_t *) xrow;
     const char     * codes = xrow + MLWQ_HDR_BYTES*K;
     const bool aligned = ((uintptr_t) out % (4*sizeof(dst_t))) == 0;
 
@@ -1116,7 +1144,7 @@ static __device__ __forceinline__ void mlwq_dequant_row(const char * GGML_CUDA_R
             continue;
         }
         uint32_t q[16];
-        mlwq_unpack_w(w, (const int *) (codes + off), q);
+        mlwq_unpack_w(w, { (const uint16_t *) (codes + off) }, q);
         const float d    = mlwq_hdr_d(h);
         const float zero = (float) mlwq_hdr_zero(h);
 #pragma unroll

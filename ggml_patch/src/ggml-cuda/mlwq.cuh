@@ -1,10 +1,10 @@
 // MLWQ2/MLWQ3/MLWQ4 on CUDA (project mlwq, ggml_patch/FORMAT.md is the byte format).
 //
-// A row of K = ne0/64 blocks is [K headers of 4 bytes][codes of block 0][codes of block 1]...
-// header j = fp16 d | u8 zero | u8 bits (1..8); block j's codes are 8*bits_j bytes of bit planes.
+// A row of K = ne0/64 blocks is [K headers of 2 bytes][codes of block 0][codes of block 1]...
+// header j = u8 scale code | u8 (zero | (bits - 1) << 5); block j's codes are 8*bits_j bytes of bit planes.
 // Block j's code offset is 8*sum_{i<j} bits_i, so kernels find it with a warp prefix sum over
 // the headers. An MLWQ product node carries the weight's column permutation (ggml_mlwq_mul_mat in
-// ggml-mlwq.h); the activations are gathered in that order while they are quantized. The row has the fixed size K*(4 + 8*b); kernels never read past it, whatever the
+// ggml-mlwq.h); the activations are gathered in that order while they are quantized. The row has the fixed size K*(2 + 8*b); kernels never read past it, whatever the
 // headers say.
 //
 // Registration points in llama.cpp's files (ggml_patch/patches/0002-cuda.patch) call only the

@@ -1,10 +1,12 @@
 // MLWQ tensor types: per-layer code width b in {2, 3, 4}, per-64-column-block widths 1..8.
 // The byte layout is defined in mlwq's ggml_patch/FORMAT.md (and exporters/mlwq_format.py).
 //
-//   row of an MLWQb tensor with ne0 columns (K = ne0/64 blocks), exactly K*(4 + 8*b) bytes:
-//   [K headers: fp16 d | u8 zero | u8 bits][codes of block 0] ... [codes of block K-1][zero padding]
+//   format version 2: a row of an MLWQb tensor with ne0 columns (K = ne0/64 blocks), exactly
+//   K*(2 + 8*b) bytes:
+//   [K headers: u8 s | u8 (zero | (bits - 1) << 5)][codes of block 0] ... [codes of block K-1][zero padding]
 //   block j codes: 8*bits_j bytes, bit planes low bits first, planes greedy 4, 2, 1
-//   w(permuted column 64*j + i) = (float) d_j * (float) ((int) q - (int) zero_j)
+//   d_j = 2^(s_j/8 - 20) as the exact float32 product ggml_mlwq_scale(s_j)
+//   w(permuted column 64*j + i) = d_j * (float) ((int) q - (int) zero_j)
 //
 // Rows are not sequences of independent blocks (block j's codes start after the codes of blocks
 // 0..j-1), so every function here works on whole rows and is told ne0.
@@ -15,25 +17,41 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define GGML_MLWQ_FORMAT_VERSION 1
+#define GGML_MLWQ_FORMAT_VERSION 2
 #define GGML_MLWQ_KEY_FORMAT_VERSION "mlwq.format_version"
 #define GGML_MLWQ_PERM_SUFFIX "mlwq_perm"
 #define QK_MLWQ 64
-#define GGML_MLWQ_HEADER_SIZE 4
+#define GGML_MLWQ_HEADER_SIZE 2
 #define GGML_MLWQ_MIN_BITS 1
 #define GGML_MLWQ_MAX_BITS 8
+#define GGML_MLWQ_ZERO_MAX 31
+#define GGML_MLWQ_SCALE_EXP0 (-20)
+// format version 1's type ids (4-byte headers): refused by name when a file holds them
+#define GGML_MLWQ_V1_TYPE_FIRST 140
+#define GGML_MLWQ_V1_TYPE_LAST  142
 
-// one block header, 4 bytes, at the start of the row (all K headers first)
-typedef struct {
-    uint16_t d;     // fp16 scale, little endian
-    uint8_t  zero;  // 0 .. 2^bits - 1
-    uint8_t  bits;  // 1 .. 8
-} ggml_mlwq_header;
+// A block header is 2 bytes (all K headers at the start of the row): the scale code s, then the
+// zero point in bits 0-4 and the width minus 1 in bits 5-7.
+static inline int ggml_mlwq_hdr_bits(const uint8_t * h) { return (h[1] >> 5) + 1; }
+static inline int ggml_mlwq_hdr_zero(const uint8_t * h) { return h[1] & GGML_MLWQ_ZERO_MAX; }
+
+// d = 2^(s/8 - 20): the mantissa float32(2^((s%8)/8)) times an exact power of two (2^-20 .. 2^11),
+// so C, CUDA and numpy (exporters/mlwq_format.py SCALE_TABLE) hold the same bits
+static inline float ggml_mlwq_scale(uint8_t s) {
+    static const float mant[8] = { 0x1.000000p+0f, 0x1.172b84p+0f, 0x1.306fe0p+0f, 0x1.4bfdaep+0f,
+                                   0x1.6a09e6p+0f, 0x1.8ace54p+0f, 0x1.ae89fap+0f, 0x1.d5818ep+0f };
+    const uint32_t bits = (uint32_t) ((s >> 3) + GGML_MLWQ_SCALE_EXP0 + 127) << 23;
+    float p;
+    memcpy(&p, &bits, sizeof(p));
+    return mant[s & 7] * p;
+}
+static inline float ggml_mlwq_hdr_scale(const uint8_t * h) { return ggml_mlwq_scale(h[0]); }
 
 static inline bool ggml_mlwq_is_type(enum ggml_type type) {
     return type == GGML_TYPE_MLWQ2 || type == GGML_TYPE_MLWQ3 || type == GGML_TYPE_MLWQ4;
@@ -49,7 +67,7 @@ static inline int ggml_mlwq_type_width(enum ggml_type type) {
     }
 }
 
-// bytes of one row of K blocks of an MLWQb tensor: K headers of 4 bytes, 8*K*b bytes of codes and padding
+// bytes of one row of K blocks of an MLWQb tensor: K headers of 2 bytes, 8*K*b bytes of codes and padding
 static inline size_t ggml_mlwq_row_bytes(int64_t K, int b) {
     return (size_t) K * (GGML_MLWQ_HEADER_SIZE + 8*(size_t) b);
 }
@@ -72,8 +90,7 @@ static inline int ggml_mlwq_planes(int bits, int planes[3]) {
 }
 
 // to_float of the type traits: x is ONE row of k elements (k % 64 == 0). Never reads past the
-// k/64*(4+8b) bytes of the row; blocks after a corrupt header (bits outside 1..8, codes past the
-// row end) dequantize to 0.
+// k/64*(2+8b) bytes of the row; blocks after a corrupt header (codes past the row end) dequantize to 0.
 GGML_API void dequantize_row_mlwq2(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
 GGML_API void dequantize_row_mlwq3(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
 GGML_API void dequantize_row_mlwq4(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
@@ -85,8 +102,8 @@ GGML_API void ggml_mlwq_decode_block(const uint8_t * GGML_RESTRICT c, int bits, 
 // codes of one row (uint8 [k], permuted column order); same safety rules as dequantize_row_*
 GGML_API void ggml_mlwq_unpack_row(const void * GGML_RESTRICT x, uint8_t * GGML_RESTRICT q, int64_t k, int b);
 
-// Full check of an MLWQ tensor: nbytes == nrows * row size, and for every row: bits in 1..8,
-// zero <= 2^bits - 1, d finite, sum(bits) <= K*b, padding after the codes all zero.
+// Full check of an MLWQ tensor: nbytes == nrows * row size, and for every row:
+// zero <= 2^bits - 1, sum(bits) <= K*b, padding after the codes all zero.
 // Returns true if valid; otherwise false with a message (row, block, what) in err.
 GGML_API bool ggml_mlwq_validate_rows(enum ggml_type type, const void * data, size_t nbytes,
                                       int64_t ne0, int64_t nrows, char * err, size_t err_size);

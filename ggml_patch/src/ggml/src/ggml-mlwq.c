@@ -12,8 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static_assert(sizeof(ggml_mlwq_header) == GGML_MLWQ_HEADER_SIZE, "wrong mlwq header size/padding");
-
 void ggml_mlwq_decode_block(const uint8_t * GGML_RESTRICT c, int bits, uint8_t * GGML_RESTRICT q) {
     int planes[3];
     const int np = ggml_mlwq_planes(bits, planes);
@@ -43,8 +41,8 @@ static void mlwq_row(const uint8_t * GGML_RESTRICT x, int64_t k, int b, uint8_t 
     size_t off = (size_t) K * GGML_MLWQ_HEADER_SIZE;
     bool   ok  = true;
     for (int64_t j = 0; j < K; ++j) {
-        const uint8_t * h    = x + 4*j;
-        const int       bits = h[3];
+        const uint8_t * h    = x + GGML_MLWQ_HEADER_SIZE*j;
+        const int       bits = ggml_mlwq_hdr_bits(h);
         if (!ok || !ggml_mlwq_block_readable(bits, off, row_bytes)) {
             ok = false;
             memset(q + QK_MLWQ*j, 0, QK_MLWQ);
@@ -68,8 +66,8 @@ static void mlwq_dequantize_row(const void * GGML_RESTRICT x, float * GGML_RESTR
     const uint8_t * xb = (const uint8_t *) x;
     bool ok = true;
     for (int64_t j = 0; j < K; ++j) {
-        const uint8_t * h    = xb + 4*j;
-        const int       bits = h[3];
+        const uint8_t * h    = xb + GGML_MLWQ_HEADER_SIZE*j;
+        const int       bits = ggml_mlwq_hdr_bits(h);
         float * yj = y + QK_MLWQ*j;
         if (!ok || !ggml_mlwq_block_readable(bits, off, row_bytes)) {
             ok = false;
@@ -77,10 +75,8 @@ static void mlwq_dequantize_row(const void * GGML_RESTRICT x, float * GGML_RESTR
             continue;
         }
         ggml_mlwq_decode_block(xb + off, bits, q);
-        uint16_t d16;
-        memcpy(&d16, h, sizeof(d16));
-        const float d    = GGML_FP16_TO_FP32(d16);
-        const int   zero = h[2];
+        const float d    = ggml_mlwq_hdr_scale(h);
+        const int   zero = ggml_mlwq_hdr_zero(h);
         for (int i = 0; i < QK_MLWQ; ++i) {
             yj[i] = d * (float) ((int) q[i] - zero);
         }
@@ -114,24 +110,12 @@ bool ggml_mlwq_validate_rows(enum ggml_type type, const void * data, size_t nbyt
         const uint8_t * row = x + (size_t) r * row_bytes;
         int64_t sum = 0;
         for (int64_t j = 0; j < K; ++j) {
-            const uint8_t * h = row + 4*j;
-            uint16_t d16;
-            memcpy(&d16, h, sizeof(d16));
-            const int zero = h[2];
-            const int bits = h[3];
-            if (bits < GGML_MLWQ_MIN_BITS || bits > GGML_MLWQ_MAX_BITS) {
-                snprintf(err, err_size, "row %" PRId64 " block %" PRId64 ": bits = %d, outside %d..%d",
-                         r, j, bits, GGML_MLWQ_MIN_BITS, GGML_MLWQ_MAX_BITS);
-                return false;
-            }
+            const uint8_t * h = row + GGML_MLWQ_HEADER_SIZE*j;
+            const int zero = ggml_mlwq_hdr_zero(h);
+            const int bits = ggml_mlwq_hdr_bits(h);
             if (zero > (1 << bits) - 1) {
                 snprintf(err, err_size, "row %" PRId64 " block %" PRId64 ": zero = %d > 2^bits - 1 = %d (bits = %d)",
                          r, j, zero, (1 << bits) - 1, bits);
-                return false;
-            }
-            if ((d16 & 0x7c00) == 0x7c00) {
-                snprintf(err, err_size, "row %" PRId64 " block %" PRId64 ": scale d is %s (fp16 0x%04x)",
-                         r, j, (d16 & 0x03ff) ? "NaN" : "infinite", d16);
                 return false;
             }
             sum += bits;

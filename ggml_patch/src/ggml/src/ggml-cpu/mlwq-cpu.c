@@ -15,8 +15,8 @@
 //   - the portable C loop otherwise.
 // Each call does 1 or 2 rows x 1 or 2 columns (type traits nrows = 2: in prompt processing a
 // decoded block serves two activation columns). A row's decodable blocks are counted first: from
-// its first corrupt header on (bits outside 1..8, codes past the row end) the row contributes 0,
-// and no kernel reads past the row's K*(4+8b) bytes.
+// its first corrupt header on (codes past the row end) the row contributes 0,
+// and no kernel reads past the row's K*(2+8b) bytes.
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
 
@@ -70,7 +70,7 @@ static int mlwq_row_blocks(const uint8_t * x, int K, int b) {
     const size_t row_bytes = ggml_mlwq_row_bytes(K, b);
     size_t off = (size_t) K * GGML_MLWQ_HEADER_SIZE;
     for (int j = 0; j < K; ++j) {
-        const int bits = x[4*j + 3];
+        const int bits = ggml_mlwq_hdr_bits(x + GGML_MLWQ_HEADER_SIZE*j);
         if (!ggml_mlwq_block_readable(bits, off, row_bytes)) {
             return j;
         }
@@ -80,9 +80,7 @@ static int mlwq_row_blocks(const uint8_t * x, int K, int b) {
 }
 
 MLWQ_INLINE float mlwq_d(const uint8_t * h) {
-    uint16_t d16;
-    memcpy(&d16, h, sizeof(d16));
-    return GGML_CPU_FP16_TO_FP32(d16);
+    return ggml_mlwq_hdr_scale(h);
 }
 
 // ---- portable C ----------------------------------------------------------------------------------
@@ -94,9 +92,9 @@ static float mlwq_vec_dot_scalar(int n, const uint8_t * GGML_RESTRICT x, const b
     uint8_t q[QK_MLWQ];
     float sumf = 0.0f;
     for (int j = 0; j < nb; ++j) {
-        const uint8_t * h = x + 4*j;
-        ggml_mlwq_decode_block(x + off, h[3], q);
-        off += 8*(size_t) h[3];
+        const uint8_t * h = x + GGML_MLWQ_HEADER_SIZE*j;
+        ggml_mlwq_decode_block(x + off, ggml_mlwq_hdr_bits(h), q);
+        off += 8*(size_t) ggml_mlwq_hdr_bits(h);
         float sumb = 0.0f;
         for (int half = 0; half < 2; ++half) {
             const block_q8_1 * yb = y + 2*j + half;
@@ -105,7 +103,7 @@ static float mlwq_vec_dot_scalar(int n, const uint8_t * GGML_RESTRICT x, const b
                 sqy += (int) q[half*QK8_1 + i] * yb->qs[i];
                 sy  += yb->qs[i];
             }
-            sumb += GGML_CPU_FP16_TO_FP32(yb->d) * (float) (sqy - h[2]*sy);
+            sumb += GGML_CPU_FP16_TO_FP32(yb->d) * (float) (sqy - ggml_mlwq_hdr_zero(h)*sy);
         }
         sumf += mlwq_d(h) * sumb;
     }
@@ -192,19 +190,19 @@ MLWQ_INLINE void mlwq_tile_avx512(int K, int b, float * s, size_t bs, const uint
         // column): then one branch on it for all NR rows, and every row's decode has a constant
         // width (measured: +11-15 % generation against a branch per row and block). Otherwise (rows of
         // different widths, a corrupt header) row by row.
-        const int w0 = x[4*j + 3];
+        const int w0 = ggml_mlwq_hdr_bits(x + GGML_MLWQ_HEADER_SIZE*j);
         bool uniform = true;
         MLWQ_UNROLL
         for (int r = 0; r < NR; ++r) {
-            uniform = uniform && j < nb[r] && x[r*bx + 4*j + 3] == w0 && ggml_mlwq_block_readable(w0, off[r], row_bytes);
+            uniform = uniform && j < nb[r] && ggml_mlwq_hdr_bits(x + r*bx + GGML_MLWQ_HEADER_SIZE*j) == w0 && ggml_mlwq_block_readable(w0, off[r], row_bytes);
         }
 // block j of row r, width W, against the NC columns; the zero-point term z*qy accumulates as
 // z*(-qy) in the same exact int32 sums
 #define MLWQ_ROW_BLOCK(W)                                                                                     \
         do {                                                                                              \
-            const uint8_t * h = x + r*bx + 4*j;                                                           \
+            const uint8_t * h = x + r*bx + GGML_MLWQ_HEADER_SIZE*j;                                                           \
             const __m512i   q = mlwq_decode_512(x + r*bx + off[r], (W));                                  \
-            const __m512i   z = _mm512_set1_epi8((char) h[2]);                                            \
+            const __m512i   z = _mm512_set1_epi8((char) ggml_mlwq_hdr_zero(h));                                            \
             const __m512    d = _mm512_set1_ps(mlwq_d(h));                                                \
             off[r] += 8*(size_t) (W);                                                                     \
             MLWQ_UNROLL                                                                                   \
@@ -230,11 +228,11 @@ MLWQ_INLINE void mlwq_tile_avx512(int K, int b, float * s, size_t bs, const uint
             if (j >= nb[r]) {
                 continue;
             }
-            if (!ggml_mlwq_block_readable(x[r*bx + 4*j + 3], off[r], row_bytes)) {
+            if (!ggml_mlwq_block_readable(ggml_mlwq_hdr_bits(x + r*bx + GGML_MLWQ_HEADER_SIZE*j), off[r], row_bytes)) {
                 nb[r] = j;
                 continue;
             }
-            MLWQ_ROW_BLOCK(x[r*bx + 4*j + 3]);
+            MLWQ_ROW_BLOCK(ggml_mlwq_hdr_bits(x + r*bx + GGML_MLWQ_HEADER_SIZE*j));
         }
 #undef MLWQ_ROW_BLOCK
     }
@@ -342,19 +340,19 @@ MLWQ_INLINE void mlwq_tile_avx2(int K, int b, float * s, size_t bs, const uint8_
             if (j >= nb[r]) {
                 continue;
             }
-            const uint8_t * h = x + r*bx + 4*j;
-            if (!ggml_mlwq_block_readable(h[3], off[r], row_bytes)) {
+            const uint8_t * h = x + r*bx + GGML_MLWQ_HEADER_SIZE*j;
+            if (!ggml_mlwq_block_readable(ggml_mlwq_hdr_bits(h), off[r], row_bytes)) {
                 nb[r] = j;
                 continue;
             }
-            const mlwq_q64  q = mlwq_decode_256(x + r*bx + off[r], h[3]);
+            const mlwq_q64  q = mlwq_decode_256(x + r*bx + off[r], ggml_mlwq_hdr_bits(h));
             const float     d = mlwq_d(h);
-            off[r] += 8*(size_t) h[3];
+            off[r] += 8*(size_t) ggml_mlwq_hdr_bits(h);
             MLWQ_UNROLL
             for (int c = 0; c < NC; ++c) {
                 const block_q8_1 * y0 = (const block_q8_1 *) (y + c*by) + 2*j;
-                const __m256i i0 = mlwq_dot32_256(q.lo, _mm256_loadu_si256((const __m256i *) y0[0].qs), h[2], h[3]);
-                const __m256i i1 = mlwq_dot32_256(q.hi, _mm256_loadu_si256((const __m256i *) y0[1].qs), h[2], h[3]);
+                const __m256i i0 = mlwq_dot32_256(q.lo, _mm256_loadu_si256((const __m256i *) y0[0].qs), ggml_mlwq_hdr_zero(h), ggml_mlwq_hdr_bits(h));
+                const __m256i i1 = mlwq_dot32_256(q.hi, _mm256_loadu_si256((const __m256i *) y0[1].qs), ggml_mlwq_hdr_zero(h), ggml_mlwq_hdr_bits(h));
                 acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d * GGML_CPU_FP16_TO_FP32(y0[0].d)), _mm256_cvtepi32_ps(i0), acc[r][c]);
                 acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d * GGML_CPU_FP16_TO_FP32(y0[1].d)), _mm256_cvtepi32_ps(i1), acc[r][c]);
             }
@@ -547,11 +545,8 @@ MLWQ_INLINE mlwq_neon_y mlwq_neon_load_y(const block_q8_1 * y0) {
     return r;
 }
 
-// a block header's fp16 scale, loaded straight into an FP register
 MLWQ_INLINE float mlwq_neon_d(const uint8_t * h) {
-    __fp16 d;
-    memcpy(&d, h, sizeof(d));
-    return (float) d;
+    return ggml_mlwq_hdr_scale(h);
 }
 
 // exact int32 sums of (q - zero)*qy of a block (a from mlwq_neon_decode, width W) against one column
@@ -584,13 +579,13 @@ MLWQ_INLINE int32x4_t mlwq_neon_isum(const mlwq_neon_b64 a, const mlwq_neon_y y,
     do {                                                                                                  \
         MLWQ_NEON_UNROLL                                                                                  \
         for (int r_ = 0; r_ < (NR); ++r_) {                                                               \
-            const uint8_t *     h_ = (x) + r_*(bx) + 4*(j);                                               \
-            const mlwq_neon_b64 a_ = mlwq_neon_decode((x) + r_*(bx) + (off)[r_], (W), h_[2]);             \
+            const uint8_t *     h_ = (x) + r_*(bx) + GGML_MLWQ_HEADER_SIZE*(j);                                               \
+            const mlwq_neon_b64 a_ = mlwq_neon_decode((x) + r_*(bx) + (off)[r_], (W), ggml_mlwq_hdr_zero(h_));             \
             const float         d_ = mlwq_neon_d(h_);                                                     \
             (off)[r_] += 8*(size_t) (W);                                                                  \
             MLWQ_NEON_UNROLL                                                                              \
             for (int c_ = 0; c_ < (NC); ++c_) {                                                           \
-                const int32x4_t   i_ = mlwq_neon_isum(a_, (yv)[c_], (W), h_[2]);                          \
+                const int32x4_t   i_ = mlwq_neon_isum(a_, (yv)[c_], (W), ggml_mlwq_hdr_zero(h_));                          \
                 const float32x4_t s_ = vmulq_n_f32((yv)[c_].d, d_);                                      \
                 if (pipe) {                                                                               \
                     (acc)[r_][c_] = vfmaq_f32((acc)[r_][c_], vcvtq_f32_s32(pend_i), pend_s);              \
@@ -627,11 +622,11 @@ MLWQ_INLINE void mlwq_tile_neon(int K, int b, float * s, size_t bs, const uint8_
         for (int c = 0; c < NC; ++c) {
             yv[c] = mlwq_neon_load_y((const block_q8_1 *) (y + c*by) + 2*j);
         }
-        const int w0 = x[4*j + 3];
+        const int w0 = ggml_mlwq_hdr_bits(x + GGML_MLWQ_HEADER_SIZE*j);
         bool uniform = true;
         MLWQ_NEON_UNROLL
         for (int r = 0; r < NR; ++r) {
-            uniform = uniform && j < nb[r] && x[r*bx + 4*j + 3] == w0 && ggml_mlwq_block_readable(w0, off[r], row_bytes);
+            uniform = uniform && j < nb[r] && ggml_mlwq_hdr_bits(x + r*bx + GGML_MLWQ_HEADER_SIZE*j) == w0 && ggml_mlwq_block_readable(w0, off[r], row_bytes);
         }
         if (uniform) {
             switch (w0) {
@@ -646,7 +641,7 @@ MLWQ_INLINE void mlwq_tile_neon(int K, int b, float * s, size_t bs, const uint8_
         // rows of different widths at this block, or a corrupt header: row by row
         MLWQ_NEON_UNROLL
         for (int r = 0; r < NR; ++r) {
-            const int w = x[r*bx + 4*j + 3];
+            const int w = ggml_mlwq_hdr_bits(x + r*bx + GGML_MLWQ_HEADER_SIZE*j);
             if (j >= nb[r]) {
                 continue;
             }
