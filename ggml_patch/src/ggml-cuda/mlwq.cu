@@ -1241,7 +1241,7 @@ void ggml_cuda_mlwq_get_rows(
         cudaStream_t stream) {
     GGML_ASSERT(ggml_mlwq_is_type(src0_type));
     GGML_ASSERT(ne00 % MLWQ_QK == 0);
-    GGML_ASSERT((uintptr_t) src0_d % 4 == 0 && nb01 % 4 == 0 && nb02 % 4 == 0 && nb03 % 4 == 0);
+    GGML_ASSERT((uintptr_t) src0_d % 2 == 0 && nb01 % 2 == 0 && nb02 % 2 == 0 && nb03 % 2 == 0);   // 16-bit reads
     GGML_ASSERT(ne11 <= 65535 && ne12 <= 65535);
     const int K = ne00 / MLWQ_QK;
     const int code_bytes = 8*K*mlwq_avg_bits(src0_type);
