@@ -112,8 +112,9 @@ def _check_width(b: int) -> None:
         raise ValueError(f"MLWQ type width b={b} is not one of {WIDTHS}")
 
 
-def validate(codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: np.ndarray, b: int) -> None:
-    """Refuse anything pack_rows could not store exactly. Raises ValueError saying what is wrong."""
+def validate(codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: np.ndarray, b: int) -> np.ndarray:
+    """Refuse anything pack_rows could not store exactly. Raises ValueError saying what is wrong;
+    returns the scales' codes (uint8 [rows, K])."""
     _check_width(b)
     codes, scale, zero, bits = (np.asarray(a) for a in (codes, scale, zero, bits))
     if codes.ndim != 2:
@@ -145,13 +146,14 @@ def validate(codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: np.nd
     if np.any(zero.astype(np.int64) > maxz[None, :]):
         r, j = (int(v[0]) for v in np.nonzero(zero.astype(np.int64) > maxz[None, :]))
         raise ValueError(f"row {r} block {j}: zero={int(zero[r, j])} > min(2^bits-1, {ZERO_MAX})={int(maxz[j])}")
-    scale_codes(scale)
+    s_codes = scale_codes(scale)
     colmax = np.repeat(maxq, QK)                                  # [ne0]
     over = codes.astype(np.int64) > colmax[None, :]
     if np.any(over):
         r, c = (int(v[0]) for v in np.nonzero(over))
         raise ValueError(f"row {r} column {c}: code {int(codes[r, c])} >= 2^bits={int(colmax[c]) + 1} "
                          f"(block {c // QK} has {int(bits[c // QK])} bits)")
+    return s_codes
 
 
 def _block_offsets(bits: np.ndarray) -> np.ndarray:
@@ -164,13 +166,13 @@ def pack_rows(codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: np.n
     """Pack one MLWQb matrix. codes uint8 [rows, ne0] (permuted column order), scale float32 [rows, K]
     (values of SCALE_TABLE), zero uint8 [rows, K], bits uint8 [K] (same widths on every row).
     Returns uint8 [rows, row_bytes]."""
-    validate(codes, scale, zero, bits, b)
+    s_codes = validate(codes, scale, zero, bits, b)
     codes = np.ascontiguousarray(codes)
     rows, ne0 = codes.shape
     K = ne0 // QK
     out = np.zeros((rows, K * type_size(b)), dtype=np.uint8)
     hdr = out[:, : K * HEADER_BYTES].reshape(rows, K, HEADER_BYTES)
-    hdr[:, :, 0] = scale_codes(scale)
+    hdr[:, :, 0] = s_codes
     hdr[:, :, 1] = zero | ((bits[None, :] - 1) << 5).astype(np.uint8)
     offs = K * HEADER_BYTES + _block_offsets(bits)
     blocks = codes.reshape(rows, K, QK)
