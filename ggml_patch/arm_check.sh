@@ -108,11 +108,11 @@ if [ ! -f "$TREE/.patched" ]; then
     # older trees of this cache (other patches): keep the 2 newest
     ls -dt "$CACHE"/arm-* 2>/dev/null | tail -n +3 | while read -r d; do [ "$d" != "$DIR" ] && rm -rf "$d"; done || true
 fi
-# our sources, as build.sh copies them (ggml-cuda/ is not built here); only changed files are
+# our sources, as build.sh copies them (ggml/src/ggml-cuda/ is not built here); only changed files are
 # rewritten, so ninja recompiles only those
 (cd "$HERE/src" && find . -type f | LC_ALL=C sort) | while read -r f; do
     f="${f#./}"
-    case "$f" in ggml-cuda/*) continue ;; esac
+    case "$f" in ggml/src/ggml-cuda/*) continue ;; esac
     mkdir -p "$(dirname "$LLAMA/$f")"
     cmp -s "$HERE/src/$f" "$LLAMA/$f" || cp "$HERE/src/$f" "$LLAMA/$f"
 done

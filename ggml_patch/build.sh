@@ -8,7 +8,7 @@
 # 2. extracts it into $MLWQ_CACHE/llama-cpp-<key>, key = hash of the sdist and of our patches and
 #    sources: a tree is patched once and reused until our patch changes
 # 3. applies ggml_patch/patches/*.patch in order to vendor/llama.cpp and copies ggml_patch/src/
-#    into it (ggml_patch/src/ggml-cuda/ goes to ggml/src/ggml-cuda/, everything else to the same path)
+#    into it (ggml_patch/src/X goes to vendor/llama.cpp/X)
 # 4. builds the tools and shared libraries (cmake + ninja, Release, shared libs) in build-cpu/
 #    (build-cuda/ with MLWQ_CUDA=1), and mlwq-check (our C test driver)
 # 5. installs into the venv: the patched gguf-py, and llama-cpp-python from the patched sdist
@@ -70,12 +70,8 @@ else
     if [ -d "$HERE/src" ]; then
         (cd "$HERE/src" && find . -type f | LC_ALL=C sort) | while read -r f; do
             f="${f#./}"
-            case "$f" in
-                ggml-cuda/*) dest="$PTREE/ggml/src/$f" ;;
-                *)           dest="$PTREE/$f" ;;
-            esac
-            mkdir -p "$(dirname "$dest")"
-            cp "$HERE/src/$f" "$dest"
+            mkdir -p "$(dirname "$PTREE/$f")"
+            cp "$HERE/src/$f" "$PTREE/$f"
         done
         log "copied $(cd "$HERE/src" && find . -type f | wc -l) source files from ggml_patch/src"
     fi

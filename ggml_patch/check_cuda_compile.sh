@@ -5,8 +5,8 @@
 #
 # Takes llama.cpp's ggml/ from the pristine llama-cpp-python 0.3.36 sdist, applies the ggml/ part
 # of ggml_patch/patches/*.patch, copies ggml_patch/src/ (as build.sh does) and compiles with nvcc:
-#   - ggml_patch/src/ggml-cuda/mlwq.cu for sm_90 and sm_87 (machine code for both); a warning in
-#     mlwq.cu/mlwq.cuh fails the check
+#   - each of our ggml_patch/src/ggml/src/ggml-cuda/mlwq*.cu for sm_90 and sm_87 (machine code for
+#     both); a warning in one of our mlwq*.cu/mlwq*.cuh fails the check
 #   - the ggml-cuda files that 0002-cuda.patch touches (convert.cu, getrows.cu, mmvq.cu,
 #     ggml-cuda.cu) for sm_90: the patch changes their host code only, and one architecture is
 #     enough to catch a registration that no longer compiles
@@ -16,8 +16,10 @@
 # Environment: LLAMA_SRC (a pristine llama.cpp tree to use instead of the sdist), MLWQ_CACHE
 # (default ~/.cache/mlwq; the sdist is looked for in $MLWQ_CACHE/dl as build.sh leaves it),
 # MLWQ_SDIST (a local copy of the sdist), NVCC (default nvcc), MLWQ_JOBS (default 2).
-# MLWQ_REGISTERS=1: also print ptxas's registers and spills per mlwq.cu kernel (sm_90);
-# MLWQ_CU_SOURCE=file: compile that file as mlwq.cu instead (a branch's or a sed-edited variant's).
+# MLWQ_REGISTERS=1: also print ptxas's registers and spills per kernel of our mlwq*.cu (sm_90);
+# MLWQ_CU_SOURCE=path: compile a variant (a branch's, or a sed-edited one): path is a directory
+# whose mlwq*.cu and mlwq*.cuh replace ours (and add to them), or one such file that replaces ours
+# of the same name.
 # A CUDA toolkit without cuBLAS headers gets ggml_patch/cuda_stub/ (declarations only).
 set -euo pipefail
 
@@ -75,17 +77,25 @@ done
 shopt -u nullglob
 (cd "$HERE/src" && find . -type f | LC_ALL=C sort) | while read -r f; do
     f="${f#./}"
-    case "$f" in
-        ggml-cuda/*) dest="$T/ggml/src/$f" ;;
-        ggml/*)      dest="$T/$f" ;;
-        *)           continue ;;
-    esac
-    mkdir -p "$(dirname "$dest")"
-    cp "$HERE/src/$f" "$dest"
+    case "$f" in ggml/*) ;; *) continue ;; esac
+    mkdir -p "$(dirname "$T/$f")"
+    cp "$HERE/src/$f" "$T/$f"
 done
+CU="$T/ggml/src/ggml-cuda"
 if [ -n "${MLWQ_CU_SOURCE:-}" ]; then
-    cp "$MLWQ_CU_SOURCE" "$T/ggml/src/ggml-cuda/mlwq.cu" || die "MLWQ_CU_SOURCE=$MLWQ_CU_SOURCE"
-    log "mlwq.cu from $MLWQ_CU_SOURCE"
+    if [ -d "$MLWQ_CU_SOURCE" ]; then
+        shopt -s nullglob
+        variant=("$MLWQ_CU_SOURCE"/mlwq*.cu "$MLWQ_CU_SOURCE"/mlwq*.cuh)
+        shopt -u nullglob
+    else
+        variant=("$MLWQ_CU_SOURCE")
+    fi
+    [ "${#variant[@]}" -gt 0 ] || die "MLWQ_CU_SOURCE=$MLWQ_CU_SOURCE has no mlwq*.cu or mlwq*.cuh"
+    for f in "${variant[@]}"; do
+        case "$(basename "$f")" in mlwq*.cu|mlwq*.cuh) ;; *) die "MLWQ_CU_SOURCE: $f is not an mlwq*.cu or mlwq*.cuh" ;; esac
+        cp "$f" "$CU/" || die "MLWQ_CU_SOURCE: cannot copy $f"
+        log "$(basename "$f") from $f"
+    done
 fi
 
 # ---- compile -------------------------------------------------------------------------------
@@ -97,15 +107,14 @@ fi
 # the flags ggml's CMake passes to nvcc that matter for these files
 NVFLAGS=(-std=c++17 -O3 -use_fast_math -extended-lambda -DGGML_USE_CUDA -DGGML_CUDA_USE_GRAPHS
          -DGGML_SCHED_MAX_COPIES=4 -DNDEBUG "${INC[@]}")
-CU="$T/ggml/src/ggml-cuda"
 
 compile() { # name, then nvcc arguments
     local name=$1; shift
     local s=$(date +%s)
     if "$NVCC" "${NVFLAGS[@]}" "$@" -o "$WORK/$name.o" > "$WORK/$name.log" 2>&1; then
         # upstream headers have warnings of their own: only ours fail the check
-        if grep -E 'mlwq\.cuh?[:(][0-9]+.*warning' "$WORK/$name.log" >/dev/null; then
-            echo "FAIL $name (warnings in mlwq.cu/mlwq.cuh)" > "$WORK/$name.status"
+        if grep -E '(^|[/ ])mlwq[-a-z0-9_]*\.cuh?[:(][0-9]+.*warning' "$WORK/$name.log" >/dev/null; then
+            echo "FAIL $name (warnings in our mlwq*.cu/mlwq*.cuh)" > "$WORK/$name.status"
         else
             echo "ok   $name ($(( $(date +%s) - s )) s)" > "$WORK/$name.status"
         fi
@@ -116,9 +125,17 @@ compile() { # name, then nvcc arguments
 
 PTXAS_V=""
 [ "${MLWQ_REGISTERS:-0}" = 1 ] && PTXAS_V="-Xptxas -v"
+shopt -s nullglob
+OURS=("$CU"/mlwq*.cu)
+shopt -u nullglob
+[ "${#OURS[@]}" -gt 0 ] || die "no mlwq*.cu in $CU"
 JOBS_LIST=(
     "mmvq.cu|-gencode=arch=compute_90,code=sm_90 -c $CU/mmvq.cu"
-    "mlwq.cu|-gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_87,code=sm_87 -Xcompiler=-Wall,-Wextra $PTXAS_V -c $CU/mlwq.cu"
+)
+for f in "${OURS[@]}"; do
+    JOBS_LIST+=("$(basename "$f")|-gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_87,code=sm_87 -Xcompiler=-Wall,-Wextra $PTXAS_V -c $f")
+done
+JOBS_LIST+=(
     "getrows.cu|-gencode=arch=compute_90,code=sm_90 -c $CU/getrows.cu"
     "convert.cu|-gencode=arch=compute_90,code=sm_90 -c $CU/convert.cu"
     "ggml-cuda.cu|-gencode=arch=compute_90,code=sm_90 -c $CU/ggml-cuda.cu"
@@ -154,8 +171,10 @@ for st in "$WORK"/*.status; do
 done
 if [ -n "$PTXAS_V" ]; then
     # ptxas -v: "Compiling entry function 'NAME' for 'sm_90'", then the spills, then "Used N registers"
-    "$PY" - "$WORK/mlwq.cu.log" <<'EOF'
-import re, subprocess, sys
+    for f in "${OURS[@]}"; do
+        "$PY" - "$WORK/$(basename "$f").log" <<'EOF'
+import os, re, subprocess, sys
+src = os.path.basename(sys.argv[1])[:-len(".log")]
 cur = None
 for line in open(sys.argv[1]):
     m = re.search(r"Compiling entry function '(\S+)' for 'sm_90'", line)
@@ -167,9 +186,10 @@ for line in open(sys.argv[1]):
     m = re.search(r"Used (\d+) registers", line)
     if cur and m:
         name = subprocess.run(["c++filt", cur], capture_output=True, text=True).stdout.strip()
-        print(f"[mlwq-cuda-check] sm_90 {m.group(1):>3} registers ({spill})  {name.split('(')[0]}")
+        print(f"[mlwq-cuda-check] sm_90 {m.group(1):>3} registers ({spill})  {src}: {name.split('(')[0]}")
         cur = None
 EOF
+    done
 fi
 log "done in $(( $(date +%s) - t0 )) s"
 [ "$fail" = 0 ] || die "compile check failed"

@@ -13,7 +13,7 @@
 #                                                       # 1B shape stop where they do: ncu's stall, occupancy
 #                                                       # and memory sections (under ncu's replays the weights sit in L2)
 #   MLWQ_VARIANT_SED='s/x/y/' bash bench/gpu/device_cuda_checks.sh variant
-#                                                       # (after build) mlwq.cu edited by sed, rebuilt into
+#                                                       # (after build) our mlwq*.cu/.cuh edited by sed, rebuilt into
 #                                                       # build/cuda-dev/bin-variant; benchops and llama-bench of
 #                                                       # the committed and the variant libraries, alternating
 #   MLWQ_REAL=x.gguf bash bench/gpu/device_cuda_checks.sh order # the slow llama-bench configuration:
@@ -42,7 +42,7 @@ export PYTHONUNBUFFERED=1
 stage_build() {
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv
     nproc
-    # the tree: pristine + patches + ggml_patch/src (as build.sh maps them); files that did not
+    # the tree: pristine + patches + ggml_patch/src (as build.sh copies them); files that did not
     # change keep their mtime so that ninja rebuilds only what a patch change touches
     rm -rf "$W/new" && mkdir -p "$W/new"
     tar xJf "$C/llama.cpp.tar.xz" -C "$W/new" || return 1
@@ -51,7 +51,7 @@ stage_build() {
     done
     (cd ggml_patch/src && find . -type f) | while read -r f; do
         f=${f#./}
-        case "$f" in ggml-cuda/*) d="$W/new/llama.cpp/ggml/src/$f" ;; *) d="$W/new/llama.cpp/$f" ;; esac
+        d="$W/new/llama.cpp/$f"
         mkdir -p "$(dirname "$d")" && cp "ggml_patch/src/$f" "$d"
     done
     mkdir -p "$SRC"
@@ -237,21 +237,31 @@ stage_order() {
     kill "$smi"
 }
 
-# A/B of one change to mlwq.cu without a second full build: the tree's mlwq.cu edited by
-# $MLWQ_VARIANT_SED, libggml-cuda rebuilt and copied to bin-variant, the source restored and the
-# committed library rebuilt; then the same benchmarks with each, alternating (binaries' RUNPATH
-# points at bin/, so the variant runs through LD_LIBRARY_PATH).
+# A/B of one change to our CUDA sources without a second full build: the tree's mlwq*.cu and
+# mlwq*.cuh edited by $MLWQ_VARIANT_SED (only the files it changes are rewritten), libggml-cuda
+# rebuilt and copied to bin-variant, those files restored and the committed library rebuilt; then
+# the same benchmarks with each, alternating (binaries' RUNPATH points at bin/, so the variant runs
+# through LD_LIBRARY_PATH).
 stage_variant() {
     [ -n "${MLWQ_VARIANT_SED:-}" ] || { echo "set MLWQ_VARIANT_SED"; return 1; }
     local V=$W/bin-variant
-    local cu="$SRC/ggml/src/ggml-cuda/mlwq.cu"
-    cp "$cu" "$W/mlwq.cu.orig"
-    sed -i "$MLWQ_VARIANT_SED" "$cu"
-    diff "$W/mlwq.cu.orig" "$cu" > "$OUT/variant.diff" && { echo "the sed changed nothing"; return 1; }
+    local cu="$SRC/ggml/src/ggml-cuda" orig="$W/mlwq-orig" f changed=()
+    rm -rf "$orig" && mkdir -p "$orig"
+    : > "$OUT/variant.diff"
+    for f in "$cu"/mlwq*.cu "$cu"/mlwq*.cuh; do
+        [ -f "$f" ] || continue
+        cp "$f" "$orig/" && sed "$MLWQ_VARIANT_SED" "$orig/${f##*/}" > "$orig/${f##*/}.variant" || return 1
+        if ! cmp -s "$orig/${f##*/}" "$orig/${f##*/}.variant"; then
+            diff -u "$orig/${f##*/}" "$orig/${f##*/}.variant" >> "$OUT/variant.diff"
+            cp "$orig/${f##*/}.variant" "$f" && changed+=("${f##*/}")
+        fi
+    done
+    [ "${#changed[@]}" -gt 0 ] || { echo "the sed changed nothing"; return 1; }
     cat "$OUT/variant.diff"
-    ninja -C "$B" ggml-cuda > "$OUT/ninja-variant.log" 2>&1 || { grep -A12 error "$OUT/ninja-variant.log" | head -40; cp "$W/mlwq.cu.orig" "$cu"; return 1; }
+    variant_restore() { for f in "${changed[@]}"; do cp "$orig/$f" "$cu/$f" && touch "$cu/$f"; done; }
+    ninja -C "$B" ggml-cuda > "$OUT/ninja-variant.log" 2>&1 || { grep -A12 error "$OUT/ninja-variant.log" | head -40; variant_restore; return 1; }
     rm -rf "$V" && mkdir -p "$V" && cp -a "$BIN"/libggml-cuda.so* "$V"/
-    cp "$W/mlwq.cu.orig" "$cu" && touch "$cu"
+    variant_restore
     ninja -C "$B" ggml-cuda > "$OUT/ninja-restore.log" 2>&1 || return 1
     # the files that exist of: Q3_K_S (and MLWQ3) of SmolLM2 ($ORDER_DIR, else stage_smollm2's
     # synthetic ones), $MLWQ_REAL, the 1B shape's of stage_bench

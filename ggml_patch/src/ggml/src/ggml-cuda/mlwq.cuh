@@ -8,7 +8,9 @@
 // headers say.
 //
 // Registration points in llama.cpp's files (ggml_patch/patches/0002-cuda.patch) call only the
-// functions below.
+// functions below. They are defined in mlwq-mmvq.cu (mat-vec, the v/k pair), mlwq-quantize.cu (the
+// permuted activations and their fusions, the permuted f32 copy) and mlwq-convert.cu
+// (dequantization, get_rows); mlwq-common.cuh holds what those files share.
 #pragma once
 
 #include "common.cuh"
