@@ -7,12 +7,14 @@
 #   bench/gpu/quant_time.sh start RUN...     # carry .device/p2 .device/data .whl
 #   bench/gpu/quant_time.sh wait 540         # waits, then copies the log and the json to $OUT
 #   bench/gpu/quant_time.sh fetch 2          # run 2's packed checkpoint to $OUT (one call each)
+# QT_RES=DIR keeps a second job's runs apart from the first; QT_PARALLEL=1 starts the runs side by
+# side (for files, not timings: runs sharing the GPU and the CPU time each other's waits).
 # RUN is a bench_quant_time command line, e.g. "--shape llama-1b". A RUN starting with "keep:" also
 # keeps its checkpoint and packs it for the trip back (zstd or xz, pieces of 15 MiB, at most 4).
 # The model halves, WikiText-2 and the gguf wheel: model_halves.sh; .device/tok the Llama-3.2
 # tokenizer (mlwq.assets.llama3_tokenizer_dir).
 set -uo pipefail
-RES=/tmp/res/qt
+RES=${QT_RES:-/tmp/res/qt}
 source bench/gpu/model_halves.sh
 mode=$1; shift
 case "$mode" in
@@ -32,10 +34,16 @@ start)
         args=${run#keep:}
         keep=""
         [ "$run" != "$args" ] && keep="--keep $RES/ckpt_$i"
-        echo "echo '== run $i: $args' >> $RES/log.txt" >> "$RES/runs.sh"
-        echo "python3 -m tools.bench_quant_time $args $keep --out $RES/quant-time.json >> $RES/log.txt 2>&1" >> "$RES/runs.sh"
-        [ -n "$keep" ] && echo "tar cf - -C $RES ckpt_$i | $PACK | split -b 15M - $RES/ckpt_$i.$EXT." >> "$RES/runs.sh"
+        line="python3 -m tools.bench_quant_time $args $keep --out $RES/quant-time-$i.json"
+        [ -n "$keep" ] && line="$line && tar cf - -C $RES ckpt_$i | $PACK | split -b 15M - $RES/ckpt_$i.$EXT."
+        if [ -n "${QT_PARALLEL:-}" ]; then
+            echo "( echo '== run $i: $args' > $RES/log_$i.txt; { $line; } >> $RES/log_$i.txt 2>&1 ) &" >> "$RES/runs.sh"
+        else
+            echo "echo '== run $i: $args' >> $RES/log.txt; { $line; } >> $RES/log.txt 2>&1" >> "$RES/runs.sh"
+        fi
     done
+    [ -n "${QT_PARALLEL:-}" ] && echo "wait; cat $RES/log_*.txt > $RES/log.txt" >> "$RES/runs.sh"
+    echo "python3 -c \"import glob, json; json.dump([e for f in sorted(glob.glob('$RES/quant-time-*.json')) for e in json.load(open(f))], open('$RES/quant-time.json', 'w'), indent=1)\"" >> "$RES/runs.sh"
     echo "echo done > $RES/finished" >> "$RES/runs.sh"
     PYTHONPATH=/tmp/site:$PWD setsid nohup bash "$RES/runs.sh" > /dev/null 2>&1 < /dev/null &
     echo "started $# runs" ;;
@@ -43,6 +51,7 @@ wait)
     limit=${1:-540}; t=0
     while [ "$t" -lt "$limit" ] && [ ! -f "$RES/finished" ]; do sleep 10; t=$((t + 10)); done
     echo "waited ${t}s; finished: $([ -f "$RES/finished" ] && echo yes || echo no)"
+    [ -f "$RES/finished" ] || cat "$RES"/log_*.txt > "$RES/log.txt" 2>/dev/null
     tr '\r' '\n' < "$RES/log.txt" | grep -v -E "it/s\]|s/it\]|/s\]$" | tail -n 60
     cp "$RES/log.txt" "$OUT/qt_log.txt"
     [ -f "$RES/quant-time.json" ] && cp "$RES/quant-time.json" "$OUT/"
