@@ -193,8 +193,7 @@ void ggml_cuda_mlwq_q8_release(ggml_backend_cuda_context & ctx, const bool end_o
 // of squares in norm.cu's arithmetic (block size and reduction: the row is short, and a CTA waiting
 // for another would cost more), then quantizes its slice, permuted column j being
 // scale*x[perm[j]]*mul[perm[j]]: the value the MUL writes at perm[j]. CTA (0, 0) also writes the
-// MUL's result, bit for bit llama's. (The first version ran in ONE CTA, the orders one after the
-// other: SmolLM2 tg -18 %, A/B in one call; docs/BENCHMARKS.md, "Seventh GPU session".)
+// MUL's result, bit for bit llama's. One CTA for all the orders is slower (ggml_patch/CUDA.md).
 template <int block_size>
 static __global__ void mlwq_rms_norm_mul_quantize(
         const float * x, const float * mul, float * dst, const int ncols, const float eps,
