@@ -201,6 +201,42 @@ def requantized(t, type_name: str, gguf):
     return gguf.quants.quantize(gguf.quants.dequantize(rows, t.tensor_type).astype(np.float32), qtype), qtype
 
 
+def _float_rows(t, gguf) -> np.ndarray:
+    """A source tensor's values as float32 rows [n_rows, ne0]."""
+    data = np.asarray(t.data)
+    if t.tensor_type == gguf.GGMLQuantizationType.F32:
+        return data.astype(np.float32).reshape(-1, int(t.shape[0]))
+    return gguf.quants.dequantize(data, t.tensor_type).astype(np.float32).reshape(-1, int(t.shape[0]))
+
+
+def rotated_tensors(reader, gguf, kind: str, seed: int, type_name: str | None) -> dict:
+    """token_embd, output and the norms of a model quantized with a residual rotation
+    (mlwq/rotation.py): E Q, (head * g_final) Q as a tensor of its own, every norm's scale 1 (folded
+    into the linear layers at quantization time). name -> (data, ggml type). The embedding and
+    the head take type_name, or the source embedding's type."""
+    from mlwq.rotation import random_orthogonal
+
+    by = {t.name: t for t in reader.tensors}
+    if "token_embd.weight" not in by or "output_norm.weight" not in by:
+        raise ExportError("a rotated checkpoint needs the source's token_embd and output_norm")
+    emb = by["token_embd.weight"]
+    qtype = gguf.GGMLQuantizationType[type_name] if type_name else emb.tensor_type
+    if qtype.name not in EMBEDDING_TYPES:
+        qtype = gguf.GGMLQuantizationType.Q8_0
+    E = _float_rows(emb, gguf).astype(np.float64)
+    q = random_orthogonal(E.shape[1], kind, seed).numpy()
+    g = _float_rows(by["output_norm.weight"], gguf).astype(np.float64)[0]
+    head = _float_rows(by["output.weight"], gguf).astype(np.float64) if "output.weight" in by else E
+    out = {"token_embd.weight": (gguf.quants.quantize((E @ q).astype(np.float32), qtype), qtype),
+           "output.weight": (gguf.quants.quantize(((head * g) @ q).astype(np.float32), qtype), qtype)}
+    for name, t in by.items():
+        if re.fullmatch(r"output_norm\.weight|blk\.\d+\.(attn_norm|ffn_norm)\.weight", name):
+            out[name] = (np.ones(int(t.shape[0]), dtype=np.float32), gguf.GGMLQuantizationType.F32)
+        elif name.endswith("norm.weight"):
+            raise ExportError(f"{name}: a norm the residual rotation cannot fold")
+    return out
+
+
 def export_gguf(ckpt_dir: str | os.PathLike, out: str | os.PathLike, source: str | os.PathLike | None = None,
                 log=print, embedding_type: str | None = None) -> ExportReport:
     """Write the GGUF for the patched llama.cpp. Returns the byte and bit counts of the written file.
@@ -227,6 +263,13 @@ def export_gguf(ckpt_dir: str | os.PathLike, out: str | os.PathLike, source: str
     kv_field = reader.fields.get(f"{arch}.attention.head_count_kv")
     n_head_kv = int(kv_field.contents()) if kv_field is not None else n_head
 
+    config = meta.get("config") or {}
+    rotated = {}
+    if config.get("rotation"):
+        if arch != "llama":
+            raise ExportError(f"a rotated checkpoint of a {arch} model: rotation supports llama")
+        rotated = rotated_tensors(reader, gguf, config["rotation"], int(config.get("seed", 0)), embedding_type)
+
     by_gguf = {}
     for hf_name in meta.get("layers", {}):
         by_gguf[gguf_name(hf_name, spec) + ".weight"] = hf_name
@@ -252,9 +295,11 @@ def export_gguf(ckpt_dir: str | os.PathLike, out: str | os.PathLike, source: str
         hf_name = by_gguf.get(t.name)
         if hf_name is None:
             data, qtype = np.asarray(t.data), t.tensor_type
+            if t.name in rotated:
+                data, qtype = rotated.pop(t.name)
+            elif t.name == "token_embd.weight" and embedding_type is not None:
+                data, qtype = requantized(t, embedding_type, gguf)
             if t.name == "token_embd.weight":
-                if embedding_type is not None:
-                    data, qtype = requantized(t, embedding_type, gguf)
                 report.embedding_type = qtype.name
             writer.add_tensor(t.name, data, raw_dtype=qtype)
             continue
@@ -285,6 +330,10 @@ def export_gguf(ckpt_dir: str | os.PathLike, out: str | os.PathLike, source: str
                                  "code_bits_per_weight": code_bits / (rows * ne0)}
     if not report.layers:
         raise ExportError(f"checkpoint {ckpt_dir} has no quantized layers")
+    for name, (data, qtype) in rotated.items():       # the untied head of a rotated tied model
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        report.n_params += data.shape[0] * (data.shape[1] // type_size) * block
+        writer.add_tensor(name, data, raw_dtype=qtype)
 
     main_width = max(width_params, key=lambda b: width_params[b])
     _copy_kvs(reader, writer, gguf, skip=skip_kvs)

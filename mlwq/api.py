@@ -6,12 +6,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from . import checkpoint, sensitivity
+from . import checkpoint, rotation, sensitivity
 from .assets import CALIBRATION_TEXT, EVAL_TEXT
 from .calibration import calibration_windows
 from .engine import QuantConfig, StageTimes, quantize_model
@@ -53,8 +53,10 @@ def quantize(source: str, out_dir: str | Path, cfg: QuantConfig, *, nsamples: in
         model, tokenizer = model_and_tokenizer or load_model(source)
     if max_blocks is not None:
         model = truncate_blocks(model, max_blocks)
+    if cfg.rotation:                                 # same function, flatter weights (rotation.py)
+        rotation.rotate_residual(model, cfg.rotation, seed=cfg.seed)
     calib = calibration_windows(tokenizer, calib_path, nsamples, seqlen, cfg.seed)
-    store = Progress(out_dir, {"source": str(source), "config": asdict(cfg), "nsamples": nsamples,
+    store = Progress(out_dir, {"source": str(source), "config": cfg.identity(), "nsamples": nsamples,
                                "seqlen": seqlen, "calibration": str(calib_path), "max_blocks": max_blocks})
     done, results_before, reports_before, rng_state = store.start(resume)
     t0 = time.time()

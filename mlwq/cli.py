@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--block-tune-steps", type=int, default=DEFAULTS.block_tune_steps,
                    help="block-output reconstruction: signed-gradient steps per block on the rounding and the "
                         "scales (AutoRound-style; 0 = off; 200 on a GPU)")
+    q.add_argument("--rotate", choices=("hadamard", "orthogonal"), default=None,
+                   help="rotate the residual stream first (QuaRot's R1, folded into the weights; Llama "
+                        "architectures; the file gets its own output tensor). Best without MQSA (--no-mqsa)")
     q.add_argument("--no-compensation", action="store_true",
                    help="mlwq: no GPTQ error compensation inside the tiers (RTN on the MLWQ grid)")
     q.add_argument("--tqp-steps", type=int, default=DEFAULTS.tqp_steps, help="Adam steps of TQP per group")
@@ -97,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_quantize(args) -> int:
     from . import api, sizing
 
+    if args.target_mb is not None and args.rotate:
+        raise MLWQError("--target-mb does not count the output tensor that --rotate adds; give --bits")
     if args.target_mb is not None:
         args.bits = sizing.budget_for_size(resolve_model(args.model), int(args.target_mb * 1e6))
         print(f"[mlwq] --target-mb {args.target_mb:g}: average code bits {args.bits:.2f}", file=sys.stderr)
@@ -106,7 +111,7 @@ def cmd_quantize(args) -> int:
                       bpll_loss=args.bpll_loss, compensate=not args.no_compensation, tqp_steps=args.tqp_steps,
                       percdamp=args.percdamp, seed=args.seed, bpll_scope=args.bpll_scope,
                       sensitivity_windows=args.sensitivity_windows, weighted=not args.no_weighted,
-                      block_tune_steps=args.block_tune_steps)
+                      block_tune_steps=args.block_tune_steps, rotation=args.rotate)
     cfg.validate()
     source = resolve_model(args.model)
     res = api.quantize(source, args.out, cfg, nsamples=args.nsamples, seqlen=args.seqlen, calib_path=args.calib,

@@ -16,6 +16,7 @@ quantized and the calibration activations live on the device. Per block:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -58,6 +59,7 @@ class QuantConfig:
     compensate: bool = True                 # GPTQ error compensation inside the tiers (mlwq)
     percdamp: float = 0.01
     bpll_tokens: int = 4096                 # input rows per layer kept for BPLL's losses
+    rotation: str | None = None             # residual-stream rotation folded into the weights (rotation.py)
     seed: int = 0
 
     def validate(self) -> None:
@@ -78,9 +80,19 @@ class QuantConfig:
         if self.method == "mlwq" and self.mqsa:
             for b in (self.candidates if uses_bpll else (int(self.bits),)):
                 mqsa.tier_block_counts(1, b, self.tiers, 0.0)    # widths stay in 1..8
+        if self.rotation not in (None, "hadamard", "orthogonal"):
+            raise MLWQError(f"unknown rotation {self.rotation!r}; choose hadamard or orthogonal")
         gs = self.effective_group_size()
         if gs % GROUP_SIZE:
             raise MLWQError(f"group size {gs} must be a multiple of {GROUP_SIZE}")
+
+    def identity(self) -> dict:
+        """The fields that name this configuration in stored results: asdict without the optional
+        switches that are off, so results stored before a switch existed keep their names."""
+        d = dataclasses.asdict(self)
+        if d["rotation"] is None:
+            del d["rotation"]
+        return d
 
     def effective_group_size(self) -> int:
         if self.method == "mlwq":

@@ -227,6 +227,33 @@ def test_logits_match_pytorch_on_the_dequantized_weights(exported, rtn_checkpoin
     assert err_unq > 5 * err
 
 
+def test_rotated_export_computes_the_rotated_model(reduced_model, reduced_gguf, tmp_path):
+    """A checkpoint quantized with a residual rotation (RTN 4-bit, 2 blocks, Hadamard): its GGUF
+    (rotated embedding, an output tensor of its own, unit norms; llama.cpp's graph unchanged)
+    computes what the rotated fake-quantized PyTorch model computes, within the tolerance of the
+    test above. A wrong or transposed rotation lands near 1 std."""
+    import torch
+    from exporters.gguf_export import export_gguf
+    from mlwq import api
+    from mlwq.engine import QuantConfig
+
+    llamacpp.check_python_bindings()
+    res = api.quantize("reduced", tmp_path / "ck", QuantConfig(method="rtn", bits=4, rotation="hadamard"),
+                       model_and_tokenizer=reduced_model, nsamples=2, seqlen=64, progress=False, device="cpu")
+    out = tmp_path / "rot.gguf"
+    export_gguf(tmp_path / "ck", out, source=reduced_gguf, log=lambda m: None, embedding_type="Q8_0")
+    tensors = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}
+    assert tensors["output.weight"].tensor_type == gguf.GGMLQuantizationType.Q8_0
+    assert all(np.all(np.asarray(t.data) == 1) for n, t in tensors.items() if n.endswith("norm.weight"))
+    got = llama_logits(out, PROMPT_IDS)
+    with torch.no_grad():
+        ref = res.model(torch.tensor([PROMPT_IDS])).logits[0].double().numpy()
+    err = np.abs(got - ref).max() / ref.std()
+    print(f"max|llama.cpp - torch(rotated, fake-quantized)| = {err:.4f} std")
+    assert err < 0.15
+    assert (got.argmax(1) == ref.argmax(1)).sum() >= len(PROMPT_IDS) - 1
+
+
 # ---- malformed files are refused -----------------------------------------------------------
 
 def tensor_info_offsets(path, name):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mlwq import api
+from mlwq import api, rotation
 from mlwq.assets import CALIBRATION_TEXT, EVAL_TEXT, default_model_path
 from mlwq.engine import QuantConfig
 from mlwq.evaluate import eval_tokens, quality, reference_logprobs
@@ -57,6 +57,8 @@ CONFIGS: dict[str, tuple[str, QuantConfig | None]] = {
     "mlwq3_default": ("MLWQ 3.0, defaults (model-scope BPLL, weighted parameters)", QuantConfig(method="mlwq", bits=3)),
     "mlwq3.59_default": ("MLWQ 3.59, defaults", QuantConfig(method="mlwq", bits=3.59)),
     "mlwq2.5_default": ("MLWQ 2.5, defaults", QuantConfig(method="mlwq", bits=2.5)),
+    "mlwq3.25_default": ("MLWQ 3.25, defaults", QuantConfig(method="mlwq", bits=3.25)),
+    "mlwq3.25_nomqsa": ("MLWQ 3.25, defaults without MQSA", QuantConfig(method="mlwq", bits=3.25, mqsa=False)),
     "rtn4": ("RTN 4-bit g64", QuantConfig(method="rtn", bits=4)),
     "gptq4": ("GPTQ 4-bit g128", QuantConfig(method="gptq", bits=4, group_size=128)),
     "mlwq4": ("MLWQ 4.0 (BPLL+MQSA+TQP), BPLL with Dist", QuantConfig(method="mlwq", **PAPER, bits=4, bpll_loss="dist")),
@@ -88,7 +90,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def run(names, model_path, out_dir: Path, nsamples, seqlen, eval_windows, device, calib,
-        overrides: dict | None = None, tag: str = "", eval_seqlen: int = 2048):
+        overrides: dict | None = None, tag: str = "", eval_seqlen: int = 2048, rotate: str | None = None):
     out_dir.mkdir(parents=True, exist_ok=True)
     base, tokenizer = load_model(model_path)
     ids = eval_tokens(tokenizer, EVAL_TEXT)
@@ -99,12 +101,15 @@ def run(names, model_path, out_dir: Path, nsamples, seqlen, eval_windows, device
         if cfg is not None and overrides:
             cfg = dataclasses.replace(cfg, **overrides)
             label += " [" + ", ".join(f"{k}={v}" for k, v in overrides.items()) + "]"
-        result = f"{name}-{tag}" if tag and cfg is not None else name
+        result = f"{name}-{tag}" if tag and (cfg is not None or rotate) else name
         model = copy.deepcopy(base)
+        if rotate:                                       # mlwq/rotation.py; the float model is unchanged
+            rotation.rotate_residual(model, rotate)
+            label += f" [residual rotation: {rotate}]"
         row = {"name": result, "config_name": name, "label": label, "model": str(model_path), "device": device,
                "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else cpu_name(),
                "nsamples": nsamples, "seqlen": seqlen, "calibration": str(calib),
-               "date": time.strftime("%Y-%m-%d")}
+               "date": time.strftime("%Y-%m-%d"), "rotation": rotate}
         if cfg is not None:
             row["config"] = dataclasses.asdict(cfg)
             res = api.quantize(str(model_path), out_dir / f"ckpt_{result}", cfg, nsamples=nsamples, seqlen=seqlen,
@@ -150,6 +155,8 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default="", help="suffix of the result names (with --set)")
     p.add_argument("--calib", default=str(CALIBRATION_TEXT))
     p.add_argument("--device", default=api.default_device())
+    p.add_argument("--rotate", default=None, choices=["hadamard", "orthogonal"],
+                   help="rotate the residual stream first (mlwq/rotation.py; Llama architectures)")
     p.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -162,7 +169,7 @@ def main(argv=None) -> int:
         print(f"unknown configs: {unknown}; known: {list(CONFIGS)}", file=sys.stderr)
         return 2
     run(names, args.model or default_model_path(), out, args.nsamples, args.seqlen, args.eval_windows,
-        args.device, args.calib, parse_overrides(args.set), args.tag, args.eval_seqlen)
+        args.device, args.calib, parse_overrides(args.set), args.tag, args.eval_seqlen, args.rotate)
     return 0
 
 

@@ -256,7 +256,7 @@ class Run:
         for i, (method, bits, tune) in enumerate(todo, 1):
             cfg = self.our_config(method, bits, tune)
             name = f"{method.upper()} {bits:g}" + (f" bt{tune}" if tune else "")
-            key = key_of(name, self.src_sha, a.max_blocks, asdict(cfg), self.calib_sha, a.nsamples, a.seqlen,
+            key = key_of(name, self.src_sha, a.max_blocks, cfg.identity(), self.calib_sha, a.nsamples, a.seqlen,
                          *([a.embedding_type] if a.embedding_type else []),
                          *([f"format{F.FORMAT_VERSION}"] if F.FORMAT_VERSION > 1 else []))
             out = self.path(name, key)
@@ -439,12 +439,16 @@ def linear_types(sizes: dict) -> str:
 
 def table_rows(entries: list[Entry], front: set[str]) -> list[dict]:
     ref = next((e.ppl["ppl"] for e in entries if e.family == "reference" and e.ppl), None)
+    # whole-file bits over the model's weights (the reference's): a file that adds a tensor, as a
+    # rotated tied model's own head, is charged its bytes and not credited its elements
+    weights = next((e.sizes["n_weights"] for e in entries if e.family == "reference"), None)
     rows = []
     for e in sorted(entries, key=lambda x: (x.family != "reference", x.sizes.get("bpw_linear", 99))):
         s = e.sizes
+        bpw_file = 8 * s["file_bytes"] / weights if weights else s["bpw_file"]
         rows.append({
             "name": e.name, "family": e.family, "target_bits": e.target_bits,
-            "file_mb": round(s["file_bytes"] / 1e6, 3), "bpw_file": round(s["bpw_file"], 4),
+            "file_mb": round(s["file_bytes"] / 1e6, 3), "bpw_file": round(bpw_file, 4),
             "bpw_linear": round(s["bpw_linear"], 4), "token_embd": s["token_embd_type"],
             "linear_types": linear_types(s),
             "ppl": e.ppl.get("ppl"), "ppl_pm": e.ppl.get("pm"),
@@ -465,7 +469,9 @@ def markdown(rows: list[dict], run: Run, bench_info: dict | None, verdict_lines:
              f"Perplexity: `llama-perplexity -c {a.ctx}" + (f" --chunks {a.chunks}" if a.chunks else "")
              + f"` on {Path(a.eval_text).name}. Calibration (imatrix and ours): {a.nsamples} x {a.seqlen} tokens of "
              f"{Path(a.calib).name}. Bits per weight from the bytes of each file (linear = attention and MLP "
-             "weights with all their scales, headers and permutations).", ""]
+             "weights with all their scales, headers and permutations; file = all bytes over the model's "
+             "weights, those of the F16 reference). Files added with --add were quantized elsewhere: "
+             "their names say how.", ""]
     if bench_info:
         lines += [f"Speed: `{bench_info['command']}` (one run, all files; load before: {bench_info['load_before']}).", ""]
     lines += ["| model | family | linear layers (tensors per ggml type) | file (MB) | bits/w linear | bits/w file | PPL "
