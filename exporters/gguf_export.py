@@ -187,6 +187,12 @@ def source_gguf(meta: dict, source: str | os.PathLike | None) -> Path:
 EMBEDDING_TYPES = ("F16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
 
 
+def _float_rows(t, gguf) -> np.ndarray:
+    """A source tensor's values as float32 rows [n_rows, ne0] (any type, F32 included)."""
+    values = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+    return values.astype(np.float32).reshape(-1, int(t.shape[0]))
+
+
 def requantized(t, type_name: str, gguf):
     """(data, type) of a source tensor dequantized and quantized again to type_name (llama.cpp's
     reference rounding, as llama-quantize does without an importance matrix)."""
@@ -197,16 +203,7 @@ def requantized(t, type_name: str, gguf):
     block = gguf.GGML_QUANT_SIZES[qtype][0]
     if ne0 % block:
         raise ExportError(f"{t.name} rows of {ne0} are not a multiple of {type_name}'s block of {block}")
-    rows = np.asarray(t.data).reshape(int(np.prod([int(x) for x in t.shape[1:]])), -1)
-    return gguf.quants.quantize(gguf.quants.dequantize(rows, t.tensor_type).astype(np.float32), qtype), qtype
-
-
-def _float_rows(t, gguf) -> np.ndarray:
-    """A source tensor's values as float32 rows [n_rows, ne0]."""
-    data = np.asarray(t.data)
-    if t.tensor_type == gguf.GGMLQuantizationType.F32:
-        return data.astype(np.float32).reshape(-1, int(t.shape[0]))
-    return gguf.quants.dequantize(data, t.tensor_type).astype(np.float32).reshape(-1, int(t.shape[0]))
+    return gguf.quants.quantize(_float_rows(t, gguf), qtype), qtype
 
 
 def rotated_tensors(reader, gguf, kind: str, seed: int, type_name: str | None) -> dict:
