@@ -50,7 +50,7 @@ def random_rows(rng, rows, bits, b):
     return F.pack_rows(codes, scale, zero, bits, b)
 
 
-CASES = [(2, [1, 2, 3, 2]), (3, [3, 5, 1, 3]), (4, [8, 4, 4, 1, 7, 4, 3, 1]), (3, [2, 4, 2]), (4, [6, 2, 4, 4])]
+CASES = [(2, [1, 2, 3, 2]), (3, [3, 5, 1, 3]), (4, [8, 4, 4, 1, 7, 4, 3, 1]), (3, [2, 4, 2]), (4, [6, 2, 4, 4]), (3, [7, 1, 3, 1])]
 
 
 @pytest.mark.parametrize("b,bits", CASES)
@@ -102,19 +102,21 @@ def q8_1_dequant(raw: bytes, ncol: int, ne0: int) -> np.ndarray:
     return (blk["d"].astype(np.float64)[..., None] * blk["qs"].astype(np.float64)).reshape(ncol, ne0)
 
 
+# 6 rows x 5 columns: the gemm's 4-row tiles and every remainder (rows, columns, threads); 21 x 19: its
+# row panels of prompt processing (x86: 16 or 8 rows x 8 or 4 columns) and their remainders
+@pytest.mark.parametrize("nrow,ncol", [(6, 5), (21, 19)])
 @pytest.mark.parametrize("b,bits", CASES)
-def test_c_vec_dot_matches_numpy(b, bits, tmp_path):
+def test_c_vec_dot_matches_numpy(b, bits, nrow, ncol, tmp_path):
     rng = np.random.default_rng(10 + b)
-    data = random_rows(rng, 6, bits, b)
+    data = random_rows(rng, nrow, bits, b)
     ne0 = len(bits) * 64
-    # 6 rows x 5 columns: full 4x4 tiles of the gemm and every remainder (rows, columns, threads)
-    x = rng.standard_normal((5, ne0)).astype(np.float32)
+    x = rng.standard_normal((ncol, ne0)).astype(np.float32)
     (tmp_path / "rows.bin").write_bytes(data.tobytes())
     x.tofile(tmp_path / "x.f32")
-    r = run([llamacpp.tool_path("mlwq-check"), "dot", f"mlwq{b}", ne0, 6, tmp_path / "rows.bin", tmp_path / "x.f32", 5, tmp_path / "o"])
+    r = run([llamacpp.tool_path("mlwq-check"), "dot", f"mlwq{b}", ne0, nrow, tmp_path / "rows.bin", tmp_path / "x.f32", ncol, tmp_path / "o"])
     assert r.returncode == 0 and "vec_dot_type q8_1 nrows 2" in r.stdout, r.stderr
-    out = {k: np.fromfile(f"{tmp_path / 'o'}.{k}.f32", np.float32).reshape(5, 6) for k in ("simd", "simd2", "gemm", "generic")}
-    xq = q8_1_dequant((tmp_path / "o.q8_1").read_bytes(), 5, ne0)
+    out = {k: np.fromfile(f"{tmp_path / 'o'}.{k}.f32", np.float32).reshape(ncol, nrow) for k in ("simd", "simd2", "gemm", "generic")}
+    xq = q8_1_dequant((tmp_path / "o.q8_1").read_bytes(), ncol, ne0)
     ref = xq @ F.dequantize_rows(data, ne0, b).astype(np.float64).T
     scale = np.abs(xq) @ np.abs(F.dequantize_rows(data, ne0, b).astype(np.float64)).T
     for k, got in out.items():     # 1x1 calls, 2x2 calls, tiled gemm (what llama.cpp runs), portable loop
@@ -133,13 +135,23 @@ def test_c_kernels_never_read_past_a_corrupt_row(tmp_path):
     assert r.returncode == 0
     y = np.fromfile(tmp_path / "y.f32", np.float32).reshape(4, 256)
     assert (y[1, 128:] == 0).all() and (y[2, 64:] == 0).all()
-    np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32).tofile(tmp_path / "x.f32")
-    r = run([exe, "dot", "mlwq3", 256, 4, tmp_path / "rows.bin", tmp_path / "x.f32", 2, tmp_path / "o"])
-    assert r.returncode == 0
-    # 2x2 calls pair a corrupt row with a sound one (rows 0+1, 2+3): each row still stops on its own
-    gen = np.fromfile(tmp_path / "o.generic.f32", np.float32)
-    for k in ("simd", "simd2", "gemm"):
-        assert np.allclose(np.fromfile(tmp_path / f"o.{k}.f32", np.float32), gen, rtol=1e-5, atol=1e-6), k
+    # 2 columns: 2x2 calls pair a corrupt row with a sound one (rows 0+1, 2+3), each row still stops on
+    # its own; 9 columns: the gemm's row panels; then 9 columns whose last q8_1 block has an inf scale
+    # (|x| 1e7: d = amax/127 overflows fp16): the stopped rows still give their finite sums, not 0 * inf
+    for ncol, big in ((2, False), (9, False), (9, True)):
+        x = np.random.default_rng(0).standard_normal((ncol, 256)).astype(np.float32)
+        if big:
+            x[:, 224:] *= 1e7
+        x.tofile(tmp_path / "x.f32")
+        r = run([exe, "dot", "mlwq3", 256, 4, tmp_path / "rows.bin", tmp_path / "x.f32", ncol, tmp_path / "o"])
+        assert r.returncode == 0
+        gen = np.fromfile(tmp_path / "o.generic.f32", np.float32).reshape(ncol, 4)
+        rows = slice(1, 3) if big else slice(0, 4)      # rows 0 and 3 read the inf block: not specified
+        if big:
+            assert np.isfinite(gen[:, rows]).all() and np.isinf(gen[:, [0, 3]]).all()
+        for k in ("simd", "simd2", "gemm"):
+            got = np.fromfile(tmp_path / f"o.{k}.f32", np.float32).reshape(ncol, 4)
+            assert np.allclose(got[:, rows], gen[:, rows], rtol=1e-5, atol=1e-6), (ncol, big, k)
     r = run([exe, "validate", "mlwq3", 256, 4, tmp_path / "rows.bin"])
     assert r.returncode == 1 and "row 1: sum of block bits" in r.stdout
 

@@ -11,7 +11,7 @@
 //            quantizer writes). Runs validate_rows, ggml_validate_row_data (what
 //            --check-tensors calls), and the kernels on every row, valid or not, and vec_dot
 //            with 2 rows x 2 columns a call (rows 0+1, 2+3) as mul_mat does with nrows = 2, and
-//            ggml_mlwq_gemm (llamafile_sgemm's MLWQ case) over all rows x 5 columns.
+//            ggml_mlwq_gemm (llamafile_sgemm's MLWQ case) over all rows x 11 columns.
 //   mode 1   shapes: byte 1 type = MLWQ2 + v%3, bytes 2-3 ne0 (int16), byte 4 nrows (int8), the rest
 //            is the tensor (nbytes = its length). validate_rows must refuse any mismatch.
 //   mode 2   permutation: bytes 1.. are int32 entries (n = length/4).
@@ -103,18 +103,18 @@ static void rows_mode(const uint8_t * data, size_t size) {
         }
         free(y2);
     }
-    // the tiled gemm over all rows and 5 columns (column c: the first rotated by c blocks), so that
-    // 4-row x 4-column tiles and every remainder run
+    // the gemm over all rows and 11 columns (column c: the first rotated by c blocks), so that 4-row
+    // tiles (generation), the x86 row panels of 8 or 4 columns (prompts) and every remainder run
     if (nrows >= 1) {
-        const int64_t nb = 2*K;
-        uint8_t * y5 = (uint8_t *) malloc(5*y_bytes);
-        for (int64_t c = 0; c < 5; ++c) {
+        const int64_t nb = 2*K, ncol = 11;
+        uint8_t * yc = (uint8_t *) malloc((size_t) ncol * y_bytes);
+        for (int64_t c = 0; c < ncol; ++c) {
             for (int64_t i = 0; i < nb; ++i) {
-                memcpy(y5 + c*y_bytes + i*sizeof(block_q8_1), y + ((i + c) % nb)*sizeof(block_q8_1), sizeof(block_q8_1));
+                memcpy(yc + c*y_bytes + i*sizeof(block_q8_1), y + ((i + c) % nb)*sizeof(block_q8_1), sizeof(block_q8_1));
             }
         }
-        mlwq_fuzz_check_gemm(type, t, nrows, ne0, y5, 5);
-        free(y5);
+        mlwq_fuzz_check_gemm(type, t, nrows, ne0, yc, ncol);
+        free(yc);
     }
     free(t);
     free(y);

@@ -396,6 +396,13 @@ def row_seeds(out: Path) -> int:
                 bad = rows.copy()
                 bad[1, off] = fn(int(bad[1, off]))
                 seeds[f"mlwq{b}-{i}-{tag}"] = rows_input(b, bad, act)
+            # row 1 stops at block 0 and the activations' last scale is inf: the row adds nothing
+            # there (0, not 0 * inf), whichever kernel (tile or row panel) runs it
+            inf_act = bytearray(act)
+            inf_act[(2 * K - 1) * 36:(2 * K - 1) * 36 + 2] = np.float16(np.inf).tobytes()
+            bad = rows.copy()
+            bad[1, 1] = (int(bad[1, 1]) & 31) | 7 << 5
+            seeds[f"mlwq{b}-{i}-dead-inf"] = rows_input(b, bad, bytes(inf_act))
             if int(sum(bits)) < K * b:
                 bad = rows.copy()
                 bad[0, -1] = 1

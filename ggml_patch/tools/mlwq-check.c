@@ -21,6 +21,7 @@
 #include "mlwq-tool-files.h"
 #include "mlwq-tool-types.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,11 +99,17 @@ int main(int argc, char ** argv) {
                 }
             }
         }
+        // NaN first: an output the gemm's threads leave unwritten shows in the comparison
         float * gemm = (float *) malloc(sizeof(float) * (size_t) (ncol * nrows));
-        memcpy(gemm, simd, sizeof(float) * (size_t) (ncol * nrows));
+        for (int64_t i = 0; i < ncol * nrows; ++i) {
+            gemm[i] = NAN;
+        }
         for (int ith = 0; ith < 2; ++ith) {
-            ggml_mlwq_gemm(ith, 2, nrows, ncol, ne0 / QK_MLWQ, rows, ne0 / QK_MLWQ, xq, (int64_t) (qrow / ggml_type_size(tc->vec_dot_type)),
-                           gemm, nrows, type, tc->vec_dot_type, GGML_TYPE_F32);
+            if (!ggml_mlwq_gemm(ith, 2, nrows, ncol, ne0 / QK_MLWQ, rows, ne0 / QK_MLWQ, xq, (int64_t) (qrow / ggml_type_size(tc->vec_dot_type)),
+                                gemm, nrows, type, tc->vec_dot_type, GGML_TYPE_F32)) {
+                memcpy(gemm, simd, sizeof(float) * (size_t) (ncol * nrows));   // no tiled kernel: mul_mat uses vec_dot
+                break;
+            }
         }
         char path[4096];
         snprintf(path, sizeof(path), "%s.gemm.f32", argv[8]);    write_file(path, gemm, sizeof(float) * (size_t) (ncol * nrows));

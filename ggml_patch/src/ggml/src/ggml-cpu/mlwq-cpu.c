@@ -14,7 +14,9 @@
 //     both under qemu; ggml_patch/tools/arm_mca.py estimates their cost);
 //   - the portable C loop otherwise.
 // Each call does 1 or 2 rows x 1 or 2 columns (type traits nrows = 2: in prompt processing a
-// decoded block serves two activation columns). A row's decodable blocks are counted first: from
+// decoded block serves two activation columns). ggml_mlwq_gemm, what mul_mat runs, takes tiles of
+// 4 rows in generation and, on x86, panels of 16 (AVX-512) or 8 (AVX2) rows in int32 lanes for
+// prompts (FORMAT.md, "Dot product"). A row's decodable blocks are counted first: from
 // its first corrupt header on (codes past the row end) the row contributes 0,
 // and no kernel reads past the row's K*(2+8b) bytes.
 #define GGML_COMMON_DECL_C
@@ -109,6 +111,63 @@ static float mlwq_vec_dot_scalar(int n, const uint8_t * GGML_RESTRICT x, const b
     }
     return sumf;
 }
+
+// ---- prompt processing on x86: panels of rows in int32 lanes ---------------------------------------
+#if defined(MLWQ_AVX512) || defined(MLWQ_AVX2)
+#define MLWQ_PANEL 1
+#define MLWQ_UNROLL8 _Pragma("GCC unroll 8")
+// columns of a panel tile (accumulators in registers)
+#if defined(MLWQ_AVX512)
+#define MLWQ_PNC 8
+#else
+#define MLWQ_PNC 4
+#endif
+// from this many columns on panels beat the 4-row tiles (llama-bench pp2..pp8, AVX-512 and AVX2
+// builds on an AMD EPYC: tiles ahead at 4 columns, panels at 6)
+#define MLWQ_PANEL_MIN_N 6
+
+// one activation column at block j: the two q8_1 scales and the exact sums of their 32 int8
+typedef struct {
+    float dy[2];
+    float sy[2];
+} mlwq_ycol;
+
+MLWQ_INLINE int mlwq_sum32_i8(const int8_t * q) {
+    const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *) q)),
+                                        _mm256_set1_epi16(1));
+    __m128i r = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 0x4e));
+    r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 0xb1));
+    return _mm_cvtsi128_si32(r);
+}
+
+static void mlwq_ycols(int K, int64_t n, const uint8_t * y, size_t by, mlwq_ycol * yc) {
+    for (int64_t c = 0; c < n; ++c) {
+        const block_q8_1 * yb = (const block_q8_1 *) (y + c*by);
+        for (int j = 0; j < 2*K; ++j) {
+            yc[c*K + j/2].dy[j % 2] = GGML_CPU_FP16_TO_FP32(yb[j].d);
+            yc[c*K + j/2].sy[j % 2] = (float) mlwq_sum32_i8(yb[j].qs);
+        }
+    }
+}
+
+// The thread's scratch for panels (a decoded panel, the columns' scales and sums), grown as needed
+// and kept for the thread's life: ggml's worker threads live as long as their pool.
+static _Thread_local void * mlwq_scratch_buf;
+static _Thread_local size_t mlwq_scratch_size;
+
+static void * mlwq_scratch(size_t size) {
+    if (size > mlwq_scratch_size) {
+        if (mlwq_scratch_buf) {
+            ggml_aligned_free(mlwq_scratch_buf, mlwq_scratch_size);
+        }
+        size = (size + 4095) & ~(size_t) 4095;
+        mlwq_scratch_buf  = ggml_aligned_malloc(size);
+        mlwq_scratch_size = mlwq_scratch_buf ? size : 0;
+    }
+    return mlwq_scratch_buf;
+}
+#endif
 
 // ---- AVX-512 -------------------------------------------------------------------------------------
 #if defined(MLWQ_AVX512)
@@ -242,6 +301,134 @@ MLWQ_INLINE void mlwq_tile_avx512(int K, int b, float * s, size_t bs, const uint
         }
     }
 }
+
+// Prompt processing: 16 rows x NC columns per tile, one int32 lane per row (llama.cpp's repacked
+// gemm layout), so a vpdpbusd does 64 products of 16 rows against one broadcast dword of activations
+// and nothing is reduced across lanes. A panel of 16 rows is decoded once into the thread's scratch
+// (mlwq_pblock512 per block: the 16 rows' codes transposed to 16 groups of 4 columns) and then serves
+// every column. Per half block the int32 sums S = sum q*qy are exact and S - zero*sum(qy) is formed
+// exactly in float (|S| < 2^24), so the outputs equal the tile kernel's up to float rounding order.
+typedef struct {
+    __m512i q[16];   // group g: columns 4g..4g+3 of the block, row r in lane r
+    __m512  d;       // row scales; 0 for rows past the panel or past their first unreadable block
+    __m512  z;       // row zero points
+    __mmask16 live;  // rows that reach this block: the others add nothing (not even 0 * inf)
+} mlwq_pblock512;
+
+// r[i] = dword i of each of the 16 inputs: a 16x16 transpose of 32-bit elements
+MLWQ_INLINE void mlwq_transpose16_epi32(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2*i]     = _mm512_unpacklo_epi32(r[2*i], r[2*i + 1]);
+        t[2*i + 1] = _mm512_unpackhi_epi32(r[2*i], r[2*i + 1]);
+    }
+    __m512i s[4][4];   // s[k][p], 128-bit lane L: dword 4L+p of inputs 4k..4k+3
+    for (int k = 0; k < 4; ++k) {
+        s[k][0] = _mm512_unpacklo_epi64(t[4*k],     t[4*k + 2]);
+        s[k][1] = _mm512_unpackhi_epi64(t[4*k],     t[4*k + 2]);
+        s[k][2] = _mm512_unpacklo_epi64(t[4*k + 1], t[4*k + 3]);
+        s[k][3] = _mm512_unpackhi_epi64(t[4*k + 1], t[4*k + 3]);
+    }
+    for (int p = 0; p < 4; ++p) {
+        const __m512i p0 = _mm512_shuffle_i32x4(s[0][p], s[1][p], 0x44);
+        const __m512i p1 = _mm512_shuffle_i32x4(s[0][p], s[1][p], 0xee);
+        const __m512i p2 = _mm512_shuffle_i32x4(s[2][p], s[3][p], 0x44);
+        const __m512i p3 = _mm512_shuffle_i32x4(s[2][p], s[3][p], 0xee);
+        r[p]      = _mm512_shuffle_i32x4(p0, p2, 0x88);
+        r[4 + p]  = _mm512_shuffle_i32x4(p0, p2, 0xdd);
+        r[8 + p]  = _mm512_shuffle_i32x4(p1, p3, 0x88);
+        r[12 + p] = _mm512_shuffle_i32x4(p1, p3, 0xdd);
+    }
+}
+
+// rows x + r*bx, r < nr (<= 16), decoded into P[0..K-1]
+static void mlwq_panel_decode512(int K, int b, const uint8_t * x, size_t bx, int nr, mlwq_pblock512 * P) {
+    const size_t row_bytes = ggml_mlwq_row_bytes(K, b);
+    size_t off[16];
+    bool live[16];
+    for (int r = 0; r < 16; ++r) {
+        off[r]  = (size_t) K * GGML_MLWQ_HEADER_SIZE;
+        live[r] = r < nr;
+    }
+    for (int j = 0; j < K; ++j) {
+        __m512i q[16];
+        float d[16], z[16];
+        unsigned live_mask = 0;
+        for (int r = 0; r < 16; ++r) {
+            q[r] = _mm512_setzero_si512();
+            d[r] = z[r] = 0.0f;
+            if (!live[r]) {
+                continue;
+            }
+            const uint8_t * h = x + r*bx + GGML_MLWQ_HEADER_SIZE*j;
+            const int w = ggml_mlwq_hdr_bits(h);
+            if (!ggml_mlwq_block_readable(w, off[r], row_bytes)) {
+                live[r] = false;   // from its first corrupt header on the row contributes 0
+                continue;
+            }
+            q[r] = mlwq_decode_512(x + r*bx + off[r], w);
+            live_mask |= 1u << r;
+            d[r] = mlwq_d(h);
+            z[r] = (float) ggml_mlwq_hdr_zero(h);
+            off[r] += 8*(size_t) w;
+        }
+        mlwq_transpose16_epi32(q);
+        for (int g = 0; g < 16; ++g) {
+            _mm512_store_si512(&P[j].q[g], q[g]);
+        }
+        P[j].d = _mm512_loadu_ps(d);
+        P[j].z = _mm512_loadu_ps(z);
+        P[j].live = (__mmask16) live_mask;
+    }
+}
+
+// the 16 rows of panel P against NC columns (q8_1 at y + c*by, their sums yc + c*K), s[c*ldc + r] for r < nr
+MLWQ_INLINE void mlwq_panel_tile512(int K, const mlwq_pblock512 * P, const uint8_t * y, size_t by,
+                                    const mlwq_ycol * yc, float * s, size_t ldc, int nr, const int NC) {
+    __m512 acc[MLWQ_PNC];
+    MLWQ_UNROLL8
+    for (int c = 0; c < NC; ++c) {
+        acc[c] = _mm512_setzero_ps();
+    }
+    for (int j = 0; j < K; ++j) {
+        const mlwq_pblock512 * pb = P + j;
+        __m512 t[MLWQ_PNC];
+        for (int h = 0; h < 2; ++h) {
+            __m512i i[MLWQ_PNC];
+            MLWQ_UNROLL8
+            for (int c = 0; c < NC; ++c) {
+                i[c] = _mm512_setzero_si512();
+            }
+            MLWQ_UNROLL8
+            for (int g = 0; g < 8; ++g) {
+                const __m512i w = _mm512_load_si512(&pb->q[8*h + g]);
+                MLWQ_UNROLL8
+                for (int c = 0; c < NC; ++c) {
+                    const block_q8_1 * yb = (const block_q8_1 *) (y + c*by) + 2*j + h;
+                    int32_t a;
+                    memcpy(&a, yb->qs + 4*g, sizeof(a));
+                    i[c] = _mm512_dpbusd_epi32(i[c], w, _mm512_set1_epi32(a));
+                }
+            }
+            MLWQ_UNROLL8
+            for (int c = 0; c < NC; ++c) {
+                const mlwq_ycol * p = yc + (size_t) c*K + j;
+                // S - zero*sum(qy): integers below 2^24, exact
+                const __m512 f = _mm512_fnmadd_ps(pb->z, _mm512_set1_ps(p->sy[h]), _mm512_cvtepi32_ps(i[c]));
+                t[c] = h == 0 ? _mm512_mul_ps(f, _mm512_set1_ps(p->dy[0])) : _mm512_fmadd_ps(f, _mm512_set1_ps(p->dy[1]), t[c]);
+            }
+        }
+        MLWQ_UNROLL8
+        for (int c = 0; c < NC; ++c) {
+            acc[c] = _mm512_mask3_fmadd_ps(pb->d, t[c], acc[c], pb->live);
+        }
+    }
+    const __mmask16 m = (__mmask16) (nr >= 16 ? 0xffff : (1u << nr) - 1);
+    MLWQ_UNROLL8
+    for (int c = 0; c < NC; ++c) {
+        _mm512_mask_storeu_ps(s + c*ldc, m, acc[c]);
+    }
+}
 #endif
 
 // ---- AVX2 ----------------------------------------------------------------------------------------
@@ -361,6 +548,146 @@ MLWQ_INLINE void mlwq_tile_avx2(int K, int b, float * s, size_t bs, const uint8_
     for (int r = 0; r < NR; ++r) {
         for (int c = 0; c < NC; ++c) {
             s[c*bs + r] = mlwq_hsum_256(acc[r][c]);
+        }
+    }
+}
+
+// Prompt processing, as the AVX-512 panel (above) with 8 rows: one int32 lane per row, vpmaddubsw of
+// the rows' codes (unsigned) with a broadcast dword of activations, vpmaddwd to int32. No saturation:
+// a pair of products is at most 2*127*127 for widths <= 7, and two pairs are added in int16 only
+// when every width of the panel is <= 6 (4*63*127 < 2^15). Panels with a width-8 block take the tile.
+typedef struct {
+    __m256i q[16];   // group g: columns 4g..4g+3 of the block, row r in lane r
+    __m256  d;       // row scales; 0 for rows past the panel or past their first unreadable block
+    __m256  z;       // row zero points
+    __m256  live;    // all-ones lanes for rows that reach this block: the others add nothing (not even 0 * inf)
+    int     dead;    // some row of the panel stopped before this block
+} mlwq_pblock256;
+
+// r[i] = dword i of each of the 8 inputs: an 8x8 transpose of 32-bit elements
+MLWQ_INLINE void mlwq_transpose8_epi32(__m256i r[8]) {
+    __m256i t[8];
+    for (int i = 0; i < 4; ++i) {
+        t[2*i]     = _mm256_unpacklo_epi32(r[2*i], r[2*i + 1]);
+        t[2*i + 1] = _mm256_unpackhi_epi32(r[2*i], r[2*i + 1]);
+    }
+    __m256i s[2][4];   // s[k][p], 128-bit lane L: dword 4L+p of inputs 4k..4k+3
+    for (int k = 0; k < 2; ++k) {
+        s[k][0] = _mm256_unpacklo_epi64(t[4*k],     t[4*k + 2]);
+        s[k][1] = _mm256_unpackhi_epi64(t[4*k],     t[4*k + 2]);
+        s[k][2] = _mm256_unpacklo_epi64(t[4*k + 1], t[4*k + 3]);
+        s[k][3] = _mm256_unpackhi_epi64(t[4*k + 1], t[4*k + 3]);
+    }
+    for (int p = 0; p < 4; ++p) {
+        r[p]     = _mm256_permute2x128_si256(s[0][p], s[1][p], 0x20);
+        r[4 + p] = _mm256_permute2x128_si256(s[0][p], s[1][p], 0x31);
+    }
+}
+
+// rows x + r*bx, r < nr (<= 8), decoded into P[0..K-1]; returns the widest block width
+static int mlwq_panel_decode256(int K, int b, const uint8_t * x, size_t bx, int nr, mlwq_pblock256 * P) {
+    const size_t row_bytes = ggml_mlwq_row_bytes(K, b);
+    size_t off[8];
+    bool alive[8];
+    int wmax = 1;
+    for (int r = 0; r < 8; ++r) {
+        off[r]   = (size_t) K * GGML_MLWQ_HEADER_SIZE;
+        alive[r] = r < nr;
+    }
+    for (int j = 0; j < K; ++j) {
+        __m256i lo[8], hi[8];
+        float d[8], z[8];
+        int32_t lane[8];
+        int dead = 0;
+        for (int r = 0; r < 8; ++r) {
+            lo[r] = hi[r] = _mm256_setzero_si256();
+            d[r] = z[r] = 0.0f;
+            lane[r] = 0;
+            if (alive[r]) {
+                const uint8_t * h = x + r*bx + GGML_MLWQ_HEADER_SIZE*j;
+                const int w = ggml_mlwq_hdr_bits(h);
+                if (ggml_mlwq_block_readable(w, off[r], row_bytes)) {
+                    const mlwq_q64 q = mlwq_decode_256(x + r*bx + off[r], w);
+                    lo[r] = q.lo;
+                    hi[r] = q.hi;
+                    d[r] = mlwq_d(h);
+                    z[r] = (float) ggml_mlwq_hdr_zero(h);
+                    lane[r] = -1;
+                    off[r] += 8*(size_t) w;
+                    wmax = w > wmax ? w : wmax;
+                } else {
+                    alive[r] = false;   // from its first corrupt header on the row contributes 0
+                }
+            }
+            dead |= r < nr && !alive[r];
+        }
+        mlwq_transpose8_epi32(lo);
+        mlwq_transpose8_epi32(hi);
+        for (int g = 0; g < 8; ++g) {
+            _mm256_store_si256(&P[j].q[g],     lo[g]);
+            _mm256_store_si256(&P[j].q[8 + g], hi[g]);
+        }
+        P[j].d    = _mm256_loadu_ps(d);
+        P[j].z    = _mm256_loadu_ps(z);
+        P[j].live = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *) lane));
+        P[j].dead = dead;
+    }
+    return wmax;
+}
+
+// the 8 rows of panel P against NC columns, as mlwq_panel_tile512; PAIR: widths <= 6 (two product
+// pairs summed in int16)
+MLWQ_INLINE void mlwq_panel_tile256(int K, const mlwq_pblock256 * P, const uint8_t * y, size_t by,
+                                    const mlwq_ycol * yc, float * s, size_t ldc, int nr, const int NC, const bool PAIR) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[MLWQ_PNC];
+    MLWQ_UNROLL8
+    for (int c = 0; c < NC; ++c) {
+        acc[c] = _mm256_setzero_ps();
+    }
+    for (int j = 0; j < K; ++j) {
+        const mlwq_pblock256 * pb = P + j;
+        for (int h = 0; h < 2; ++h) {
+            __m256i i[MLWQ_PNC];
+            MLWQ_UNROLL8
+            for (int c = 0; c < NC; ++c) {
+                i[c] = _mm256_setzero_si256();
+            }
+            MLWQ_UNROLL8
+            for (int g = 0; g < 8; g += 2) {
+                const __m256i w0 = _mm256_load_si256(&pb->q[8*h + g]);
+                const __m256i w1 = _mm256_load_si256(&pb->q[8*h + g + 1]);
+                MLWQ_UNROLL8
+                for (int c = 0; c < NC; ++c) {
+                    const block_q8_1 * yb = (const block_q8_1 *) (y + c*by) + 2*j + h;
+                    int32_t a0, a1;
+                    memcpy(&a0, yb->qs + 4*g,     sizeof(a0));
+                    memcpy(&a1, yb->qs + 4*g + 4, sizeof(a1));
+                    const __m256i p0 = _mm256_maddubs_epi16(w0, _mm256_set1_epi32(a0));
+                    const __m256i p1 = _mm256_maddubs_epi16(w1, _mm256_set1_epi32(a1));
+                    i[c] = PAIR ? _mm256_add_epi32(i[c], _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones))
+                                : _mm256_add_epi32(i[c], _mm256_add_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones)));
+                }
+            }
+            MLWQ_UNROLL8
+            for (int c = 0; c < NC; ++c) {
+                const mlwq_ycol * p = yc + (size_t) c*K + j;
+                // S - zero*sum(qy): integers below 2^24, exact
+                const __m256 f = _mm256_fnmadd_ps(pb->z, _mm256_set1_ps(p->sy[h]), _mm256_cvtepi32_ps(i[c]));
+                const __m256 a = _mm256_fmadd_ps(f, _mm256_mul_ps(pb->d, _mm256_set1_ps(p->dy[h])), acc[c]);
+                acc[c] = pb->dead ? _mm256_blendv_ps(acc[c], a, pb->live) : a;
+            }
+        }
+    }
+    // rows past nr: store through a buffer (AVX2 has no masked float store by count)
+    MLWQ_UNROLL8
+    for (int c = 0; c < NC; ++c) {
+        if (nr >= 8) {
+            _mm256_storeu_ps(s + c*ldc, acc[c]);
+        } else {
+            float tmp[8];
+            _mm256_storeu_ps(tmp, acc[c]);
+            memcpy(s + c*ldc, tmp, sizeof(float) * (size_t) nr);
         }
     }
 }
@@ -723,22 +1050,10 @@ MLWQ_VEC_DOT(2)
 MLWQ_VEC_DOT(3)
 MLWQ_VEC_DOT(4)
 
-bool ggml_mlwq_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const void * A, int64_t lda,
-                    const void * B, int64_t ldb, void * C, int64_t ldc, int Atype, int Btype, int Ctype) {
 #if defined(MLWQ_AVX512) || defined(MLWQ_AVX2) || defined(MLWQ_NEON)
-    const int b = ggml_mlwq_type_width((enum ggml_type) Atype);
-    if (b == 0 || Btype != GGML_TYPE_Q8_1 || Ctype != GGML_TYPE_F32) {
-        return false;   // src1 not yet quantized (mul_mat asks first with F32): after the conversion
-    }
-    const size_t bx = ggml_mlwq_row_bytes(lda, b);
-    const size_t by = (size_t) ldb * sizeof(block_q8_1);
-    const uint8_t * x = (const uint8_t *) A;
-    const uint8_t * y = (const uint8_t *) B;
-    float * s = (float *) C;
-    // this thread's rows: a contiguous share of the MLWQ_MR-row tiles
-    const int64_t ntiles = (m + MLWQ_MR - 1) / MLWQ_MR;
-    const int64_t r0 = MLWQ_MR * (ntiles * ith / nth);
-    const int64_t r1 = MLWQ_MR * (ntiles * (ith + 1) / nth) < m ? MLWQ_MR * (ntiles * (ith + 1) / nth) : m;
+// rows r0..r1-1 (r0 a multiple of MLWQ_MR) by MLWQ_MR x MLWQ_NC tiles, every column
+static void mlwq_gemm_tiles(int64_t r0, int64_t r1, int64_t n, int K, int b, const uint8_t * x, size_t bx,
+                            const uint8_t * y, size_t by, float * s, int64_t ldc) {
     for (int64_t r = r0; r < r1; r += MLWQ_MR) {
         const uint8_t * xr = x + r*bx;
         int64_t c = 0;
@@ -753,22 +1068,111 @@ bool ggml_mlwq_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const voi
         }
         if (r + MLWQ_MR <= r1) {
             for (; c + MLWQ_NC <= n; c += MLWQ_NC) {
-                mlwq_tile((int) k, b, s + c*ldc + r, (size_t) ldc, xr, bx, y + c*by, by, MLWQ_MR, MLWQ_NC);
+                mlwq_tile(K, b, s + c*ldc + r, (size_t) ldc, xr, bx, y + c*by, by, MLWQ_MR, MLWQ_NC);
             }
             for (; c < n; ++c) {
-                mlwq_tile((int) k, b, s + c*ldc + r, (size_t) ldc, xr, bx, y + c*by, by, MLWQ_MR, 1);
+                mlwq_tile(K, b, s + c*ldc + r, (size_t) ldc, xr, bx, y + c*by, by, MLWQ_MR, 1);
             }
         } else {
             for (int64_t rr = r; rr < r1; ++rr) {
                 for (c = 0; c + MLWQ_NC <= n; c += MLWQ_NC) {
-                    mlwq_tile((int) k, b, s + c*ldc + rr, (size_t) ldc, x + rr*bx, bx, y + c*by, by, 1, MLWQ_NC);
+                    mlwq_tile(K, b, s + c*ldc + rr, (size_t) ldc, x + rr*bx, bx, y + c*by, by, 1, MLWQ_NC);
                 }
                 for (; c < n; ++c) {
-                    mlwq_tile((int) k, b, s + c*ldc + rr, (size_t) ldc, x + rr*bx, bx, y + c*by, by, 1, 1);
+                    mlwq_tile(K, b, s + c*ldc + rr, (size_t) ldc, x + rr*bx, bx, y + c*by, by, 1, 1);
                 }
             }
         }
     }
+}
+#endif
+
+#if defined(MLWQ_PANEL)
+#if defined(MLWQ_AVX512)
+#define MLWQ_PR 16
+typedef mlwq_pblock512 mlwq_pblock;
+#else
+#define MLWQ_PR 8
+typedef mlwq_pblock256 mlwq_pblock;
+#endif
+
+// this thread's share of the panels of MLWQ_PR rows, every column; the rows of a panel that cannot take
+// it (no scratch; on AVX2 a width-8 block) go through the tiles
+static void mlwq_gemm_panels(int ith, int nth, int64_t m, int64_t n, int K, int b, const uint8_t * x, size_t bx,
+                             const uint8_t * y, size_t by, float * s, int64_t ldc) {
+    const int64_t npanels = (m + MLWQ_PR - 1) / MLWQ_PR;
+    const int64_t p0 = npanels * ith / nth;
+    const int64_t p1 = npanels * (ith + 1) / nth;
+    if (p0 >= p1) {
+        return;
+    }
+    uint8_t * buf = (uint8_t *) mlwq_scratch((size_t) K * sizeof(mlwq_pblock) + (size_t) (n * K) * sizeof(mlwq_ycol));
+    if (!buf) {
+        mlwq_gemm_tiles(p0*MLWQ_PR, p1*MLWQ_PR < m ? p1*MLWQ_PR : m, n, K, b, x, bx, y, by, s, ldc);
+        return;
+    }
+    mlwq_pblock * P  = (mlwq_pblock *) buf;
+    mlwq_ycol   * yc = (mlwq_ycol *) (buf + (size_t) K * sizeof(mlwq_pblock));
+    mlwq_ycols(K, n, y, by, yc);
+    for (int64_t p = p0; p < p1; ++p) {
+        const int64_t r  = p*MLWQ_PR;
+        const int     nr = (int) (m - r < MLWQ_PR ? m - r : MLWQ_PR);
+        float * sr = s + r;
+        int64_t c = 0;
+#if defined(MLWQ_AVX512)
+        mlwq_panel_decode512(K, b, x + r*bx, bx, nr, P);
+        for (; c + MLWQ_PNC <= n; c += MLWQ_PNC) {
+            mlwq_panel_tile512(K, P, y + c*by, by, yc + c*K, sr + c*ldc, (size_t) ldc, nr, MLWQ_PNC);
+        }
+        for (; c < n; ++c) {
+            mlwq_panel_tile512(K, P, y + c*by, by, yc + c*K, sr + c*ldc, (size_t) ldc, nr, 1);
+        }
+#else
+        const int wmax = mlwq_panel_decode256(K, b, x + r*bx, bx, nr, P);
+        if (wmax > 7) {
+            mlwq_gemm_tiles(r, r + nr, n, K, b, x, bx, y, by, s, ldc);
+            continue;
+        }
+        const bool pair = wmax <= 6;
+        for (; c + MLWQ_PNC <= n; c += MLWQ_PNC) {
+            if (pair) {
+                mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, sr + c*ldc, (size_t) ldc, nr, MLWQ_PNC, true);
+            } else {
+                mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, sr + c*ldc, (size_t) ldc, nr, MLWQ_PNC, false);
+            }
+        }
+        for (; c < n; ++c) {
+            if (pair) {
+                mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, sr + c*ldc, (size_t) ldc, nr, 1, true);
+            } else {
+                mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, sr + c*ldc, (size_t) ldc, nr, 1, false);
+            }
+        }
+#endif
+    }
+}
+#endif
+
+bool ggml_mlwq_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const void * A, int64_t lda,
+                    const void * B, int64_t ldb, void * C, int64_t ldc, int Atype, int Btype, int Ctype) {
+#if defined(MLWQ_AVX512) || defined(MLWQ_AVX2) || defined(MLWQ_NEON)
+    const int b = ggml_mlwq_type_width((enum ggml_type) Atype);
+    if (b == 0 || Btype != GGML_TYPE_Q8_1 || Ctype != GGML_TYPE_F32) {
+        return false;   // src1 not yet quantized (mul_mat asks first with F32): after the conversion
+    }
+    const size_t bx = ggml_mlwq_row_bytes(lda, b);
+    const size_t by = (size_t) ldb * sizeof(block_q8_1);
+#if defined(MLWQ_PANEL)
+    if (n >= MLWQ_PANEL_MIN_N) {
+        mlwq_gemm_panels(ith, nth, m, n, (int) k, b, (const uint8_t *) A, bx, (const uint8_t *) B, by, (float *) C, ldc);
+        return true;
+    }
+#endif
+    // this thread's rows: a contiguous share of the MLWQ_MR-row tiles
+    const int64_t ntiles = (m + MLWQ_MR - 1) / MLWQ_MR;
+    const int64_t r0 = MLWQ_MR * (ntiles * ith / nth);
+    const int64_t r1 = MLWQ_MR * (ntiles * (ith + 1) / nth) < m ? MLWQ_MR * (ntiles * (ith + 1) / nth) : m;
+    mlwq_gemm_tiles(r0, r1, n, (int) k, b, (const uint8_t *) A, bx, (const uint8_t *) B, by, (float *) C, ldc);
     return true;
 #else
     GGML_UNUSED(ith); GGML_UNUSED(nth); GGML_UNUSED(m); GGML_UNUSED(n); GGML_UNUSED(k); GGML_UNUSED(A);

@@ -20,8 +20,9 @@ void ggml_vec_dot_mlwq4_q8_1(int n, float * GGML_RESTRICT s, size_t bs, const vo
 // The whole product of an MLWQ matrix with q8_1 activations for thread ith of nth, hooked into
 // llamafile_sgemm (same arguments: m rows of A, n columns of B and C, k blocks of 64, leading dimensions
 // lda in MLWQ blocks, ldb in q8_1 blocks, ldc in floats). Tiles of up to 4 rows x 4 columns share
-// activation loads and decoded codes; generation (n = 1) included. Returns false (ggml falls back to
-// vec_dot) for other types, activations not in q8_1 yet, or a build without AVX2.
+// activation loads and decoded codes; generation (n = 1) included. From 6 columns on, x86 builds take
+// panels of 16 (AVX-512) or 8 (AVX2) rows decoded once into a per-thread scratch. Returns false (ggml
+// falls back to vec_dot) for other types, activations not in q8_1 yet, or a build without AVX2 or NEON.
 GGML_BACKEND_API bool ggml_mlwq_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const void * A, int64_t lda,
                                      const void * B, int64_t ldb, void * C, int64_t ldc, int Atype, int Btype, int Ctype);
 
