@@ -7,8 +7,10 @@
 #   bash bench/gpu/device_cuda_checks.sh benchops       # mat-vec speed, MLWQ3 vs Q3_K/Q4_0/Q8_0
 #   bash bench/gpu/device_cuda_checks.sh bench          # copy bandwidth, llama-bench MLWQ3 vs Q3_K_S (1B shape)
 #   bash bench/gpu/device_cuda_checks.sh smollm2        # llama-bench of SmolLM2-shaped files (+ $MLWQ_REAL)
+#   bash bench/gpu/device_cuda_checks.sh bench8b        # llama-bench MLWQ3 vs Q3_K_S, Llama-3-8B shape (~25 GB of disk)
 #   bash bench/gpu/device_cuda_checks.sh ncu            # per-kernel GPU time and DRAM bytes of generation
-#                                                       # (after smollm2; NCU_FILES="a.gguf b.gguf" for others)
+#                                                       # (after smollm2; NCU_FILES="a.gguf b.gguf" for others;
+#                                                       # NCU_SKIP, NCU_COUNT: launches skipped, profiled)
 #   bash bench/gpu/device_cuda_checks.sh ncudetail      # (after bench) why the mat-vec kernels of the
 #                                                       # 1B shape stop where they do: ncu's stall, occupancy
 #                                                       # and memory sections (under ncu's replays the weights sit in L2)
@@ -19,6 +21,10 @@
 #   MLWQ_REAL=x.gguf bash bench/gpu/device_cuda_checks.sh order # the slow llama-bench configuration:
 #                                                       # graphs off, fewer models before, GPU clocks
 #   bash bench/gpu/device_cuda_checks.sh all            # all of them, most important first, within MLWQ_DEV_LIMIT s
+#   bash bench/gpu/device_cuda_checks.sh detach build test bench8b ...
+#                                                       # the stages named, one after another, in a detached job
+#                                                       # (for calls of 10 minutes): logs in $MLWQ_RES (/tmp/mlwq-res)
+#   bash bench/gpu/device_cuda_checks.sh wait 540       # waits for it that long at most; its logs to $OUT
 #
 # Needs, carried in .cache/cuda_src/ (ignored by git): llama.cpp.tar.xz (the pristine vendored
 # llama.cpp of llama-cpp-python 0.3.36, without models/docs/tests and other backends: the machine
@@ -129,6 +135,34 @@ EOF
         | tee "$OUT/llama-bench.md"
 }
 
+# Llama-3-8B shape (make_synthetic_gguf.py's llama-3-8b: tied output), random weights: F16 (--pool:
+# windows of one random pool, seconds instead of minutes) -> llama-quantize Q3_K_S; MLWQ3 with the
+# Q3_K_S file's other tensors (Q6_K token_embd = output); llama-bench as in stage_bench, Q3_K_S
+# first, 3 runs. Disk: F16 15 GB (removed once quantized, unless MLWQ_KEEP_F16=1), 3.4 + 3.2 GB.
+stage_bench8b() {
+    df -h "$W" | tail -1
+    local t=$(date +%s)
+    if [ ! -f "$W/l8b-q3ks.gguf" ]; then
+        [ -f "$W/l8b-f16.gguf" ] || PYTHONPATH=$GGUFPY python3 bench/gpu/make_synthetic_gguf.py f16 --pool \
+            --shape llama-3-8b --tokenizer "$C/smollm2_tokenizer.json.gz" -o "$W/l8b-f16.gguf" || return 1
+        echo "f16 file: $(( $(date +%s) - t )) s"
+        "$BIN/llama-quantize" "$W/l8b-f16.gguf" "$W/l8b-q3ks.gguf" Q3_K_S 16 > "$OUT/quantize-8b.log" 2>&1 \
+            || { tail -20 "$OUT/quantize-8b.log"; return 1; }
+        tail -3 "$OUT/quantize-8b.log"
+        echo "f16 file + Q3_K_S: $(( $(date +%s) - t )) s"
+        [ -n "${MLWQ_KEEP_F16:-}" ] || rm -f "$W/l8b-f16.gguf"
+    fi
+    [ -f "$W/l8b-mlwq3.gguf" ] || PYTHONPATH=$GGUFPY python3 bench/gpu/make_synthetic_gguf.py mlwq \
+        --shape llama-3-8b --tokenizer "$C/smollm2_tokenizer.json.gz" --bits 3 --like "$W/l8b-q3ks.gguf" \
+        -o "$W/l8b-mlwq3.gguf" || return 1
+    echo "all files: $(( $(date +%s) - t )) s"
+    ls -la "$W"/l8b-*.gguf
+    df -h "$W" | tail -1
+    sync
+    timeout 300 "$BIN/llama-bench" -m "$W/l8b-q3ks.gguf" -m "$W/l8b-mlwq3.gguf" -ngl 99 -p 512 -n 128 -r 3 -o md 2>&1 \
+        | tee "$OUT/llama-bench-8b.md"
+}
+
 # SmolLM2-135M shape, random weights: F16 -> Q3_K_S, Q4_K_M (llama-quantize picks their types from
 # the shapes, so their speed is that of the real model's files); MLWQ3 with Q3_K_S's other tensors;
 # $MLWQ_REAL (optional): a real exported MLWQ file benched in the same llama-bench run
@@ -152,14 +186,17 @@ stage_smollm2() {
 # GPU time and DRAM bytes read of each kernel of generated tokens (ncu; kernels run isolated, caches
 # not flushed: a weight bigger than L2's share comes from DRAM), summed per kernel name, with the
 # kernel's own bandwidth (bytes read / its time). Files: $NCU_FILES, else the synthetic SmolLM2
-# Q3_K_S and MLWQ3 files of stage_smollm2.
+# Q3_K_S and MLWQ3 files of stage_smollm2. NCU_SKIP/NCU_COUNT (3000/900): with -p 0 the launches
+# are the warm-up token's and then the 16 generated tokens'; flash_attn_ext_vec runs once per layer
+# and token, so its launch count / n_layer is the number of tokens profiled. The last lines add up the mat-vec
+# kernels of the weights: MLWQ's (mlwq_mul_mat_vec_q<...>) and llama.cpp's Q3_K one (mul_mat_vec_q<11, ...>).
 stage_ncu() {
     local S="$W/smollm2-synth"
     local files=(${NCU_FILES:-$S/Q3_K_S.gguf $S/mlwq3.gguf})
     for f in "${files[@]}"; do
         local n=$(basename "$f" .gguf)
-        timeout 200 ncu --metrics gpu__time_duration.sum,dram__bytes_read.sum --cache-control none --clock-control none \
-            --graph-profiling node --launch-skip 3000 --launch-count 900 --csv \
+        timeout 300 ncu --metrics gpu__time_duration.sum,dram__bytes_read.sum --cache-control none --clock-control none \
+            --graph-profiling node --launch-skip "${NCU_SKIP:-3000}" --launch-count "${NCU_COUNT:-900}" --csv \
             "$BIN/llama-bench" -m "$f" -ngl 99 -p 0 -n 16 -r 1 > "$OUT/ncu-$n.csv" 2> "$OUT/ncu-$n.err"
         echo "== $f"
         python3 - "$OUT/ncu-$n.csv" <<'PY'
@@ -183,9 +220,15 @@ for i, m in per.items():
     byt[names[i]] += m.get("dram__bytes_read.sum", 0)
     cnt[names[i]] += 1
 print(f"kernels {sum(cnt.values())}, total {sum(tot.values())/1e3:.1f} us, DRAM read {sum(byt.values())/1e6:.1f} MB")
-print(f"  {'us':>9} {'launches':>8} {'ns each':>9} {'GB/s':>6}  kernel")
+print(f"  {'us':>9} {'launches':>8} {'ns each':>9} {'MB read':>9} {'GB/s':>6}  kernel")
 for k, v in sorted(tot.items(), key=lambda x: -x[1])[:16]:
-    print(f"  {v/1e3:9.1f} {cnt[k]:8d} {v/cnt[k]:9.0f} {byt[k]/v if v else 0:6.0f}  {k}")
+    print(f"  {v/1e3:9.1f} {cnt[k]:8d} {v/cnt[k]:9.0f} {byt[k]/1e6:9.1f} {byt[k]/v if v else 0:6.0f}  {k}")
+for g, pat in (("MLWQ mat-vec", r"mlwq_mul_mat_vec"), ("Q3_K mat-vec", r"\bmul_mat_vec_q<11,")):
+    ks = [k for k in tot if re.search(pat, k)]
+    t, b = sum(tot[k] for k in ks), sum(byt[k] for k in ks)
+    if ks:
+        print(f"{g} ({len(ks)} names, {sum(cnt[k] for k in ks)} launches): {t/1e3:.1f} us, "
+              f"{b/1e6:.1f} MB read, {b/t:.0f} GB/s")
 PY
     done
 }
@@ -311,5 +354,28 @@ case "${1:-all}" in
                && for f in test-mlwq-cuda.log llama-bench.md bench-ops.log bandwidth.log; do \
                     [ -f "$f" ] && cp "$f" /tmp/keep/; done \
                && rm -f ./* && cp /tmp/keep/* . 2>/dev/null; mv /tmp/mlwq-logs.tar.gz .) ;;
-    *)     echo "usage: $0 build|test|bench|benchops|sanitize|smollm2|ncu|ncudetail|variant|order|all"; exit 2 ;;
+    bench8b) stage_bench8b ;;
+    detach) # the stages named, one after another, in a job that outlives this call (the lent machine's
+            # calls last 10 minutes; the build tree and the job stay while the machine is held). Their
+            # output: $RES/run.log; their files: $RES (the stages' $OUT). A failed build stops the job.
+            shift
+            RES=${MLWQ_RES:-/tmp/mlwq-res}
+            mkdir -p "$RES" && rm -f "$RES/finished"
+            OUT=$RES setsid nohup bash -c 'for s in "$@"; do echo "=== stage $s start $(date +%T)"; bash "$0" "$s"; rc=$?
+                echo "=== stage $s rc=$rc end $(date +%T)"; [ "$s" = build ] && [ $rc != 0 ] && break; done
+                echo done > "$OUT/finished"' "$0" "$@" >> "$RES/run.log" 2>&1 < /dev/null &
+            echo "started: $*" ;;
+    wait)  # waits for detach's job ($2 seconds at most), then its stage lines, the end of its output,
+           # run.log and an archive of $RES in $OUT (2 files: the device tool returns at most 8)
+           set +x
+           RES=${MLWQ_RES:-/tmp/mlwq-res}
+           limit=${2:-540}; t=0
+           while [ "$t" -lt "$limit" ] && [ ! -f "$RES/finished" ]; do sleep 5; t=$((t + 5)); done
+           echo "waited ${t}s; finished: $([ -f "$RES/finished" ] && echo yes || echo no)"
+           grep -E "^=== stage" "$RES/run.log"
+           grep -v -E "^\+" "$RES/run.log" | tail -n 60
+           cp "$RES/run.log" "$OUT/run.log"
+           (cd "$RES" && tar czf "$OUT/res.tgz" --exclude=run.log .)
+           ls -la "$RES" ;;
+    *)     echo "usage: $0 build|test|bench|benchops|sanitize|smollm2|bench8b|ncu|ncudetail|variant|order|all|detach STAGE...|wait S"; exit 2 ;;
 esac

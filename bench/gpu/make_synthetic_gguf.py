@@ -6,12 +6,19 @@ mean something; the tokenizer is SmolLM2's (padded with unused tokens to the voc
     python make_synthetic_gguf.py f16  --shape llama-3.2-1b --tokenizer tok.json.gz -o base.gguf
     python make_synthetic_gguf.py mlwq --shape llama-3.2-1b --tokenizer tok.json.gz --bits 3 \
         [--like q3ks.gguf] -o mlwq3.gguf
+    python make_synthetic_gguf.py f16  --shape llama-3-8b --pool --tokenizer tok.json.gz -o base.gguf
 
 `mlwq` writes every linear weight (attn_q/k/v/output, ffn_gate/up/down) as MLWQb with tiers of
 widths b-1, b, b+1 (a third of the blocks each, codes random, sum of widths = K*b) and a random
 column permutation; with --like, every other tensor (token_embd, norms) is copied byte for byte
 from that file (e.g. the Q6_K token embedding llama-quantize chose for a Q3_K_S file), so the two
 files differ only in the linear weights. Needs the patched gguf-py (MLWQ types) on PYTHONPATH.
+
+`f16 --pool` draws one pool of normal values (as long as the largest tensor, plus 2^24) and makes
+every F16 tensor a window of it at a random offset: the 8B shape's 7.5e9 weights take seconds
+instead of minutes (one draw of each weight: ~0.04 us a weight on the development machine), and
+the writer holds only the pool in memory. The tensors then share values, shifted; llama-quantize
+and the kernels do not care (speed only, like every file of this script).
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ SHAPES = {
     # n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, rope_base
     "smollm2-135m": (576, 30, 9, 3, 1536, 49152, 100000.0),
     "llama-3.2-1b": (2048, 16, 32, 8, 8192, 128256, 500000.0),
+    # Llama-3-8B's shape, but with a tied output (token_embd serves as the output matrix, as in the
+    # 1B shape): generation reads the same bytes, llama-quantize gives token_embd Q6_K instead of
+    # token_embd Q3_K + output Q6_K
+    "llama-3-8b": (4096, 32, 32, 8, 14336, 128256, 500000.0),
 }
 LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 # MLWQ format version 2 (ggml_patch/src/ggml/include/ggml-mlwq.h): a row of K = ne0/64 blocks is
@@ -113,6 +124,8 @@ def main() -> int:
     ap.add_argument("--bits", type=int, default=3, choices=[2, 3, 4])
     ap.add_argument("--like", help="copy every non-linear tensor's bytes from this GGUF")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pool", action="store_true",
+                    help="f16: windows of one shared pool of random values (fast, for big shapes)")
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args()
 
@@ -123,6 +136,18 @@ def main() -> int:
              4: gguf.GGMLQuantizationType.MLWQ4}[args.bits]
     w = gguf.GGUFWriter(args.output, "llama")
     write_kv(w, args.shape, args.tokenizer, MLWQ_FTYPE[args.bits] if mlwq else int(gguf.LlamaFileType.MOSTLY_F16), mlwq)
+
+    pool = None
+    if args.pool and not mlwq:
+        n_pool = max(n_vocab * n_embd, *(a * b for a, b in linear_shapes(args.shape).values())) + (1 << 24)
+        pool = (rng.standard_normal(n_pool, dtype=np.float32) * 0.02).astype(np.float16)
+
+    def f16_weight(shape: tuple[int, ...]) -> np.ndarray:
+        if pool is None:
+            return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
+        n = int(np.prod(shape))
+        off = int(rng.integers(0, len(pool) - n + 1))
+        return pool[off : off + n].reshape(shape)          # a view: no copy until it is written
 
     like = {}
     if args.like:
@@ -140,7 +165,7 @@ def main() -> int:
         if kind == "norm":
             w.add_tensor(name, np.full(shape, 4.0 if name == "output_norm.weight" else 1.0, dtype=np.float32))
         else:
-            w.add_tensor(name, (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16))
+            w.add_tensor(name, f16_weight(shape))
 
     add_other("token_embd.weight", (n_vocab, n_embd), "w")
     add_other("output_norm.weight", (n_embd,), "norm")
@@ -156,7 +181,7 @@ def main() -> int:
                 w.add_tensor(name, data, raw_dtype=qtype)  # bytes [ne1, row bytes]
                 w.add_tensor(name[: -len(".weight")] + ".mlwq_perm", perm)
             else:
-                w.add_tensor(name, (rng.standard_normal((ne1, ne0), dtype=np.float32) * 0.02).astype(np.float16))
+                w.add_tensor(name, f16_weight((ne1, ne0)))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
