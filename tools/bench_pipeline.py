@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mlwq import api, rotation
+from mlwq import api
 from mlwq.assets import CALIBRATION_TEXT, EVAL_TEXT, default_model_path
 from mlwq.engine import QuantConfig
 from mlwq.evaluate import eval_tokens, quality, reference_logprobs
@@ -90,7 +90,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def run(names, model_path, out_dir: Path, nsamples, seqlen, eval_windows, device, calib,
-        overrides: dict | None = None, tag: str = "", eval_seqlen: int = 2048, rotate: str | None = None):
+        overrides: dict | None = None, tag: str = "", eval_seqlen: int = 2048):
     out_dir.mkdir(parents=True, exist_ok=True)
     base, tokenizer = load_model(model_path)
     ids = eval_tokens(tokenizer, EVAL_TEXT)
@@ -101,15 +101,12 @@ def run(names, model_path, out_dir: Path, nsamples, seqlen, eval_windows, device
         if cfg is not None and overrides:
             cfg = dataclasses.replace(cfg, **overrides)
             label += " [" + ", ".join(f"{k}={v}" for k, v in overrides.items()) + "]"
-        result = f"{name}-{tag}" if tag and (cfg is not None or rotate) else name
+        result = f"{name}-{tag}" if tag and cfg is not None else name
         model = copy.deepcopy(base)
-        if rotate:                                       # mlwq/rotation.py; the float model is unchanged
-            rotation.rotate_residual(model, rotate)
-            label += f" [residual rotation: {rotate}]"
         row = {"name": result, "config_name": name, "label": label, "model": str(model_path), "device": device,
                "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else cpu_name(),
                "nsamples": nsamples, "seqlen": seqlen, "calibration": str(calib),
-               "date": time.strftime("%Y-%m-%d"), "rotation": rotate}
+               "date": time.strftime("%Y-%m-%d"), "rotation": cfg.rotation if cfg is not None else None}
         if cfg is not None:
             row["config"] = dataclasses.asdict(cfg)
             res = api.quantize(str(model_path), out_dir / f"ckpt_{result}", cfg, nsamples=nsamples, seqlen=seqlen,
@@ -155,8 +152,6 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default="", help="suffix of the result names (with --set)")
     p.add_argument("--calib", default=str(CALIBRATION_TEXT))
     p.add_argument("--device", default=api.default_device())
-    p.add_argument("--rotate", default=None, choices=["hadamard", "orthogonal"],
-                   help="rotate the residual stream first (mlwq/rotation.py; Llama architectures)")
     p.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -169,7 +164,7 @@ def main(argv=None) -> int:
         print(f"unknown configs: {unknown}; known: {list(CONFIGS)}", file=sys.stderr)
         return 2
     run(names, args.model or default_model_path(), out, args.nsamples, args.seqlen, args.eval_windows,
-        args.device, args.calib, parse_overrides(args.set), args.tag, args.eval_seqlen, args.rotate)
+        args.device, args.calib, parse_overrides(args.set), args.tag, args.eval_seqlen)
     return 0
 
 
