@@ -7,7 +7,7 @@
 #
 # OUTDIR/{pp,tg,avx2-pp,avx2-tg}/ratio.{json,md} (python -m tools.bench_ratio, A / B). Binaries:
 # NATIVE_BIN (default: the current `bash ggml_patch/build.sh` build), AVX2_BIN (default
-# /tmp/build-avx2/bin, made by bench/avx2_build.sh when missing). Point them at other builds (e.g.
+# /tmp/build-avx2-<tree>/bin, built or brought up to date by bench/avx2_build.sh). Point them at other builds (e.g.
 # of an earlier commit) to time those: each tool runs with LD_LIBRARY_PATH on its own directory.
 set -euo pipefail
 [ $# -eq 3 ] || { sed -n 2,12p "$0"; exit 2; }
@@ -15,8 +15,12 @@ A=$1; B=$2; OUT=$3
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 NATIVE_BIN=${NATIVE_BIN:-$($PY -c 'from exporters.llamacpp import bin_dir; print(bin_dir())')}
-AVX2_BIN=${AVX2_BIN:-/tmp/build-avx2/bin}
-[ -x "$AVX2_BIN/llama-bench" ] || bash bench/avx2_build.sh "$(dirname "$AVX2_BIN")"
+if [ -z "${AVX2_BIN:-}" ]; then
+    # one AVX2 build per patched tree (the build dir is tied to its sources); ninja makes it current
+    TREE=$(cat "${MLWQ_CACHE:-$HOME/.cache/mlwq}/llama-cpp-current")
+    AVX2_BIN=/tmp/build-avx2-$(basename "$TREE")/bin
+    bash bench/avx2_build.sh "$(dirname "$AVX2_BIN")" >&2
+fi
 ratio() {   # BIN NAME ARGS...
     local bin=$1 name=$2; shift 2
     LD_LIBRARY_PATH=$bin MLWQ_LLAMA_BIN=$bin $PY -m tools.bench_ratio "$A" "$B" "$@" --out "$OUT/$name"
