@@ -156,6 +156,26 @@ def test_c_kernels_never_read_past_a_corrupt_row(tmp_path):
     assert r.returncode == 1 and "row 1: sum of block bits" in r.stdout
 
 
+def test_c_panels_add_nothing_for_a_row_past_its_corrupt_header(tmp_path):
+    """Row 1 stops at block 2 (a width-7 header whose codes would end past the row) and the last q8_1
+    block of every column has an inf scale: the row's sum stays finite in every kernel (the x86
+    panels mask it: not 0 * inf = NaN). All readable widths are <= 7, so an AVX2 build stays on
+    its panels (a width-8 block sends a panel to the 4-row tiles)."""
+    data = random_rows(np.random.default_rng(8), 4, [3, 3, 3, 3], 3)
+    data[1, 2 * 2 + 1] = (data[1, 2 * 2 + 1] & 31) | 6 << 5
+    (tmp_path / "rows.bin").write_bytes(data.tobytes())
+    x = np.random.default_rng(1).standard_normal((9, 256)).astype(np.float32)
+    x[:, 224:] *= 1e7                                  # d = amax/127 overflows fp16
+    x.tofile(tmp_path / "x.f32")
+    r = run([llamacpp.tool_path("mlwq-check"), "dot", "mlwq3", 256, 4, tmp_path / "rows.bin", tmp_path / "x.f32", 9, tmp_path / "o"])
+    assert r.returncode == 0, r.stderr
+    gen = np.fromfile(tmp_path / "o.generic.f32", np.float32).reshape(9, 4)
+    assert np.isfinite(gen[:, 1]).all() and np.isinf(gen[:, [0, 2, 3]]).all()
+    for k in ("simd", "simd2", "gemm"):
+        got = np.fromfile(tmp_path / f"o.{k}.f32", np.float32).reshape(9, 4)
+        assert np.allclose(got[:, 1], gen[:, 1], rtol=1e-5, atol=1e-6), k
+
+
 # ---- llama.cpp on an exported file ---------------------------------------------------------
 
 def test_llama_cli_answers_one_turn_with_the_exported_model(exported):
