@@ -9,6 +9,7 @@ quantized and the calibration activations live on the device. Per block:
   3. MQSA orders the input channels by salience and cuts them into tiers;
   4. GPTQ quantizes each layer on that plan, fitting every group's scale and zero with TQP
      (and the importance-weighted search), and the fake-quantized weights replace the float ones;
+     layers of one input width share one column loop (gptq.quantize_layers);
   5. optionally, block-output reconstruction tunes the block's rounding and scales
      (mlwq/blockrec.py) against the float block's outputs on the float model's stream;
   6. a second pass computes the block's outputs, the next block's inputs.
@@ -28,7 +29,8 @@ from tqdm.auto import tqdm
 
 from . import blockrec, bpll, mqsa
 from .errors import MLWQError
-from .gptq import GPTQ, QuantPlan, QuantResult, quantize_without_compensation, uniform_plan
+from .gptq import (GPTQ, QuantPlan, QuantResult, loop_batches, quantize_layers, quantize_without_compensation,
+                   uniform_plan)
 from .grid import GROUP_SIZE
 from .model_io import arch_of, blocks_of, get_module
 
@@ -318,12 +320,15 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
             with times("bpll"):
                 widths = _choose_widths(cfg, layers, gptq, delta, samples)
         block_results: dict[str, QuantResult] = {}
-        for name, layer in layers.items():
-            plan = layer_plan(cfg, gptq[name].H, delta[name], widths[name].width)
+        jobs = {name: (gptq[name], layer_plan(cfg, gptq[name].H, delta[name], widths[name].width)) for name in layers}
+        for names in loop_batches(jobs, pad_rows=device.type == "cuda"):
             with times("gptq"):
-                block_results[name] = gptq[name].quantize(plan, percdamp=cfg.percdamp, times=times)
-            layer.weight.data = block_results[name].weight.to(layer.weight.dtype)
-            gptq[name].free()
+                batch = quantize_layers([jobs[name] for name in names], percdamp=cfg.percdamp, times=times)
+            for name, res in zip(names, batch):
+                block_results[name] = res
+                layers[name].weight.data = res.weight.to(layers[name].weight.dtype)
+                gptq[name].free()
+        del jobs
         del gptq, samples
         if tune:
             with times("block tuning"):

@@ -7,7 +7,8 @@ of every group of `group_size` consecutive permuted columns (`group_bits`), how 
 scale and zero are fitted (min/max or TQP) and whether GPTQ's error compensation runs. TQP's
 clipping strengths are learned for all groups at once before the loop; each group's scale and
 zero are fitted when the loop reaches the group, on the weights already updated by the
-compensation of the columns before it (GPTQ's dynamic groups).
+compensation of the columns before it (GPTQ's dynamic groups). quantize_layers runs the loop of
+several layers of one input width at once (their rows stacked), with the results of one at a time.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import MLWQError
-from .grid import GROUP_SIZE, fit_scale_zero, quantize_codes
+from .grid import GROUP_SIZE, clamp_codes_, fit_scale_zero, quantize_codes
 from .tqp import learn_clipping, weighted_search
 
 BLOCKSIZE = 128     # columns updated together (lazy batch updates, as gptq.py's default blocksize)
@@ -96,72 +97,115 @@ class GPTQ:
 
     def quantize(self, plan: QuantPlan, percdamp: float = 0.01, times=None) -> QuantResult:
         """The layer's codes and parameters on `plan`; times(stage) may time TQP apart."""
-        if not plan.compensate:
-            return quantize_without_compensation(self.layer.weight, plan)
-        _check_plan(plan, self.cols)
-        gs = plan.group_size
-        blocksize = max(BLOCKSIZE // gs, 1) * gs       # every group lies inside one block
-        dev = self.H.device
-        perm = plan.perm.to(dev)
-        W = self.layer.weight.detach().float().clone()[:, perm]
-        n_groups = math.ceil(self.cols / gs)
-        gbits = plan.group_bits.to(dev)
-
-        H = self.H[perm][:, perm].clone()
-        dead = torch.diag(H) == 0
-        H[dead, dead] = 1
-        W[:, dead] = 0
-        Hinv = torch.linalg.cholesky(damped_cholesky_inverse(H, percdamp), upper=True)
-
-        # TQP's clipping for every group at once, on the weights before compensation; each
-        # group's scale and zero are then fitted on its compensated weights when the loop gets there
-        gamma = beta = None
-        if plan.tqp:
-            with times("tqp") if times else contextlib.nullcontext():
-                gamma, beta = learn_clipping(_groups(W, gs), gbits, plan.tqp_steps)
-        bits_of = plan.group_bits.tolist()         # host copies: no device sync inside the loop
-        Q = torch.zeros_like(W)
-        C = torch.zeros_like(W)
-        D = torch.zeros((self.rows, n_groups), device=dev)
-        Z = torch.zeros((self.rows, n_groups), device=dev)
-        loss = torch.zeros((), device=dev, dtype=torch.float64)
-        for i1 in range(0, self.cols, blocksize):
-            i2 = min(i1 + blocksize, self.cols)
-            W1 = W[:, i1:i2].clone()
-            Err1 = torch.zeros_like(W1)
-            Hinv1 = Hinv[i1:i2, i1:i2]
-            for i in range(i2 - i1):
-                col = i1 + i
-                if col % gs == 0:
-                    g = col // gs
-                    wg = W1[:, i:i + gs]
-                    d, z = fit_scale_zero(wg, bits_of[g], None if gamma is None else gamma[g],
-                                          None if beta is None else beta[g])
-                    if plan.weighted:       # a column's error costs err^2 / Hinv_ii^2 in GPTQ's loss
-                        imp = Hinv1[i:i + gs, i:i + gs].diagonal().pow(-2)
-                        d, z = weighted_search(wg, bits_of[g], imp, d, z)
-                    D[:, g], Z[:, g] = d, z
-                    qmax = float(2 ** bits_of[g] - 1)
-                w = W1[:, i]
-                q = torch.clamp(torch.round(w / d) + z, 0, qmax)
-                Q[:, col] = q
-                C[:, col] = w
-                err = (w - d * (q - z)) / Hinv1[i, i]
-                W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i:i + 1, i:]
-                Err1[:, i] = err
-            loss += (Err1.pow(2) * Hinv1.diagonal().pow(2)).sum(dtype=torch.float64) / 2
-            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-
-        return _result(Q, D, Z, plan, float(loss), C)
+        return quantize_layers([(self, plan)], percdamp, times)[0]
 
     def free(self) -> None:
         self.H = None
 
 
-def _groups(W: torch.Tensor, gs: int) -> torch.Tensor:
-    """[n_groups, rows, gs] view-copy of W [rows, cols] cut into groups of gs columns (cols % gs == 0)."""
-    rows, cols = W.shape
-    return W.reshape(rows, cols // gs, gs).transpose(0, 1)
+def same_loop(a: QuantPlan, b: QuantPlan) -> bool:
+    """Whether two layers' plans can share one column loop (quantize_layers)."""
+    return (a.compensate and b.compensate and a.perm.numel() == b.perm.numel() and a.group_size == b.group_size
+            and (a.tqp, a.tqp_steps, a.weighted) == (b.tqp, b.tqp_steps, b.weighted))
+
+
+def quantize_layers(jobs: list[tuple[GPTQ, QuantPlan]], percdamp: float = 0.01, times=None) -> list[QuantResult]:
+    """Quantize layers of one input width in one column loop: their rows stacked [layer, row, col],
+    narrower layers padded with zero rows. Each layer keeps its own plan (column order, widths,
+    Hessian); the results are those of quantizing each alone, operation for operation, for a
+    fraction of the loop's kernel launches (the loop is dispatch-bound at these sizes)."""
+    gptq0, plan0 = jobs[0]
+    if not all(same_loop(plan0, plan) for _, plan in jobs):
+        if len(jobs) == 1 and not plan0.compensate:
+            return [quantize_without_compensation(gptq0.layer.weight, plan0)]
+        raise MLWQError("layers quantized in one loop need compensated plans of one shape and kind")
+    cols, gs = gptq0.cols, plan0.group_size
+    dev = gptq0.H.device
+    n_layers, rows = len(jobs), max(g.rows for g, _ in jobs)
+    n_groups = math.ceil(cols / gs)
+    blocksize = max(BLOCKSIZE // gs, 1) * gs       # every group lies inside one block
+    W = torch.zeros((n_layers, rows, cols), device=dev)
+    Hinv = torch.empty((n_layers, cols, cols), device=dev)
+    for k, (g, plan) in enumerate(jobs):
+        _check_plan(plan, g.cols)
+        perm = plan.perm.to(dev)
+        H = g.H[perm][:, perm].clone()
+        dead = torch.diag(H) == 0
+        H[dead, dead] = 1
+        W[k, :g.rows] = g.layer.weight.detach().float()[:, perm]
+        W[k, :g.rows, dead] = 0
+        Hinv[k] = torch.linalg.cholesky(damped_cholesky_inverse(H, percdamp), upper=True)
+    gbits = torch.stack([plan.group_bits for _, plan in jobs])             # [layers, groups], host
+    gbits_dev = gbits.to(dev)
+    qmax_of = 2.0 ** gbits_dev.float() - 1
+
+    # TQP's clipping for every group at once, on the weights before compensation; each
+    # group's scale and zero are then fitted on its compensated weights when the loop gets there
+    gamma = beta = None
+    if plan0.tqp:
+        with times("tqp") if times else contextlib.nullcontext():
+            groups = W.view(n_layers, rows, n_groups, gs).transpose(1, 2).reshape(n_layers * n_groups, rows, gs)
+            gamma, beta = (p.view(n_layers, n_groups, rows)
+                           for p in learn_clipping(groups, gbits_dev.view(-1), plan0.tqp_steps))
+    D = torch.zeros((n_layers, rows, n_groups), device=dev)
+    Z = torch.zeros_like(D)
+    loss = [torch.zeros((), device=dev, dtype=torch.float64) for _ in jobs]
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1 = W[:, :, i1:i2].transpose(1, 2).contiguous()              # [layers, n, rows]: columns contiguous
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[:, i1:i2, i1:i2]
+        hdiag = Hinv1.diagonal(dim1=1, dim2=2).unsqueeze(2)             # [layers, n, 1]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if col % gs == 0:
+                g = col // gs
+                wg = W1[:, i:i + gs].transpose(1, 2).contiguous()       # [layers, rows, n]
+                if bool((gbits[:, g] == gbits[0, g]).all()):      # host values: numbers, no device sync
+                    bits = int(gbits[0, g])
+                    qmax = float(2 ** bits - 1)
+                else:
+                    bits, qmax = gbits_dev[:, g:g + 1], qmax_of[:, g:g + 1]
+                d, z = fit_scale_zero(wg, bits, None if gamma is None else gamma[:, g],
+                                      None if beta is None else beta[:, g])
+                if plan0.weighted:      # a column's error costs err^2 / Hinv_ii^2 in GPTQ's loss
+                    d, z = weighted_search(wg, bits, hdiag[:, i:i + gs].pow(-2).transpose(1, 2), d, z)
+                D[:, :, g], Z[:, :, g] = d, z
+            w = W1[:, i]
+            # err = (w - d (q - z)) / Hinv_ii, q = clamp(round(w / d) + z, 0, qmax), written in place
+            e = clamp_codes_(torch.round(w / d).add_(z), qmax).sub_(z).mul_(d).neg_().add_(w)
+            err = torch.div(e, hdiag[:, i], out=Err1[:, i])
+            W1[:, i + 1:].baddbmm_(Hinv1[:, i:i + 1, i + 1:].transpose(1, 2), err.unsqueeze(1), alpha=-1)
+        W[:, :, i1:i2] = W1.transpose(1, 2)     # each column as it was rounded: the continuous weights
+        for k, (g, _) in enumerate(jobs):
+            e = Err1[k, :, :g.rows].t().contiguous()
+            loss[k] += (e.pow(2) * hdiag[k].t().pow(2)).sum(dtype=torch.float64) / 2
+            W[k, :g.rows, i2:] -= e @ Hinv[k, i1:i2, i2:]
+
+    results = []
+    for k, (g, plan) in enumerate(jobs):
+        C, d, z = W[k, :g.rows].clone(), D[k, :g.rows].clone(), Z[k, :g.rows].clone()
+        # the codes, from each column's weights at its turn (the loop's q, recomputed at once)
+        Q = torch.round(C / d.repeat_interleave(gs, dim=1)[:, :cols]).add_(z.repeat_interleave(gs, dim=1)[:, :cols])
+        clamp_codes_(Q, qmax_of[k].repeat_interleave(gs)[:cols])
+        results.append(_result(Q, d, z, plan, float(loss[k]), C))
+    return results
+
+
+def loop_batches(jobs: dict[str, tuple[GPTQ, QuantPlan]], pad_rows: bool) -> list[list[str]]:
+    """Names of the layers to quantize together (quantize_layers): plans that can share a loop and,
+    unless pad_rows, the same number of rows. On a GPU the loop is launch-bound and padded rows
+    cost nothing; on a CPU they cost their arithmetic."""
+    batches: list[list[str]] = []
+    for name, (g, plan) in jobs.items():
+        for batch in batches:
+            g0, plan0 = jobs[batch[0]]
+            if same_loop(plan0, plan) and (pad_rows or g0.rows == g.rows):
+                batch.append(name)
+                break
+        else:
+            batches.append([name])
+    return batches
 
 
 def _check_plan(plan: QuantPlan, cols: int) -> None:

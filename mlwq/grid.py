@@ -69,6 +69,14 @@ def quantize_codes(w: torch.Tensor, d: torch.Tensor, zero: torch.Tensor, bits) -
     return torch.minimum(q.clamp(min=0), qmax.unsqueeze(-1))
 
 
+def clamp_codes_(q: torch.Tensor, qmax) -> torch.Tensor:
+    """q.clamp_(0, qmax) in place; qmax a number, or a tensor broadcasting to q (one width per layer
+    of a batch: minimum() instead of a clamp to tensor bounds, which is ten times slower on a CPU)."""
+    if torch.is_tensor(qmax):
+        return torch.minimum(q.clamp_(min=0), qmax, out=q)
+    return q.clamp_(0, qmax)
+
+
 def dequantize(q: torch.Tensor, d: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     """float32(d) * (q - zero): the one dequantization formula (FORMAT.md)."""
     return d.unsqueeze(-1) * (q - zero.unsqueeze(-1))

@@ -203,3 +203,28 @@ def test_every_scale_is_on_the_format_grid():
     res = gptq.quantize(plan)
     assert res.scale.dtype == torch.float32
     F.scale_codes(res.scale.numpy())           # raises on any scale off the grid
+
+
+def test_layers_in_one_loop_give_the_bytes_of_one_at_a_time():
+    """quantize_layers stacks layers of one input width (rows padded) in one column loop; each
+    keeps its plan, and the results are those of quantizing it alone: widths equal across the
+    layers in some groups and not in others, TQP and the weighted search on, a dead input column."""
+    from mlwq.gptq import quantize_layers
+    from mlwq.mqsa import plan_tiers, salience
+    jobs = []
+    for k, (rows, width) in enumerate([(48, 3), (80, 2), (16, 4), (48, 3)]):
+        layer, X = _correlated(320, rows, 1024, seed=10 + k)
+        if k == 1:
+            X[:, 7] = 0
+        gptq = GPTQ(layer)
+        gptq.add_batch(X)
+        plan = plan_tiers(salience(layer.weight, gptq.H), width, tqp=True, tqp_steps=5, weighted=True)
+        jobs.append((gptq, plan))
+    for batch in (jobs, [jobs[0], jobs[3]]):            # widths differ per group; equal in every group
+        together = quantize_layers(batch)
+        for (gptq, plan), res in zip(batch, together):
+            alone = gptq.quantize(plan)
+            for field in ("codes", "scale", "zero", "weight", "continuous"):
+                assert torch.equal(getattr(res, field), getattr(alone, field)), field
+            assert res.loss == alone.loss > 0
+        assert not torch.equal(together[0].codes, together[-1].codes)     # the layers stayed apart
