@@ -200,14 +200,21 @@ def _capture_block_inputs(model, calib: torch.Tensor, device):
     return torch.cat(inps), [kw or {} for kw in kwargs_of]
 
 
-def _block_forward(block, inps, kwargs, weights: dict[str, torch.Tensor] | None = None):
-    """The block's outputs window by window; weights (parameter name -> tensor) replace its own."""
+def _block_forward(block, inps, kwargs, weights: dict[str, torch.Tensor] | None = None, windows: int = 1):
+    """The block's outputs, `windows` calibration windows per call; weights (parameter name ->
+    tensor) replace its own."""
     outs = torch.empty_like(inps)
-    for j in range(inps.shape[0]):
-        out = (block(inps[j:j + 1], **kwargs) if weights is None
-               else functional_call(block, weights, (inps[j:j + 1],), kwargs))
-        outs[j:j + 1] = out[0] if isinstance(out, (tuple, list)) else out
+    for j in range(0, inps.shape[0], windows):
+        x = inps[j:j + windows]
+        out = block(x, **kwargs) if weights is None else functional_call(block, weights, (x,), kwargs)
+        outs[j:j + windows] = out[0] if isinstance(out, (tuple, list)) else out
     return outs
+
+
+def forward_windows(device: torch.device) -> int:
+    """Calibration windows per block call: on a CPU 4 (the same floats as one at a time, checked
+    on SmolLM2; 14 % faster), on a GPU 1."""
+    return 4 if device.type == "cpu" else 1
 
 
 def layer_plan(cfg: QuantConfig, H: torch.Tensor, delta: torch.Tensor | None, width: int, *,
@@ -264,6 +271,7 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
     fp_inps = inps.clone() if tune else None      # the float model's stream: the tuning's targets
     results: dict[str, QuantResult] = {}
     reports: list[LayerReport] = []
+    win = forward_windows(device)
     bar = tqdm(range(len(blocks)), desc=f"{cfg.method} {cfg.bits:g}-bit", unit="block", disable=not progress)
     for i in bar:
         block = blocks[i].to(device)
@@ -272,12 +280,12 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
             with times("block outputs"):
                 if tune:
                     fp_inps = _block_forward(block, fp_inps, kwargs,
-                                             _float_weights_of(block, float_weights, spec, i))
-                inps = _block_forward(block, inps, kwargs)
+                                             _float_weights_of(block, float_weights, spec, i), windows=win)
+                inps = _block_forward(block, inps, kwargs, windows=win)
             blocks[i] = block.cpu()
             continue
         with times("block outputs"):
-            targets = _block_forward(block, fp_inps, kwargs) if tune else None
+            targets = _block_forward(block, fp_inps, kwargs, windows=win) if tune else None
         layers = {name: get_module(block, name) for name in spec.linears}
         gptq = {name: GPTQ(layer) for name, layer in layers.items()}
         samples: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
@@ -288,21 +296,21 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
 
         def hook(name):
             def fn(_, inp, __):
-                x = inp[0].detach()
                 first = shared.first_reader(inp[0], name)
                 if first != name:
                     fed_by[name] = first
-                else:
-                    gptq[name].add_batch(x)
-                if block_bpll:
-                    rows = x.reshape(-1, x.shape[-1])
-                    pick = torch.randperm(rows.shape[0], generator=gen)[:per_window].to(rows.device)
-                    samples[name].append(rows[pick].float())
+                for x in inp[0].detach().unbind(0):      # window by window: the same sums as one per call
+                    if first == name:
+                        gptq[name].add_batch(x)
+                    if block_bpll:
+                        rows = x.reshape(-1, x.shape[-1])
+                        pick = torch.randperm(rows.shape[0], generator=gen)[:per_window].to(rows.device)
+                        samples[name].append(rows[pick].float())
             return fn
 
         handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
-        with times("hessians"):
-            _block_forward(block, inps, kwargs)
+        with times("hessians"):      # block BPLL's samples are drawn window by window, layer by layer
+            _block_forward(block, inps, kwargs, windows=1 if block_bpll else win)
         for h in handles:
             h.remove()
         shared.reset()
@@ -311,8 +319,10 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
 
         use_mqsa = cfg.method == "mlwq" and cfg.mqsa
         with times("salience"):
-            delta = {name: mqsa.salience(layer.weight, gptq[name].H, cfg.percdamp) if use_mqsa else None
+            inverted: dict = {}
+            delta = {name: mqsa.salience(layer.weight, gptq[name].H, cfg.percdamp, inverted) if use_mqsa else None
                      for name, layer in layers.items()}
+            del inverted
         if model_widths is not None:
             widths = {name: LayerReport(name, model_widths[0][f"{spec.blocks}.{i}.{name}"], [],
                                         model_widths[1][f"{spec.blocks}.{i}.{name}"]) for name in layers}
@@ -348,7 +358,7 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
             reports.append(rep)
         del block_results
         with times("block outputs"):
-            inps = _block_forward(block, inps, kwargs)
+            inps = _block_forward(block, inps, kwargs, windows=win)
         fp_inps = targets
         blocks[i] = block.cpu()
         if on_block_done is not None:

@@ -26,10 +26,15 @@ def protect_fraction(width: int) -> float:
     return 0.0625 * max(width - 1, 1)
 
 
-def salience(W: torch.Tensor, H: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor:
-    """delta_k of every input channel k (eq. 5), W [rows, cols], H [cols, cols]."""
-    Hinv = damped_cholesky_inverse(H.float(), percdamp)
-    return W.float().pow(2).sum(dim=0) / torch.diag(Hinv).pow(2)
+def salience(W: torch.Tensor, H: torch.Tensor, percdamp: float = 0.01, cache: dict | None = None) -> torch.Tensor:
+    """delta_k of every input channel k (eq. 5), W [rows, cols], H [cols, cols]. cache: a dict kept
+    by the caller while its Hessians live, so that layers sharing one H (q/k/v) invert it once."""
+    diag = None if cache is None else cache.get(id(H))
+    if diag is None:
+        diag = torch.diag(damped_cholesky_inverse(H.float(), percdamp))
+        if cache is not None:
+            cache[id(H)] = diag
+    return W.float().pow(2).sum(dim=0) / diag.pow(2)
 
 
 def tier_block_counts(n_blocks: int, width: int, offsets=DEFAULT_TIER_OFFSETS,

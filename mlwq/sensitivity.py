@@ -150,9 +150,10 @@ def block_hessians(model, calib: torch.Tensor, device, windows: int):
 def predicted_losses(model, stats: dict, cfg) -> dict[str, dict[int, float]]:
     """{layer: {width: predicted loss increase}} for cfg.candidates; stats {layer: (H, F)}."""
     out = {}
+    inverted: dict = {}                     # layers reading one input share its H (and its inverse)
     for name, (H, F) in stats.items():
         W = model.get_submodule(name).weight.detach().float().to(H.device)
-        delta = mqsa.salience(W, H, cfg.percdamp) if cfg.mqsa else None
+        delta = mqsa.salience(W, H, cfg.percdamp, inverted) if cfg.mqsa else None
         out[name] = {}
         for b in cfg.candidates:
             dW = W - quantize_without_compensation(W, layer_plan(cfg, H, delta, b, proxy=True)).weight
