@@ -232,18 +232,18 @@ class Run:
 
     # ours -------------------------------------------------------------------------------------
     def our_config(self, method: str, bits: float, tune: int = 0) -> QuantConfig:
-        steps = self.args.tqp_steps
+        steps, windows = self.args.tqp_steps, self.args.sensitivity_windows
         if bits == int(bits):
             if method == "rtn":
                 return QuantConfig(method="rtn", bits=bits, group_size=64)
             if method == "gptq":
                 return QuantConfig(method="gptq", bits=bits, group_size=64)
-            return QuantConfig(method="mlwq", bits=bits, tqp_steps=steps, block_tune_steps=tune)
         if method == "mlwq":
-            return QuantConfig(method="mlwq", bits=bits, tqp_steps=steps, block_tune_steps=tune)
+            return QuantConfig(method="mlwq", bits=bits, tqp_steps=steps, block_tune_steps=tune,
+                               sensitivity_windows=windows)
         # fractional budget for the uniform methods: BPLL's layer widths, nothing else of MLWQ
         return QuantConfig(method="mlwq", bits=bits, mqsa=False, tqp=False, weighted=False,
-                           compensate=(method == "gptq"), tqp_steps=steps)
+                           compensate=(method == "gptq"), tqp_steps=steps, sensitivity_windows=windows)
 
     def ours(self, make: bool = True) -> list[Entry]:
         from exporters.gguf_export import export_gguf
@@ -633,6 +633,8 @@ def parse_args(argv):
     p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 128 on a GPU, 32 on a CPU)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per window (default 2048 on a GPU, 512 on a CPU)")
     p.add_argument("--tqp-steps", type=int, default=None, help="TQP Adam steps (default 50 on a GPU, 20 on a CPU)")
+    p.add_argument("--sensitivity-windows", type=int, default=None,
+                   help="calibration windows of BPLL's sensitivity pass (default 16 on a GPU, 8 on a CPU)")
     p.add_argument("--block-tune-steps", default="0",
                    help="MLWQ files with block-output reconstruction of these step counts, comma list "
                         "(default 0 = off; e.g. 0,50 makes both, named 'MLWQ 3' and 'MLWQ 3 bt50')")
@@ -664,6 +666,7 @@ def parse_args(argv):
     a.nsamples = a.nsamples or (128 if gpu else 32)
     a.seqlen = a.seqlen or (2048 if gpu else 512)
     a.tqp_steps = a.tqp_steps or (50 if gpu else 20)
+    a.sensitivity_windows = a.sensitivity_windows or (16 if gpu else 8)
     a.steps = [s for s in a.steps.split(",") if s]
     a.types = [t for t in a.types.split(",") if t]
     a.methods = [m for m in a.methods.split(",") if m]

@@ -9,8 +9,8 @@
 Perplexity is measured on the first 40 chunks of 512 tokens by default (20,480 tokens, as in
 `tools.compare`); `--chunks all` scores the whole text. A progress bar shows the chunks done and
 the running perplexity.
-On a CPU-only machine the calibration is reduced (32 x 512 tokens, 20 TQP steps) so that the
-whole job takes minutes; on a GPU it uses the paper's 128 x 2048.
+On a CPU-only machine the calibration is reduced (32 x 512 tokens, 20 TQP steps, 8 windows for
+BPLL's sensitivity pass) so that the whole job takes minutes; on a GPU it uses the paper's 128 x 2048.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     p.add_argument("--nsamples", type=int, default=None)
     p.add_argument("--seqlen", type=int, default=None)
     p.add_argument("--tqp-steps", type=int, default=None)
+    p.add_argument("--sensitivity-windows", type=int, default=None)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     args = p.parse_args(argv)
 
@@ -68,13 +69,16 @@ def main(argv=None) -> int:
     nsamples = args.nsamples or (128 if gpu else 32)
     seqlen = args.seqlen or (2048 if gpu else 512)
     steps = args.tqp_steps or (50 if gpu else 20)
+    windows = args.sensitivity_windows or (16 if gpu else 8)     # BPLL's pass with gradients
     out = Path(args.out or ("runs/demo" if model_key(args.model) == "smollm2-135m"
                             else f"runs/demo-{args.model}"))
     source = named_model_path(args.model)
     name = MODELS[model_key(args.model)].description.split(" (")[0]
     print(f"[demo] quantizing {source.name} with MLWQ {args.bits:g} bits, calibration {nsamples} x {seqlen} "
-          f"tokens of wiki.valid.tokens, TQP {steps} steps, on {api.default_device()}", flush=True)
-    api.quantize(str(source), out / "checkpoint", QuantConfig(method="mlwq", bits=args.bits, tqp_steps=steps),
+          f"tokens of wiki.valid.tokens, TQP {steps} steps, sensitivity {windows} windows, on "
+          f"{api.default_device()}", flush=True)
+    api.quantize(str(source), out / "checkpoint",
+                 QuantConfig(method="mlwq", bits=args.bits, tqp_steps=steps, sensitivity_windows=windows),
                  nsamples=nsamples, seqlen=seqlen)
     gguf_path = out / f"{source.stem.split('.')[0]}-mlwq{args.bits:g}.gguf"
     report = export_gguf(out / "checkpoint", gguf_path, log=lambda m: print(f"[export] {m}", flush=True))
