@@ -20,6 +20,8 @@
 #                                                       # the committed and the variant libraries, alternating
 #   MLWQ_REAL=x.gguf bash bench/gpu/device_cuda_checks.sh order # the slow llama-bench configuration:
 #                                                       # graphs off, fewer models before, GPU clocks
+#   bash bench/gpu/device_cuda_checks.sh balanced       # (after smollm2, bench) tg128 MLWQ3/Q3_K_S, one process per
+#                                                       # file in ABBA order: the position-balanced ratio
 #   bash bench/gpu/device_cuda_checks.sh all            # all of them, most important first, within MLWQ_DEV_LIMIT s
 #   bash bench/gpu/device_cuda_checks.sh detach build test bench8b ...
 #                                                       # the stages named, one after another, in a detached job
@@ -280,6 +282,37 @@ stage_order() {
     kill "$smi"
 }
 
+# Position-balanced generation ratio (issue 16's "position-balanced llama-bench"): one llama-bench
+# process per file, in the order Q3_K_S, MLWQ3, MLWQ3, Q3_K_S, twice, so each file runs first in its
+# process and the two share every place in time; tg128, 5 repetitions each. Files: the SmolLM2 shape
+# of stage_smollm2 (after it) and the 1B shape of stage_bench when present.
+stage_balanced() {
+    local pairs=("$W/smollm2-synth/Q3_K_S.gguf $W/smollm2-synth/mlwq3.gguf")
+    [ -f "$W/l1b-mlwq3.gguf" ] && pairs+=("$W/l1b-q3ks.gguf $W/l1b-mlwq3.gguf")
+    for pair in "${pairs[@]}"; do
+        set -- $pair
+        local q=$1 m=$2
+        echo "== balanced: $q vs $m" | tee -a "$OUT/balanced.md"
+        for f in "$q" "$m" "$m" "$q" "$q" "$m" "$m" "$q"; do
+            timeout 120 "$BIN/llama-bench" -m "$f" -ngl 99 -p 0 -n 128 -r 5 -o csv 2>/dev/null \
+                | tail -1 | awk -F, -v f="$(basename "$f")" '{gsub(/"/, ""); print f, $(NF-1)}' | tee -a "$OUT/balanced.md"
+        done
+    done
+    python3 - "$OUT/balanced.md" <<'PY'
+import collections, sys
+blocks, cur = [], None
+for line in open(sys.argv[1]):
+    if line.startswith("=="):
+        cur = collections.defaultdict(list); blocks.append((line.strip(), cur))
+    elif cur is not None and len(line.split()) == 2:
+        name, ts = line.split(); cur[name].append(float(ts))
+for title, runs in blocks:
+    (a, ra), (b, rb) = list(runs.items())[:2]
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    print(f"{title}: {a} {ma:.2f} t/s ({len(ra)} runs), {b} {mb:.2f} t/s ({len(rb)} runs), ratio {b}/{a} = {mb / ma:.3f}")
+PY
+}
+
 # A/B of one change to our CUDA sources without a second full build: the tree's mlwq*.cu and
 # mlwq*.cuh edited by $MLWQ_VARIANT_SED (only the files it changes are rewritten), libggml-cuda
 # rebuilt and copied to bin-variant, those files restored and the committed library rebuilt; then
@@ -338,6 +371,7 @@ case "${1:-all}" in
     ncudetail) stage_ncudetail ;;
     variant) stage_variant ;;
     order) stage_order ;;
+    balanced) stage_balanced ;;
     all)   # most important first; each later stage only if the call has time left (10 min limit)
            T0=$(date +%s)
            left() { [ $(( $(date +%s) - T0 )) -lt "$1" ]; }
@@ -377,5 +411,5 @@ case "${1:-all}" in
            cp "$RES/run.log" "$OUT/run.log"
            (cd "$RES" && tar czf "$OUT/res.tgz" --exclude=run.log .)
            ls -la "$RES" ;;
-    *)     echo "usage: $0 build|test|bench|benchops|sanitize|smollm2|bench8b|ncu|ncudetail|variant|order|all|detach STAGE...|wait S"; exit 2 ;;
+    *)     echo "usage: $0 build|test|bench|benchops|sanitize|smollm2|bench8b|ncu|ncudetail|variant|order|balanced|all|detach STAGE...|wait S"; exit 2 ;;
 esac
