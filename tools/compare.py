@@ -634,7 +634,7 @@ def parse_args(argv):
     p.add_argument("--seqlen", type=int, default=None, help="tokens per window (default 2048 on a GPU, 512 on a CPU)")
     p.add_argument("--tqp-steps", type=int, default=None, help="TQP Adam steps (default 50 on a GPU, 20 on a CPU)")
     p.add_argument("--sensitivity-windows", type=int, default=None,
-                   help="calibration windows of BPLL's sensitivity pass (default 16 on a GPU, 8 on a CPU)")
+                   help="calibration windows of BPLL's sensitivity pass (default: QuantConfig's, 16)")
     p.add_argument("--block-tune-steps", default="0",
                    help="MLWQ files with block-output reconstruction of these step counts, comma list "
                         "(default 0 = off; e.g. 0,50 makes both, named 'MLWQ 3' and 'MLWQ 3 bt50')")
@@ -666,7 +666,7 @@ def parse_args(argv):
     a.nsamples = a.nsamples or (128 if gpu else 32)
     a.seqlen = a.seqlen or (2048 if gpu else 512)
     a.tqp_steps = a.tqp_steps or (50 if gpu else 20)
-    a.sensitivity_windows = a.sensitivity_windows or (16 if gpu else 8)
+    a.sensitivity_windows = a.sensitivity_windows or QuantConfig.sensitivity_windows
     a.steps = [s for s in a.steps.split(",") if s]
     a.types = [t for t in a.types.split(",") if t]
     a.methods = [m for m in a.methods.split(",") if m]

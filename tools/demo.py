@@ -9,8 +9,8 @@
 Perplexity is measured on the first 40 chunks of 512 tokens by default (20,480 tokens, as in
 `tools.compare`); `--chunks all` scores the whole text. A progress bar shows the chunks done and
 the running perplexity.
-On a CPU-only machine the calibration is reduced (32 x 512 tokens, 20 TQP steps, 8 windows for
-BPLL's sensitivity pass) so that the whole job takes minutes; on a GPU it uses the paper's 128 x 2048.
+On a CPU-only machine the calibration is reduced (32 x 512 tokens, 20 TQP steps) so that the
+whole job takes minutes; on a GPU it uses the paper's 128 x 2048.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     p.add_argument("--nsamples", type=int, default=None)
     p.add_argument("--seqlen", type=int, default=None)
     p.add_argument("--tqp-steps", type=int, default=None)
-    p.add_argument("--sensitivity-windows", type=int, default=None)
+    p.add_argument("--sensitivity-windows", type=int, default=QuantConfig.sensitivity_windows,
+                   help="calibration windows of BPLL's sensitivity pass (default %(default)s)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     args = p.parse_args(argv)
 
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     nsamples = args.nsamples or (128 if gpu else 32)
     seqlen = args.seqlen or (2048 if gpu else 512)
     steps = args.tqp_steps or (50 if gpu else 20)
-    windows = args.sensitivity_windows or (16 if gpu else 8)     # BPLL's pass with gradients
+    windows = args.sensitivity_windows
     out = Path(args.out or ("runs/demo" if model_key(args.model) == "smollm2-135m"
                             else f"runs/demo-{args.model}"))
     source = named_model_path(args.model)
