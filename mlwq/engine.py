@@ -322,7 +322,6 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
             inverted: dict = {}
             delta = {name: mqsa.salience(layer.weight, gptq[name].H, cfg.percdamp, inverted) if use_mqsa else None
                      for name, layer in layers.items()}
-            del inverted
         if model_widths is not None:
             widths = {name: LayerReport(name, model_widths[0][f"{spec.blocks}.{i}.{name}"], [],
                                         model_widths[1][f"{spec.blocks}.{i}.{name}"]) for name in layers}
@@ -338,8 +337,7 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
                 block_results[name] = res
                 layers[name].weight.data = res.weight.to(layers[name].weight.dtype)
                 gptq[name].free()
-        del jobs
-        del gptq, samples
+        del jobs, gptq, samples
         if tune:
             with times("block tuning"):
                 block_results, loss_before, loss_after = blockrec.tune_block(

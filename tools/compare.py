@@ -633,8 +633,8 @@ def parse_args(argv):
     p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 128 on a GPU, 32 on a CPU)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per window (default 2048 on a GPU, 512 on a CPU)")
     p.add_argument("--tqp-steps", type=int, default=None, help="TQP Adam steps (default 50 on a GPU, 20 on a CPU)")
-    p.add_argument("--sensitivity-windows", type=int, default=None,
-                   help="calibration windows of BPLL's sensitivity pass (default: QuantConfig's, 16)")
+    p.add_argument("--sensitivity-windows", type=int, default=QuantConfig.sensitivity_windows,
+                   help="calibration windows of BPLL's sensitivity pass (default %(default)s)")
     p.add_argument("--block-tune-steps", default="0",
                    help="MLWQ files with block-output reconstruction of these step counts, comma list "
                         "(default 0 = off; e.g. 0,50 makes both, named 'MLWQ 3' and 'MLWQ 3 bt50')")
@@ -666,7 +666,6 @@ def parse_args(argv):
     a.nsamples = a.nsamples or (128 if gpu else 32)
     a.seqlen = a.seqlen or (2048 if gpu else 512)
     a.tqp_steps = a.tqp_steps or (50 if gpu else 20)
-    a.sensitivity_windows = a.sensitivity_windows or QuantConfig.sensitivity_windows
     a.steps = [s for s in a.steps.split(",") if s]
     a.types = [t for t in a.types.split(",") if t]
     a.methods = [m for m in a.methods.split(",") if m]

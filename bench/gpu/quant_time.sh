@@ -57,7 +57,9 @@ wait)
     limit=${1:-540}; t=0
     while [ "$t" -lt "$limit" ] && [ ! -f "$RES/finished" ]; do sleep 10; t=$((t + 10)); done
     echo "waited ${t}s; finished: $([ -f "$RES/finished" ] && echo yes || echo no)"
-    [ -f "$RES/finished" ] || ! ls "$RES"/log_*.txt > /dev/null 2>&1 || cat "$RES"/log_*.txt > "$RES/log.txt"
+    if [ ! -f "$RES/finished" ] && ls "$RES"/log_*.txt > /dev/null 2>&1; then    # side-by-side runs still going
+        cat "$RES"/log_*.txt > "$RES/log.txt"
+    fi
     tr '\r' '\n' < "$RES/log.txt" | grep -v -E "it/s\]|s/it\]|/s\]$" | tail -n 60
     cp "$RES/log.txt" "$OUT/qt_log.txt"
     [ -f "$RES/quant-time.json" ] && cp "$RES/quant-time.json" "$OUT/"
