@@ -69,6 +69,9 @@ class QuantConfig:
             raise MLWQError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.bpll_scope not in ("block", "model"):
             raise MLWQError(f"unknown BPLL scope {self.bpll_scope!r}; choose block or model")
+        if self.sensitivity_windows < 1:
+            raise MLWQError(f"--sensitivity-windows {self.sensitivity_windows}: the sensitivity pass needs "
+                            "at least one window")
         if self.bpll_loss not in bpll.LOSSES:
             raise MLWQError(f"unknown BPLL loss {self.bpll_loss!r}; choose one of {', '.join(bpll.LOSSES)}")
         uses_bpll = self.method == "mlwq" and self.bpll

@@ -37,6 +37,7 @@ def test_directory_without_config(tmp_path):
     (QuantConfig(method="mlwq", bits=2, bpll=False, tiers=(-2, 0, 2)), "range"),
     (QuantConfig(method="rtn", bits=3, group_size=96), "multiple of 64"),
     (QuantConfig(method="nope"), "unknown method"),
+    (QuantConfig(method="mlwq", bits=3, sensitivity_windows=0), "at least one window"),
 ])
 def test_impossible_configs(cfg, match):
     with pytest.raises(MLWQError, match=match):
