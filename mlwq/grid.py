@@ -71,7 +71,7 @@ def quantize_codes(w: torch.Tensor, d: torch.Tensor, zero: torch.Tensor, bits) -
 
 def clamp_codes_(q: torch.Tensor, qmax) -> torch.Tensor:
     """q.clamp_(0, qmax) in place; qmax a number, or a tensor broadcasting to q (one width per layer
-    of a batch: minimum() instead of a clamp to tensor bounds, which is ten times slower on a CPU)."""
+    of a batch: minimum() instead of a clamp to tensor bounds, which is far slower on a CPU)."""
     if torch.is_tensor(qmax):
         return torch.minimum(q.clamp_(min=0), qmax, out=q)
     return q.clamp_(0, qmax)

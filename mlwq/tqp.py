@@ -64,7 +64,7 @@ def _clipped_error(w, wmax, wmin, qmax, gamma, beta):
 
 
 CHUNK_ELEMENTS = 1 << 24    # weights optimised together: bounds the memory of a wide layer
-CPU_CHUNK_ELEMENTS = 1 << 20    # on a CPU: the step's temporaries stay in cache (0.7x the time)
+CPU_CHUNK_ELEMENTS = 1 << 20    # on a CPU: the step's temporaries stay in cache
 
 
 def learn_clipping(w: torch.Tensor, bits: torch.Tensor, steps: int = TQP_STEPS, lr: float = TQP_LR):
