@@ -20,7 +20,7 @@
 #                                                       # the committed and the variant libraries, alternating
 #   MLWQ_REAL=x.gguf bash bench/gpu/device_cuda_checks.sh order # the slow llama-bench configuration:
 #                                                       # graphs off, fewer models before, GPU clocks
-#   bash bench/gpu/device_cuda_checks.sh balanced       # (after smollm2, bench) tg128 MLWQ3/Q3_K_S, one process per
+#   bash bench/gpu/device_cuda_checks.sh balanced       # (after smollm2, bench, bench8b) tg128 MLWQ3/Q3_K_S, one process per
 #                                                       # file in ABBA order: the position-balanced ratio
 #   bash bench/gpu/device_cuda_checks.sh all            # all of them, most important first, within MLWQ_DEV_LIMIT s
 #   bash bench/gpu/device_cuda_checks.sh detach build test bench8b ...
@@ -289,6 +289,7 @@ stage_order() {
 stage_balanced() {
     local pairs=("$W/smollm2-synth/Q3_K_S.gguf $W/smollm2-synth/mlwq3.gguf")
     [ -f "$W/l1b-mlwq3.gguf" ] && pairs+=("$W/l1b-q3ks.gguf $W/l1b-mlwq3.gguf")
+    [ -f "$W/l8b-mlwq3.gguf" ] && pairs+=("$W/l8b-q3ks.gguf $W/l8b-mlwq3.gguf")
     for pair in "${pairs[@]}"; do
         set -- $pair
         local q=$1 m=$2
