@@ -302,13 +302,13 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
                 first = shared.first_reader(inp[0], name)
                 if first != name:
                     fed_by[name] = first
-                for x in inp[0].detach().unbind(0):      # window by window: the same sums as one per call
-                    if first == name:
-                        gptq[name].add_batch(x)
-                    if block_bpll:
-                        rows = x.reshape(-1, x.shape[-1])
-                        pick = torch.randperm(rows.shape[0], generator=gen)[:per_window].to(rows.device)
-                        samples[name].append(rows[pick].float())
+                x = inp[0].detach()
+                if first == name:
+                    gptq[name].add_windows(x)            # window by window: the same sums as one per call
+                for rows in x.unbind(0) if block_bpll else ():
+                    rows = rows.reshape(-1, rows.shape[-1])
+                    pick = torch.randperm(rows.shape[0], generator=gen)[:per_window].to(rows.device)
+                    samples[name].append(rows[pick].float())
             return fn
 
         handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]

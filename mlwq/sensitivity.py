@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import bpll, mqsa
 from .engine import SharedInputs, _block_forward, _capture_block_inputs, layer_plan
-from .gptq import quantize_without_compensation
+from .gptq import add_gram_, mirror_upper_, quantize_without_compensation
 from .model_io import arch_of, blocks_of, get_module
 
 
@@ -37,7 +37,7 @@ def _add_hessian(H: dict, shared: SharedInputs, name: str, x: torch.Tensor, devi
         x = x.detach().reshape(-1, x.shape[-1]).float()
         if name not in H:
             H[name] = torch.zeros(x.shape[1], x.shape[1], device=device)
-        H[name].addmm_(x.t(), x)
+        add_gram_(H[name], x, fused=True)        # the upper triangle: mirrored once all windows are in
     else:
         H[name] = H[first]
 
@@ -113,6 +113,8 @@ def layer_statistics(model, calib: torch.Tensor, device, windows: int, progress:
             h.remove()
         for p in trainable:
             p.requires_grad_(True)
+    for t in {id(t): t for t in H.values()}.values():
+        mirror_upper_(t)
     for t in {id(t): t for t in (*H.values(), *F.values())}.values():
         t.div_(tokens)                     # in place: shared H stay one tensor
     return (H if hessians else None), F
@@ -142,6 +144,7 @@ def block_hessians(model, calib: torch.Tensor, device, windows: int):
             for h in handles:
                 h.remove()
         for t in {id(t): t for t in H.values()}.values():
+            mirror_upper_(t)
             t.div_(tokens)
         yield H
 

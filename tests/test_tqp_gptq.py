@@ -228,3 +228,17 @@ def test_layers_in_one_loop_give_the_bytes_of_one_at_a_time():
                 assert torch.equal(getattr(res, field), getattr(alone, field)), field
             assert res.loss == alone.loss > 0
         assert not torch.equal(together[0].codes, together[-1].codes)     # the layers stayed apart
+
+
+def test_hessian_from_window_batches_is_the_running_average_and_symmetric():
+    # 1536 columns: add_gram_ computes H's upper triangle in strips on a CPU and mirrors it
+    layer, X = _correlated(1536, 8, 4 * 96, seed=3)
+    windows = X.view(4, 96, 1536)
+    one_call, per_window = GPTQ(layer), GPTQ(layer)
+    one_call.add_windows(windows)
+    for w in windows:
+        per_window.add_batch(w)
+    assert torch.equal(one_call.H, per_window.H)
+    assert torch.equal(one_call.H, one_call.H.t())
+    expected = 2 / X.shape[0] * X.t() @ X
+    assert (one_call.H - expected).abs().max() <= 1e-5 * expected.abs().max()
