@@ -302,11 +302,10 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
                 first = shared.first_reader(inp[0], name)
                 if first != name:
                     fed_by[name] = first
-                x = inp[0].detach()
+                x = inp[0].detach().reshape(-1, inps.shape[1], inp[0].shape[-1])   # OPT's come flattened
                 if first == name:
                     gptq[name].add_windows(x)            # window by window: the same sums as one per call
                 for rows in x.unbind(0) if block_bpll else ():
-                    rows = rows.reshape(-1, rows.shape[-1])
                     pick = torch.randperm(rows.shape[0], generator=gen)[:per_window].to(rows.device)
                     samples[name].append(rows[pick].float())
             return fn

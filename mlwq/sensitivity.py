@@ -31,13 +31,14 @@ from .gptq import add_gram_, mirror_upper_, quantize_without_compensation
 from .model_io import arch_of, blocks_of, get_module
 
 
-def _add_hessian(H: dict, shared: SharedInputs, name: str, x: torch.Tensor, device) -> None:
+def _add_hessian(H: dict, shared: SharedInputs, name: str, x: torch.Tensor, seqlen: int, device) -> None:
+    """H[name] += x^T x window by window (x [windows, seqlen, cols], or flattened as OPT's are)."""
     first = shared.first_reader(x, name)
     if first == name:
-        x = x.detach().reshape(-1, x.shape[-1]).float()
         if name not in H:
-            H[name] = torch.zeros(x.shape[1], x.shape[1], device=device)
-        add_gram_(H[name], x, fused=True)        # the upper triangle: mirrored once all windows are in
+            H[name] = torch.zeros(x.shape[-1], x.shape[-1], device=device)
+        for w in x.detach().float().reshape(-1, seqlen, x.shape[-1]).unbind(0):   # the same sums
+            add_gram_(H[name], w, fused=True)    # however many per call; mirrored once all are in
     else:
         H[name] = H[first]
 
@@ -78,13 +79,15 @@ def layer_statistics(model, calib: torch.Tensor, device, windows: int, progress:
                 return
             seen.add(name)
             if hessians:
-                _add_hessian(H, shared, name, inp[0], device)
+                _add_hessian(H, shared, name, inp[0], calib.shape[1], device)
             out.register_hook(on_grad)
         return fn
 
     def needs_grad(_, __, out):            # gradients start at the embeddings' output
         return out.requires_grad_()
 
+    # windows per call: on a CPU 2 (bigger GEMMs; 4 are slower: the logits no longer fit the cache)
+    per_call = 2 if torch.device(device).type == "cpu" else 1
     model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     for p in trainable:
@@ -96,15 +99,18 @@ def layer_statistics(model, calib: torch.Tensor, device, windows: int, progress:
             blocks[i] = _Recomputed(blocks[i])
     try:
         n = min(windows, calib.shape[0])
-        for j in tqdm(range(n), desc="sensitivity (float pass with gradients)", unit="window", disable=not progress):
-            ids = calib[j:j + 1].to(device)
+        bar = tqdm(total=n, desc="sensitivity (float pass with gradients)", unit="window", disable=not progress)
+        for j in range(0, n, per_call):
+            ids = calib[j:min(j + per_call, n)].to(device)
             seen.clear()
             shared.reset()
             with torch.enable_grad():
                 loss = model(ids, labels=ids).loss
                 # dL/dy of the mean loss; scaled by the token count so F is a per-token mean square
-                (loss * (ids.shape[1] - 1)).backward()
-            tokens += ids.shape[1]
+                (loss * ids[:, 1:].numel()).backward()
+            tokens += ids.numel()
+            bar.update(ids.shape[0])
+        bar.close()
     finally:
         if recompute:
             for i in range(len(blocks)):
@@ -134,7 +140,8 @@ def block_hessians(model, calib: torch.Tensor, device, windows: int):
         shared = SharedInputs()
 
         def hook(name):
-            return lambda _, inp, __: _add_hessian(H, shared, f"{spec.blocks}.{i}.{name}", inp[0], device)
+            return lambda _, inp, __: _add_hessian(H, shared, f"{spec.blocks}.{i}.{name}", inp[0],
+                                                    ids.shape[1], device)
 
         handles = [get_module(block, n).register_forward_hook(hook(n)) for n in spec.linears]
         try:
