@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "per block from eq. 3 (the paper's BPLL)")
     q.add_argument("--sensitivity-windows", type=int, default=DEFAULTS.sensitivity_windows,
                    help="calibration windows of the model-scope float pass")
+    q.add_argument("--sensitivity-labels", choices=("text", "sampled"), default=DEFAULTS.sensitivity_labels,
+                   help="next tokens of the model-scope pass: drawn from the float model (sampled: the "
+                        "Fisher of the KL divergence to it) or the calibration text's (empirical Fisher)")
     q.add_argument("--no-weighted", action="store_true",
                    help="ablation: fit each group's scale and zero on the plain l2 error only (TQP), not on "
                         "GPTQ's importance-weighted error")
@@ -110,7 +113,8 @@ def cmd_quantize(args) -> int:
                       bpll=not args.no_bpll, mqsa=not args.no_mqsa, tqp=not args.no_tqp,
                       bpll_loss=args.bpll_loss, compensate=not args.no_compensation, tqp_steps=args.tqp_steps,
                       percdamp=args.percdamp, seed=args.seed, bpll_scope=args.bpll_scope,
-                      sensitivity_windows=args.sensitivity_windows, weighted=not args.no_weighted,
+                      sensitivity_windows=args.sensitivity_windows, sensitivity_labels=args.sensitivity_labels,
+                      weighted=not args.no_weighted,
                       block_tune_steps=args.block_tune_steps, rotation=args.rotate)
     cfg.validate()
     source = resolve_model(args.model)

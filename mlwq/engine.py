@@ -35,6 +35,7 @@ from .grid import GROUP_SIZE
 from .model_io import arch_of, blocks_of, get_module
 
 METHODS = ("rtn", "gptq", "mlwq")
+SENSITIVITY_LABELS = ("text", "sampled")
 
 
 @dataclass
@@ -58,6 +59,8 @@ class QuantConfig:
     bpll_scope: str = "model"               # block: a budget per block (eq. 3-4); model: one budget,
                                             # Fisher-weighted output error (mlwq/sensitivity.py)
     sensitivity_windows: int = 16           # calibration windows of the model-scope float pass
+    sensitivity_labels: str = "sampled"     # the pass's next tokens: drawn from the float model (the
+                                            # Fisher of the KLD to it) or the text's (empirical Fisher)
     compensate: bool = True                 # GPTQ error compensation inside the tiers (mlwq)
     percdamp: float = 0.01
     bpll_tokens: int = 4096                 # input rows per layer kept for BPLL's losses
@@ -72,6 +75,9 @@ class QuantConfig:
         if self.sensitivity_windows < 1:
             raise MLWQError(f"--sensitivity-windows {self.sensitivity_windows}: the sensitivity pass needs "
                             "at least one window")
+        if self.sensitivity_labels not in SENSITIVITY_LABELS:
+            raise MLWQError(f"unknown sensitivity labels {self.sensitivity_labels!r}; "
+                            f"choose one of {', '.join(SENSITIVITY_LABELS)}")
         if self.bpll_loss not in bpll.LOSSES:
             raise MLWQError(f"unknown BPLL loss {self.bpll_loss!r}; choose one of {', '.join(bpll.LOSSES)}")
         uses_bpll = self.method == "mlwq" and self.bpll
@@ -93,10 +99,13 @@ class QuantConfig:
 
     def identity(self) -> dict:
         """The fields that name this configuration in stored results: asdict without the optional
-        switches that are off, so results stored before a switch existed keep their names."""
+        switches that are off, so results stored before a switch existed keep their names (those
+        made before sampled sensitivity labels used the text's)."""
         d = dataclasses.asdict(self)
         if d["rotation"] is None:
             del d["rotation"]
+        if d["sensitivity_labels"] == "text":
+            del d["sensitivity_labels"]
         return d
 
     def effective_group_size(self) -> int:

@@ -6,8 +6,11 @@ For a layer with weight W, input second moments H = mean_t x_t x_t^T and squared
 the model's loss with respect to its outputs F_c = mean_t (dL/dy_tc)^2, quantizing W to W_hat
 raises the loss by about
     0.5 * sum_c F_c * (dW H dW^T)_cc,      dW = W - W_hat
-(second-order Taylor with the empirical Fisher for the Hessian, channels taken as independent;
-the Fisher-weighted output error of HAWQ-style mixed precision). W_hat is BPLL's proxy at each
+(second-order Taylor with a Fisher for the Hessian, channels taken as independent; the
+Fisher-weighted output error of HAWQ-style mixed precision). L is the loss of next tokens drawn
+from the float model itself (default): F then estimates the Fisher, the Hessian of the KL
+divergence from the float model, which is what the files are judged by; with the text's next
+tokens it is the empirical Fisher (`sensitivity_labels="text"`). W_hat is BPLL's proxy at each
 width: the layer's MQSA tiers with min/max parameters, no compensation. Unlike the per-block
 losses of eq. 3, these are in one unit (nats of the model's loss) for every layer of every block,
 so bits can move between blocks.
@@ -43,6 +46,14 @@ def _add_hessian(H: dict, shared: SharedInputs, name: str, x: torch.Tensor, seql
         H[name] = H[first]
 
 
+def _draw(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One token per row of logits [n, vocab] from its softmax, by inverting the cumulative
+    distribution (a tenth of torch.multinomial's time on a CPU at these vocabularies)."""
+    cdf = torch.softmax(logits, -1).cumsum_(-1)
+    u = torch.rand(cdf.shape[0], 1, generator=gen, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u)[:, 0].clamp_(max=cdf.shape[1] - 1)
+
+
 class _Recomputed(torch.nn.Module):
     """A block whose activations are recomputed in the backward pass instead of kept."""
 
@@ -55,12 +66,14 @@ class _Recomputed(torch.nn.Module):
 
 
 def layer_statistics(model, calib: torch.Tensor, device, windows: int, progress: bool = True,
-                     hessians: bool = True, recompute: bool = False):
+                     hessians: bool = True, recompute: bool = False, labels: str = "text", seed: int = 0):
     """({layer: H [cols, cols]} or None, {layer: F [rows]}) over the first `windows` calibration windows.
 
     Only the activations carry gradients (none for the weights). recompute: keep only each
     block's inputs for the backward pass (needs hessians=False: a recomputed block runs its
-    hooks twice)."""
+    hooks twice). labels: "text", the loss of the calibration text's next tokens (F is the
+    empirical Fisher); "sampled", of next tokens drawn from the float model's own distribution
+    (seeded; F estimates the Fisher, the Hessian of the KL divergence from the float model)."""
     spec = arch_of(model)
     blocks = blocks_of(model)
     layers = {f"{spec.blocks}.{i}.{n}": get_module(b, n) for i, b in enumerate(blocks) for n in spec.linears}
@@ -88,6 +101,7 @@ def layer_statistics(model, calib: torch.Tensor, device, windows: int, progress:
 
     # windows per call: on a CPU 2 (bigger GEMMs; 4 are slower: the logits no longer fit the cache)
     per_call = 2 if torch.device(device).type == "cpu" else 1
+    gen = torch.Generator(device=device).manual_seed(seed)
     model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     for p in trainable:
@@ -105,9 +119,13 @@ def layer_statistics(model, calib: torch.Tensor, device, windows: int, progress:
             seen.clear()
             shared.reset()
             with torch.enable_grad():
-                loss = model(ids, labels=ids).loss
-                # dL/dy of the mean loss; scaled by the token count so F is a per-token mean square
-                (loss * ids[:, 1:].numel()).backward()
+                if labels == "text":
+                    # dL/dy of the mean loss; scaled by the token count so F is a per-token mean square
+                    (model(ids, labels=ids).loss * ids[:, 1:].numel()).backward()
+                else:
+                    logits = model(ids).logits[:, :-1].float().flatten(0, 1)
+                    drawn = _draw(logits.detach(), gen)
+                    torch.nn.functional.cross_entropy(logits, drawn, reduction="sum").backward()
             tokens += ids.numel()
             bar.update(ids.shape[0])
         bar.close()
@@ -176,7 +194,8 @@ def allocate(model, calib: torch.Tensor, cfg, device, progress: bool = True):
     low_memory = torch.device(device).type == "cuda"
     try:
         H, F = layer_statistics(model, calib, device, cfg.sensitivity_windows, progress,
-                                hessians=not low_memory, recompute=low_memory)
+                                hessians=not low_memory, recompute=low_memory,
+                                labels=cfg.sensitivity_labels, seed=cfg.seed)
         if H is not None:
             losses = predicted_losses(model, {k: (H[k], F[k]) for k in F}, cfg)
         else:

@@ -21,3 +21,17 @@ def test_low_memory_statistics_equal_the_one_pass_ones(reduced_model, calib_path
     assert H1[q] is H1[k_] is H1[v] and H2[q] is H2[v]            # one input, one H
     assert H1[q] is not H1["model.layers.0.self_attn.o_proj"]
     assert all(p.requires_grad for p in model.parameters())      # the pass gives the weights back as found
+
+
+def test_sampled_labels_are_seeded_and_low_memory_gives_the_same(reduced_model, calib_path):
+    model, tok = reduced_model
+    calib = calibration_windows(tok, calib_path, 3, 96, 0)
+    _, text = layer_statistics(model, calib, "cpu", 3, progress=False, hessians=False)
+    _, F1 = layer_statistics(model, calib, "cpu", 3, progress=False, hessians=False, labels="sampled", seed=1)
+    _, F2 = layer_statistics(model, calib, "cpu", 3, progress=False, hessians=False, recompute=True,
+                             labels="sampled", seed=1)
+    _, F3 = layer_statistics(model, calib, "cpu", 3, progress=False, hessians=False, labels="sampled", seed=2)
+    assert all(torch.equal(F1[k], F2[k]) for k in F1)              # one draw per seed, either path
+    assert all(float(F1[k].sum()) > 0 for k in F1)
+    assert not all(torch.equal(F1[k], F3[k]) for k in F1)          # another seed draws other tokens
+    assert not all(torch.equal(F1[k], text[k]) for k in F1)

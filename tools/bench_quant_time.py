@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--tqp-steps", type=int, default=None, help="default: QuantConfig's")
     p.add_argument("--block-tune-steps", type=int, default=0)
     p.add_argument("--sensitivity-windows", type=int, default=None, help="default: QuantConfig's")
+    p.add_argument("--sensitivity-labels", choices=("text", "sampled"), default=None, help="default: QuantConfig's")
     p.add_argument("--max-blocks", type=int, default=None, help="quantize the first N blocks, extrapolate the rest")
     p.add_argument("--tokenizer", default=None, help="Llama-3 tokenizer directory for the llama-* shapes")
     p.add_argument("--eval-windows", type=int, default=None, help="real models: also the WikiText-2 perplexity (2048-token windows)")
@@ -88,6 +89,8 @@ def main(argv=None) -> int:
         cfg.tqp_steps = args.tqp_steps
     if args.sensitivity_windows is not None:
         cfg.sensitivity_windows = args.sensitivity_windows
+    if args.sensitivity_labels is not None:
+        cfg.sensitivity_labels = args.sensitivity_labels
     t_load = time.time()
     if args.shape in REAL_MODELS:
         source = str(named_model_path(REAL_MODELS[args.shape]))
@@ -111,7 +114,7 @@ def main(argv=None) -> int:
         "shape": args.shape, "source": source, "blocks": n_blocks, "blocks_run": ran,
         "linear_params": res.meta["summary"]["params"] * n_blocks // ran,
         "method": f"mlwq {args.bits:g}-bit", "tqp_steps": cfg.tqp_steps, "block_tune_steps": cfg.block_tune_steps,
-        "sensitivity_windows": cfg.sensitivity_windows,
+        "sensitivity_windows": cfg.sensitivity_windows, "sensitivity_labels": cfg.sensitivity_labels,
         "calibration": f"{args.nsamples} x {args.seqlen}",
         "seconds_total": round(total, 1),
         "seconds_per_block": round(per_block, 2),
@@ -148,9 +151,11 @@ def _cpu_name() -> str:
 
 def _record(path: Path, entry: dict) -> None:
     """Add the entry to the JSON list at path, replacing one of the same shape and settings."""
-    key = ("shape", "method", "calibration", "tqp_steps", "block_tune_steps", "sensitivity_windows", "blocks_run", "device")
+    key = ("shape", "method", "calibration", "tqp_steps", "block_tune_steps", "sensitivity_windows",
+           "sensitivity_labels", "blocks_run", "device")
+    before = {"sensitivity_labels": "text"}          # entries recorded before the key existed
     runs = json.loads(path.read_text()) if path.exists() else []
-    runs = [r for r in runs if any(r.get(k) != entry[k] for k in key)] + [entry]
+    runs = [r for r in runs if any(r.get(k, before.get(k)) != entry[k] for k in key)] + [entry]
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(runs, indent=1) + "\n")
 

@@ -240,10 +240,11 @@ class Run:
                 return QuantConfig(method="gptq", bits=bits, group_size=64)
         if method == "mlwq":
             return QuantConfig(method="mlwq", bits=bits, tqp_steps=steps, block_tune_steps=tune,
-                               sensitivity_windows=windows)
+                               sensitivity_windows=windows, sensitivity_labels=self.args.sensitivity_labels)
         # fractional budget for the uniform methods: BPLL's layer widths, nothing else of MLWQ
         return QuantConfig(method="mlwq", bits=bits, mqsa=False, tqp=False, weighted=False,
-                           compensate=(method == "gptq"), tqp_steps=steps, sensitivity_windows=windows)
+                           compensate=(method == "gptq"), tqp_steps=steps, sensitivity_windows=windows,
+                           sensitivity_labels=self.args.sensitivity_labels)
 
     def ours(self, make: bool = True) -> list[Entry]:
         from exporters.gguf_export import export_gguf
@@ -255,7 +256,8 @@ class Run:
         todo = [(m, b, t) for m in a.methods for b in a.bits for t in (a.block_tune_steps if m == "mlwq" else [0])]
         for i, (method, bits, tune) in enumerate(todo, 1):
             cfg = self.our_config(method, bits, tune)
-            name = f"{method.upper()} {bits:g}" + (f" bt{tune}" if tune else "")
+            name = (f"{method.upper()} {bits:g}" + (f" bt{tune}" if tune else "")
+                    + (" text-labels" if cfg.sensitivity_labels == "text" else ""))
             key = key_of(name, self.src_sha, a.max_blocks, cfg.identity(), self.calib_sha, a.nsamples, a.seqlen,
                          *([a.embedding_type] if a.embedding_type else []),
                          *([f"format{F.FORMAT_VERSION}"] if F.FORMAT_VERSION > 1 else []))
@@ -635,6 +637,9 @@ def parse_args(argv):
     p.add_argument("--tqp-steps", type=int, default=None, help="TQP Adam steps (default 50 on a GPU, 20 on a CPU)")
     p.add_argument("--sensitivity-windows", type=int, default=QuantConfig.sensitivity_windows,
                    help="calibration windows of BPLL's sensitivity pass (default %(default)s)")
+    p.add_argument("--sensitivity-labels", choices=("text", "sampled"), default=QuantConfig.sensitivity_labels,
+                   help="next tokens of BPLL's sensitivity pass: drawn from the float model (default), or "
+                        "the calibration text's (files named '... text-labels')")
     p.add_argument("--block-tune-steps", default="0",
                    help="MLWQ files with block-output reconstruction of these step counts, comma list "
                         "(default 0 = off; e.g. 0,50 makes both, named 'MLWQ 3' and 'MLWQ 3 bt50')")
