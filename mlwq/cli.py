@@ -7,7 +7,7 @@ import json
 import sys
 
 from .assets import CALIBRATION_TEXT, EVAL_TEXT, MODEL_HELP, resolve_model
-from .engine import METHODS, QuantConfig
+from .engine import METHODS, SENSITIVITY_LABELS, QuantConfig
 from .errors import MLWQError, run_cli
 
 DEFAULTS = QuantConfig()     # the defaults of every option that sets a QuantConfig field
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "per block from eq. 3 (the paper's BPLL)")
     q.add_argument("--sensitivity-windows", type=int, default=DEFAULTS.sensitivity_windows,
                    help="calibration windows of the model-scope float pass")
-    q.add_argument("--sensitivity-labels", choices=("text", "sampled"), default=DEFAULTS.sensitivity_labels,
+    q.add_argument("--sensitivity-labels", choices=SENSITIVITY_LABELS, default=DEFAULTS.sensitivity_labels,
                    help="next tokens of the model-scope pass: drawn from the float model (sampled: the "
                         "Fisher of the KL divergence to it) or the calibration text's (empirical Fisher)")
     q.add_argument("--no-weighted", action="store_true",

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from mlwq.engine import SENSITIVITY_LABELS
 from mlwq.resume import atomic_write_text
 
 SHAPES = {   # hidden, FFN, blocks, heads, KV heads, head dim, tied embeddings
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     p.add_argument("--tqp-steps", type=int, default=None, help="default: QuantConfig's")
     p.add_argument("--block-tune-steps", type=int, default=0)
     p.add_argument("--sensitivity-windows", type=int, default=None, help="default: QuantConfig's")
-    p.add_argument("--sensitivity-labels", choices=("text", "sampled"), default=None, help="default: QuantConfig's")
+    p.add_argument("--sensitivity-labels", choices=SENSITIVITY_LABELS, default=None, help="default: QuantConfig's")
     p.add_argument("--max-blocks", type=int, default=None, help="quantize the first N blocks, extrapolate the rest")
     p.add_argument("--tokenizer", default=None, help="Llama-3 tokenizer directory for the llama-* shapes")
     p.add_argument("--eval-windows", type=int, default=None, help="real models: also the WikiText-2 perplexity (2048-token windows)")

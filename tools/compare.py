@@ -54,7 +54,7 @@ from tqdm import tqdm
 from exporters import llamacpp
 from exporters import mlwq_format as F
 from mlwq.assets import CALIBRATION_TEXT, EVAL_TEXT, MODELS, model_key, resolve_model, sha256_of
-from mlwq.engine import QuantConfig
+from mlwq.engine import SENSITIVITY_LABELS, QuantConfig
 from mlwq.errors import MLWQError
 from mlwq.resume import atomic_write_text
 
@@ -637,7 +637,7 @@ def parse_args(argv):
     p.add_argument("--tqp-steps", type=int, default=None, help="TQP Adam steps (default 50 on a GPU, 20 on a CPU)")
     p.add_argument("--sensitivity-windows", type=int, default=QuantConfig.sensitivity_windows,
                    help="calibration windows of BPLL's sensitivity pass (default %(default)s)")
-    p.add_argument("--sensitivity-labels", choices=("text", "sampled"), default=QuantConfig.sensitivity_labels,
+    p.add_argument("--sensitivity-labels", choices=SENSITIVITY_LABELS, default=QuantConfig.sensitivity_labels,
                    help="next tokens of BPLL's sensitivity pass: drawn from the float model (default), or "
                         "the calibration text's (files named '... text-labels')")
     p.add_argument("--block-tune-steps", default="0",
