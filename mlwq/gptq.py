@@ -66,7 +66,7 @@ def uniform_plan(cols: int, bits: int, group_size: int = GROUP_SIZE, perm: torch
                      group_bits=torch.full((n_groups,), bits, dtype=torch.long), group_size=group_size, **kw)
 
 
-GRAM_STRIP_ROWS = 192      # H's rows per GEMM of add_gram_ on a CPU (fastest at 576 and 1536 columns)
+GRAM_STRIP_ROWS = 192      # H's rows per GEMM of add_gram_ on a CPU: skips most of the lower triangle
 
 
 def _strip_edges(cols: int) -> list[int]:

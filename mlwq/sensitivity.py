@@ -48,7 +48,7 @@ def _add_hessian(H: dict, shared: SharedInputs, name: str, x: torch.Tensor, seql
 
 def _draw(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """One token per row of logits [n, vocab] from its softmax, by inverting the cumulative
-    distribution (a tenth of torch.multinomial's time on a CPU at these vocabularies)."""
+    distribution (on a CPU much faster than torch.multinomial at these vocabularies)."""
     cdf = torch.softmax(logits, -1).cumsum_(-1)
     u = torch.rand(cdf.shape[0], 1, generator=gen, device=cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u)[:, 0].clamp_(max=cdf.shape[1] - 1)
@@ -99,7 +99,7 @@ def layer_statistics(model, calib: torch.Tensor, device, windows: int, progress:
     def needs_grad(_, __, out):            # gradients start at the embeddings' output
         return out.requires_grad_()
 
-    # windows per call: on a CPU 2 (bigger GEMMs; 4 are slower: the logits no longer fit the cache)
+    # windows per call: on a CPU 2 (bigger GEMMs; the pass's logits grow with it)
     per_call = 2 if torch.device(device).type == "cpu" else 1
     gen = torch.Generator(device=device).manual_seed(seed)
     model.to(device)
