@@ -27,6 +27,8 @@
 #                                                       # the stages named, one after another, in a detached job
 #                                                       # (for calls of 10 minutes): logs in $MLWQ_RES (/tmp/mlwq-res)
 #   bash bench/gpu/device_cuda_checks.sh wait 540       # waits for it that long at most; its logs to $OUT
+#   MLWQ_AFTER=/tmp/res/qt/finished bash bench/gpu/device_cuda_checks.sh detach build after smollm2 ...
+#                                                       # builds beside quant_time.sh's job, benches after it
 #
 # Needs, carried in .cache/cuda_src/ (ignored by git): llama.cpp.tar.xz (the pristine vendored
 # llama.cpp of llama-cpp-python 0.3.36, without models/docs/tests and other backends: the machine
@@ -390,6 +392,11 @@ case "${1:-all}" in
                     [ -f "$f" ] && cp "$f" /tmp/keep/; done \
                && rm -f ./* && cp /tmp/keep/* . 2>/dev/null; mv /tmp/mlwq-logs.tar.gz .) ;;
     bench8b) stage_bench8b ;;
+    after) # waits (40 min at most) until the file $MLWQ_AFTER exists: another detached job's end
+           # (bench/gpu/quant_time.sh's finished), so that no timing overlaps its GPU work
+           t=0
+           while [ -n "${MLWQ_AFTER:-}" ] && [ ! -f "$MLWQ_AFTER" ] && [ "$t" -lt 2400 ]; do sleep 5; t=$((t + 5)); done
+           echo "waited ${t}s for ${MLWQ_AFTER:-nothing}" ;;
     detach) # the stages named, one after another, in a job that outlives this call (the lent machine's
             # calls last 10 minutes; the build tree and the job stay while the machine is held). Their
             # output: $RES/run.log; their files: $RES (the stages' $OUT). A failed build stops the job.
@@ -412,5 +419,5 @@ case "${1:-all}" in
            cp "$RES/run.log" "$OUT/run.log"
            (cd "$RES" && tar czf "$OUT/res.tgz" --exclude=run.log .)
            ls -la "$RES" ;;
-    *)     echo "usage: $0 build|test|bench|benchops|sanitize|smollm2|bench8b|ncu|ncudetail|variant|order|balanced|all|detach STAGE...|wait S"; exit 2 ;;
+    *)     echo "usage: $0 build|test|bench|benchops|sanitize|smollm2|bench8b|ncu|ncudetail|variant|order|balanced|all|after|detach STAGE...|wait S"; exit 2 ;;
 esac

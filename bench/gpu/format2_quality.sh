@@ -6,6 +6,7 @@
 # not records. From the repo root, one device call per line:
 #   bench/gpu/quant_time.sh part1                    # carry .device/p1 .device/tok
 #   bench/gpu/format2_quality.sh smollm2             # carry .device/p2 .device/data .whl
+#   bench/gpu/format2_quality.sh smollm2-low         # (instead) 3 and 2.75 bits only
 #   bench/gpu/quant_time.sh store .device/g1         # ... g4: carry .device/gN
 #   bench/gpu/format2_quality.sh gemma               # carry .device/g5 .device/gtok .device/data .whl
 #   bench/gpu/quant_time.sh wait 540; bench/gpu/quant_time.sh fetch N            # N = 1 ... 5
@@ -20,6 +21,10 @@ smollm2)
         "keep:--shape smollm2 --bits 3.84 --block-tune-steps 200" \
         "keep:--shape smollm2 --bits 3 --block-tune-steps 200" \
         "keep:--shape smollm2 --bits 3.25" ;;
+smollm2-low)   # the budgets of issue 15's targets 5 and 3: the 3-bit file first
+    bash bench/gpu/quant_time.sh start \
+        "keep:--shape smollm2 --bits 3 --block-tune-steps 200" \
+        "keep:--shape smollm2 --bits 2.75 --block-tune-steps 200" ;;
 gemma)
     bash bench/gpu/gemma3_bos.sh prepare || exit 1
     QT_RES=/tmp/res/gemma bash bench/gpu/quant_time.sh start \
@@ -27,5 +32,5 @@ gemma)
         "keep:--shape gemma3-270m --bits 3.25 --block-tune-steps 200" \
         "keep:--shape gemma3-270m --bits 3.84 --block-tune-steps 200" ;;
 *)
-    echo "usage: $0 smollm2 | gemma" >&2; exit 2 ;;
+    echo "usage: $0 smollm2 | smollm2-low | gemma" >&2; exit 2 ;;
 esac
