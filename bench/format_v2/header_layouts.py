@@ -136,17 +136,18 @@ def main(argv=None) -> int:
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--tqp-steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0, help="calibration windows and sampled labels (default 0)")
     p.add_argument("--layout", choices=("symmetric", "asym-4-4", "format2"), default="symmetric",
                    help="the candidate simulated, or format2 (no patch: the baseline)")
     a = p.parse_args(argv)
     if a.layout != "format2":
         patch(a.layout)
-    cfg = QuantConfig(method="mlwq", bits=a.bits, tqp_steps=a.tqp_steps)
+    cfg = QuantConfig(method="mlwq", bits=a.bits, tqp_steps=a.tqp_steps, seed=a.seed)
     res = api.quantize(resolve_model(a.model), a.out, cfg, nsamples=a.nsamples, seqlen=a.seqlen, device="cpu", resume=True)
     code = res.meta["summary"]["code_bits_per_weight"]
     meta = metadata_bits(res.meta["layers"])
     layout = a.layout
-    report = {"layout": layout, "code_bits_per_weight": code, "metadata_bits": meta,
+    report = {"layout": layout, "seed": a.seed, "code_bits_per_weight": code, "metadata_bits": meta,
               "true_bits_per_weight": code + meta[layout], "seconds": res.seconds}
     Path(a.out, "layout.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
