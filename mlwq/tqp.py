@@ -117,6 +117,7 @@ def _group_error(w, bits, gamma, beta):
 
 CLIP_GRID = torch.linspace(1.0, 0.6, 9)   # shrink factors of each end tried by the weighted search
 LS_ROUNDS = 2                               # least-squares refinements of the scale after the grid
+ZERO_MOVES = (0.0, -1.0, 1.0)               # zero-point moves each refinement tries
 
 
 def weighted_search(w: torch.Tensor, bits, importance: torch.Tensor, d0: torch.Tensor, z0: torch.Tensor):
@@ -151,7 +152,7 @@ def weighted_search(w: torch.Tensor, bits, importance: torch.Tensor, d0: torch.T
     d, z = d_c.gather(0, pick)[0], z_c.gather(0, pick)[0]
     best, q = err_of(d, z)
     for _ in range(LS_ROUNDS):
-        for dz in (0.0, -1.0, 1.0):
+        for dz in ZERO_MOVES:
             zt = grid.clamp_codes_(z + dz, zmax)
             c = q - zt.unsqueeze(-1)
             den = (h * c * c).sum(-1)

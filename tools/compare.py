@@ -525,6 +525,20 @@ def plot_pareto(rows: list[dict], front: set[str], path: Path, title: str) -> No
     plt.close(fig)
 
 
+def write_results(out: Path, res: dict, run) -> None:
+    """results.json, results.csv, results.md and pareto.png of a results set (rows marked "pareto")."""
+    rows = res["rows"]
+    write_json(out / "results.json", res)
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (out / "results.md").write_text(markdown(rows, run, res["bench"], res["verdict"]))
+    if any(r["ppl"] for r in rows):
+        front = {r["name"] for r in rows if r["pareto"]}
+        plot_pareto(rows, front, out / "pareto.png", f"{run.stem}: perplexity vs bits per weight")
+
+
 ROLE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -718,17 +732,9 @@ def compare(args) -> int:
         return 0
     front = pareto(entries)
     rows = table_rows(entries, front)
-    lines = verdict(entries)
     out = run.out
-    write_json(out / "results.json", {"model": str(run.source), "model_sha256": run.src_sha, "args": vars(args),
-                                      "bench": bench_info, "rows": rows, "verdict": lines})
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    (out / "results.md").write_text(markdown(rows, run, bench_info, lines))
-    if any(r["ppl"] for r in rows):
-        plot_pareto(rows, front, out / "pareto.png", f"{run.stem}: perplexity vs bits per weight")
+    write_results(out, {"model": str(run.source), "model_sha256": run.src_sha, "args": vars(args),
+                        "bench": bench_info, "rows": rows, "verdict": verdict(entries)}, run)
     plot_allocation(entries, out / "allocation.png")
     if args.ablation or args.ablation_dir:
         (out / "ablation.md").write_text(ablation(args, out))

@@ -14,7 +14,6 @@ allocation.png is left as it is (it needs the checkpoints).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from mlwq.errors import MLWQError
-from tools.compare import Entry, markdown, pareto, plot_pareto, verdict, write_json
+from tools.compare import Entry, pareto, verdict, write_results
 
 # the settings that make two runs' perplexities and KL divergences comparable
 SAME_MEASUREMENT = ("ctx", "chunks")
@@ -81,17 +80,8 @@ def merge(doc: dict, run: dict, names: list[str] | None, how: str | None) -> dic
 
 
 def write(doc_dir: Path, res: dict) -> None:
-    rows = res["rows"]
-    write_json(doc_dir / "results.json", res)
-    with open(doc_dir / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
     stem = re.sub(r"\.gguf$", "", Path(res["model"]).name)
-    run = SimpleNamespace(args=SimpleNamespace(**res["args"]), stem=stem)
-    (doc_dir / "results.md").write_text(markdown(rows, run, res.get("bench"), res["verdict"]))
-    front = {r["name"] for r in rows if r["pareto"]}
-    plot_pareto(rows, front, doc_dir / "pareto.png", f"{stem}: perplexity vs bits per weight")
+    write_results(doc_dir, res, SimpleNamespace(args=SimpleNamespace(**res["args"]), stem=stem))
 
 
 def main(argv=None) -> int:

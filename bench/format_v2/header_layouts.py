@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from exporters.mlwq_format import SCALE_EXP0, SCALE_STEPS_PER_OCTAVE          # noqa: E402
-from mlwq import api, gptq, grid, tqp                                          # noqa: E402
+from mlwq import api, grid, tqp                                                # noqa: E402
 from mlwq.assets import resolve_model                                          # noqa: E402
 from mlwq.engine import QuantConfig                                            # noqa: E402
 
@@ -71,40 +71,6 @@ def clipped_error(w, wmax, wmin, qmax, gamma, beta):
     return tqp._FakeQuantError.apply(w, d, torch.broadcast_to(zero, d.shape).contiguous(), qmax)
 
 
-def weighted_search(w, bits, importance, d0, z0):
-    """tqp.weighted_search on the symmetric grid: the same candidates and least-squares refits of d,
-    without the refits that move the zero point."""
-    w = w.float()
-    h = importance.float().to(w.device).clamp(min=0).expand_as(w)
-    qmax_w = (2.0 ** bits.float() - 1).unsqueeze(-1) if torch.is_tensor(bits) and bits.dim() > 0 \
-        else float(2 ** int(bits) - 1)
-
-    def err_of(d, z):
-        q = grid.clamp_codes_(torch.round(w / d.unsqueeze(-1)).add_(z.unsqueeze(-1)), qmax_w)
-        return (h * (d.unsqueeze(-1) * (q - z.unsqueeze(-1)) - w).pow(2)).sum(-1), q
-
-    clips = tqp.CLIP_GRID.to(w.device).view(-1, *([1] * (w.dim() - 1)))
-    n = tqp.CLIP_GRID.numel()
-    gam, bet = clips.repeat_interleave(n, dim=0), clips.repeat(n, *([1] * (w.dim() - 1)))
-    d_c, z_c = scale_zero_of_range(w.amax(dim=-1), w.amin(dim=-1), bits, gam, bet)
-    d_c = torch.cat([d0.unsqueeze(0).float(), d_c])
-    z_c = torch.cat([torch.broadcast_to(z0.float(), d_c.shape[1:]).unsqueeze(0), z_c])
-    pick = tqp._weighted_errors(w, h, d_c, z_c, qmax_w).argmin(0, keepdim=True)
-    d, z = d_c.gather(0, pick)[0], z_c.gather(0, pick)[0]
-    best, q = err_of(d, z)
-    for _ in range(tqp.LS_ROUNDS):
-        c = q - z.unsqueeze(-1)
-        den = (h * c * c).sum(-1)
-        dt = torch.where(den > 0, (h * w * c).sum(-1) / den.clamp(min=1e-30), d)
-        dt = round_scale(dt)
-        dt = torch.where(torch.isfinite(dt) & (dt > 0), dt, d)
-        et, qt = err_of(dt, z)
-        better = et < best
-        d, best = torch.where(better, dt, d), torch.where(better, et, best)
-        q = torch.where(better.unsqueeze(-1), qt, q)
-    return d, z
-
-
 def patch(layout: str) -> None:
     global STEPS
     grid.round_scale = round_scale
@@ -115,7 +81,7 @@ def patch(layout: str) -> None:
     grid.scale_zero_of_range = scale_zero_of_range
     tqp.scale_zero_of_range = scale_zero_of_range
     tqp._clipped_error = clipped_error
-    gptq.weighted_search = weighted_search
+    tqp.ZERO_MOVES = (0.0,)     # the weighted search's refits keep the zero point
 
 
 def metadata_bits(layers: dict) -> dict:
