@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-type", choices=EMBEDDING_TYPES, default=None,
                    help="requantize token_embd (and a tied output) to this type; default: keep the source's "
                         "(Q8_0 for SmolLM2 and Gemma-3); K-quants need rows that are a multiple of 256")
+    p.add_argument("--format", type=int, choices=(2, 3), default=None,
+                   help="MLWQ file format (ggml_patch/FORMAT.md): 3 = one-byte block headers under a scale per "
+                        "row, 2 = two-byte headers; default: the one the checkpoint was quantized for (3 for "
+                        "new checkpoints). Format 2 holds any checkpoint, format 3 only one quantized for it")
     p.add_argument("--method", choices=["rtn", "gptq", "mlwq"], default="mlwq",
                    help="whole-chain mode: quantization method")
     p.add_argument("--bits", type=float, default=3.0, help="whole-chain mode: average code bits")
@@ -61,7 +65,8 @@ def quantize_then_export(args) -> Path:
     if not args.out:
         raise ExportError("give --out FILE.gguf when MODEL is not a checkpoint directory")
     ckpt = Path(args.out).with_suffix(".checkpoint")
-    cfg = QuantConfig(method=args.method, bits=args.bits, tqp_steps=args.tqp_steps, seed=args.seed)
+    cfg = QuantConfig(method=args.method, bits=args.bits, tqp_steps=args.tqp_steps, seed=args.seed,
+                      **({} if args.format is None else {"file_format": args.format}))
     try:
         api.quantize(source, ckpt, cfg, nsamples=args.nsamples, seqlen=args.seqlen,
                      max_blocks=args.max_blocks, resume=args.resume)
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else ckpt / "model-mlwq.gguf"
         print(f"mlwq-export: {ckpt} -> {out} ({args.to})", file=sys.stderr)
         report = export_gguf(ckpt, out, source=args.source, log=lambda m: print(f"mlwq-export: {m}", file=sys.stderr),
-                             embedding_type=args.embedding_type)
+                             embedding_type=args.embedding_type, file_format=args.format)
         for name, layer in report.layers.items():
             print(f"  {name:28s} {layer['type']}  {layer['bits_per_weight']:.4f} bpw "
                   f"(codes {layer['code_bits_per_weight']:.4f})", file=sys.stderr)

@@ -43,9 +43,11 @@ class ExportReport:
     file_bytes: int
     n_params: int                    # elements of every model tensor (permutations excluded)
     mlwq_params: int                 # elements of the MLWQ linear layers
-    mlwq_bytes: int                  # their bytes in the file: rows (headers + codes + padding) + permutations
+    mlwq_bytes: int                  # their bytes in the file: rows (headers + codes + padding) + side tensors
     mlwq_code_bits: int              # sum of the block widths times 64 times rows
     embedding_type: str = ""         # token_embd's type in the file
+    file_format: int = 3             # mlwq.format_version written
+    lifted_blocks: int = 0           # format 3: blocks requantized at their row's lowest scale (lift_small_scales)
     layers: dict = field(default_factory=dict)
 
     @property
@@ -62,8 +64,8 @@ class ExportReport:
 
     def summary(self) -> str:
         return (f"wrote {self.path}: {self.file_bytes} bytes ({self.file_bytes / 2**20:.2f} MiB), "
-                f"{len(self.layers)} MLWQ layers: {self.bpw_mlwq:.4f} bits/weight "
-                f"(codes {self.code_bpw_mlwq:.4f} + headers + permutations), "
+                f"MLWQ format {self.file_format}, {len(self.layers)} layers: {self.bpw_mlwq:.4f} bits/weight "
+                f"(codes {self.code_bpw_mlwq:.4f} + headers, scales, widths, permutations), "
                 f"whole file {self.bpw_file:.4f} bits/weight over {self.n_params} parameters"
                 + (f", token_embd {self.embedding_type}" if self.embedding_type else ""))
 
@@ -101,11 +103,12 @@ def _gguf():
         raise ExportError("the installed gguf package has no MLWQ types: install the patched gguf-py with "
                           "`bash ggml_patch/build.sh`")
     for b in F.WIDTHS:
-        qt = gguf.GGMLQuantizationType[F.TYPE_NAME[b]]
-        if int(qt) != F.GGML_TYPE_ID[b] or gguf.GGML_QUANT_SIZES[qt] != (F.QK, F.type_size(b)):
-            raise ExportError(f"the installed gguf package defines {qt.name} as id {int(qt)} "
-                              f"{gguf.GGML_QUANT_SIZES[qt]}, this exporter writes id {F.GGML_TYPE_ID[b]} "
-                              f"{(F.QK, F.type_size(b))}: rebuild with `bash ggml_patch/build.sh`")
+        for name, tid, size in ((F.TYPE_NAME[b], F.GGML_TYPE_ID[b], F.type_size(b)),
+                                (F.V3_TYPE_NAME[b], F.V3_GGML_TYPE_ID[b], F.v3_type_size(b))):
+            qt = getattr(gguf.GGMLQuantizationType, name, None)
+            if qt is None or int(qt) != tid or gguf.GGML_QUANT_SIZES[qt] != (F.QK, size):
+                raise ExportError(f"the installed gguf package does not define {name} as id {tid} {(F.QK, size)}: "
+                                  "rebuild with `bash ggml_patch/build.sh`")
     return gguf
 
 
@@ -235,16 +238,22 @@ def rotated_tensors(reader, gguf, kind: str, seed: int, type_name: str | None) -
 
 
 def export_gguf(ckpt_dir: str | os.PathLike, out: str | os.PathLike, source: str | os.PathLike | None = None,
-                log=print, embedding_type: str | None = None) -> ExportReport:
+                log=print, embedding_type: str | None = None, file_format: int | None = None) -> ExportReport:
     """Write the GGUF for the patched llama.cpp. Returns the byte and bit counts of the written file.
 
     A checkpoint of a reduced model (meta "max_blocks": n, see mlwq.api.truncate_blocks) gives a
     GGUF of the first n blocks, block_count rewritten. embedding_type (EMBEDDING_TYPES) requantizes
-    token_embd from the source's values; None keeps the source's bytes."""
+    token_embd from the source's values; None keeps the source's bytes. file_format: 3 or 2
+    (ggml_patch/FORMAT.md); None takes the one the checkpoint was quantized for (2 for checkpoints
+    from before format 3). Format 2 holds any checkpoint; format 3 only one quantized for it."""
     if embedding_type is not None and embedding_type not in EMBEDDING_TYPES:
         raise ExportError(f"embedding type {embedding_type!r} is not one of {', '.join(EMBEDDING_TYPES)}")
     gguf = _gguf()
     meta, tensors = load_checkpoint(ckpt_dir)
+    if file_format is None:
+        file_format = int((meta.get("config") or {}).get("file_format", 2))
+    if file_format not in (2, F.V3_FORMAT_VERSION):
+        raise ExportError(f"MLWQ file format {file_format} is not one of 2, {F.V3_FORMAT_VERSION}")
     src = source_gguf(meta, source)
     reader = gguf.GGUFReader(str(src))
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
@@ -281,7 +290,8 @@ def export_gguf(ckpt_dir: str | os.PathLike, out: str | os.PathLike, source: str
     tmp = out.with_name(out.name + ".part")
     writer = gguf.GGUFWriter(str(tmp), arch)
 
-    report = ExportReport(path=str(out), file_bytes=0, n_params=0, mlwq_params=0, mlwq_bytes=0, mlwq_code_bits=0)
+    report = ExportReport(path=str(out), file_bytes=0, n_params=0, mlwq_params=0, mlwq_bytes=0, mlwq_code_bits=0,
+                          file_format=file_format)
     width_params: dict[int, int] = {}
     for t in reader.tensors:
         m = re.match(r"^blk\.(\d+)\.", t.name)
@@ -311,18 +321,31 @@ def export_gguf(ckpt_dir: str | os.PathLike, out: str | os.PathLike, source: str
                 heads = n_head if t.name.split(".")[-2] == "attn_q" else n_head_kv
                 order = rope_row_order(rows, heads)
                 codes, scale, zero = codes[order], scale[order], zero[order]
-            data = F.pack_rows(codes, scale, zero, bits, b)
+            if file_format == 2:
+                data = F.pack_rows(codes, scale, zero, bits, b)
+                side = [(F.perm_name(t.name), perm)]
+                qtype = gguf.GGMLQuantizationType[F.TYPE_NAME[b]]
+            else:
+                codes, scale, zero, n_lifted = F.lift_small_scales(codes, scale, zero, bits)
+                report.lifted_blocks += n_lifted
+                data, row_scale = F.pack_rows_v3(codes, scale, zero, bits, b)
+                side = [(F.perm_name(t.name), F.validate_perm16(perm, ne0)),
+                        (F.scale_name(t.name), row_scale.view(np.int8)),
+                        (F.bits_name(t.name), bits.astype(np.int8))]
+                qtype = gguf.GGMLQuantizationType[F.V3_TYPE_NAME[b]]
         except ValueError as e:
-            raise ExportError(f"layer {hf_name}: {e}") from None
-        writer.add_tensor(t.name, data, raw_dtype=gguf.GGMLQuantizationType[F.TYPE_NAME[b]])
-        writer.add_tensor(F.perm_name(t.name), perm)
-        nbytes = data.nbytes + perm.nbytes
+            hint = " (export it with --format 2)" if file_format == 3 and "format 3 cannot" in str(e) else ""
+            raise ExportError(f"layer {hf_name}: {e}{hint}") from None
+        writer.add_tensor(t.name, data, raw_dtype=qtype)
+        for name, arr in side:
+            writer.add_tensor(name, arr)
+        nbytes = data.nbytes + sum(arr.nbytes for _, arr in side)
         code_bits = int(bits.astype(np.int64).sum()) * F.QK * rows
         report.mlwq_params += rows * ne0
         report.mlwq_bytes += nbytes
         report.mlwq_code_bits += code_bits
         width_params[b] = width_params.get(b, 0) + rows * ne0
-        report.layers[t.name] = {"hf_name": hf_name, "type": F.TYPE_NAME[b], "shape": [rows, ne0],
+        report.layers[t.name] = {"hf_name": hf_name, "type": qtype.name, "shape": [rows, ne0],
                                  "bytes": nbytes, "bits_per_weight": 8 * nbytes / (rows * ne0),
                                  "code_bits_per_weight": code_bits / (rows * ne0)}
     if not report.layers:
@@ -337,7 +360,10 @@ def export_gguf(ckpt_dir: str | os.PathLike, out: str | os.PathLike, source: str
     if max_blocks is not None:
         writer.add_uint32(f"{arch}.block_count", int(max_blocks))
     writer.add_uint32(gguf.Keys.General.FILE_TYPE, F.LLAMA_FTYPE[main_width])
-    writer.add_uint32(F.KEY_FORMAT_VERSION, F.FORMAT_VERSION)
+    writer.add_uint32(F.KEY_FORMAT_VERSION, file_format)
+    if report.lifted_blocks:
+        log(f"{report.lifted_blocks} blocks lay more than 7.5 octaves below their row's largest scale: "
+            "requantized at the lowest scale format 3 holds")
     writer.add_uint32("mlwq.group_size", int(meta.get("group_size", F.QK)))
     writer.add_string("mlwq.source", os.path.basename(str(meta.get("source", src))))
     writer.add_string("mlwq.config", json.dumps(meta.get("config", {}), sort_keys=True))
@@ -389,10 +415,15 @@ def read_mlwq_tensor(path: str | os.PathLike, name: str):
     reader = gguf.GGUFReader(str(path))
     by_name = {t.name: t for t in reader.tensors}
     t = by_name[name]
-    b = F.width_of_type_id(int(t.tensor_type))
-    if b is None:
+    b, b3 = F.width_of_type_id(int(t.tensor_type)), F.width_of_v3_type_id(int(t.tensor_type))
+    if b is None and b3 is None:
         raise ExportError(f"{name} is {t.tensor_type.name}, not an MLWQ type")
     ne0, rows = (int(x) for x in t.shape[:2])
     data = np.asarray(t.data).reshape(rows, -1)
-    perm = np.asarray(by_name[F.perm_name(name)].data).astype(np.int32)
-    return F.unpermute_columns(F.dequantize_rows(data, ne0, b), perm), b
+    perm = np.asarray(by_name[F.perm_name(name)].data).astype(np.int64)
+    if b3 is not None:                  # format 3: the loader's expansion, then format 2's reading
+        b = b3
+        perm = perm.astype(np.int16).view(np.uint16)
+        data = F.expand_v3(data, np.asarray(by_name[F.scale_name(name)].data).view(np.uint8),
+                           np.asarray(by_name[F.bits_name(name)].data).view(np.uint8), ne0, b)
+    return F.unpermute_columns(F.dequantize_rows(data, ne0, b), perm.astype(np.int32)), b

@@ -2,6 +2,11 @@
 
 Pure numpy, no torch and no gguf import, so the exporter, the tests and any tool can use it.
 
+Two versions. Format 2 is the rows the kernels read (llama.cpp's runtime layout); format 3 is
+what mlwq-export writes (pack_rows_v3): the same codes under a one-byte header, with each row's
+scale and the block widths in small side tensors, which the loader expands to format 2 rows
+(expand_v3) as it reads the file.
+
 Format version 2. A tensor of type MLWQb (b = 2, 3, 4) has ``ne0`` columns (a multiple of 64,
 K = ne0 / 64 blocks) and rows of exactly ``K * (2 + 8*b)`` bytes::
 
@@ -17,6 +22,14 @@ A plane of width p has 8*p bytes; byte i holds, at bit offset k*p, column ``i + 
 (k = 0 .. 8/p - 1). When sum(bits) < K*b (the tier split does not fill the row), the row ends
 with zero bytes; every byte is counted in the file's bits per weight.
 Dequantized permuted column 64*j + i: ``d_j * float32(q - zero_j)`` in float32.
+
+Format version 3. A tensor of type MLWQb_V3 has rows of ``K * (1 + 8*b)`` bytes::
+
+    [K headers of 1 byte][codes and padding exactly as format 2]
+    header j = c_j | zero_j << 4          scale code s_j = r - 4*c_j >= 0, zero_j <= min(2^bits_j - 1, 15)
+
+beside ``<base>.mlwq_scale`` (I8 [rows]: r, the row's scale code, read unsigned), ``<base>.mlwq_bits``
+(I8 [K]: the block widths, the same on every row) and ``<base>.mlwq_perm`` (I16 [ne0]).
 """
 
 from __future__ import annotations
@@ -49,6 +62,19 @@ SCALE_TABLE = (SCALE_MANTISSA[np.arange(256) % 8]
 KEY_FORMAT_VERSION = "mlwq.format_version"     # GGUF KV (uint32), checked by the loader
 PERM_SUFFIX = "mlwq_perm"                      # "blk.0.attn_q.weight" -> "blk.0.attn_q.mlwq_perm"
 
+# ---- format version 3 (what mlwq-export writes; the loader expands it to format 2 rows) ----
+V3_FORMAT_VERSION = 3
+V3_HEADER_BYTES = 1                # c_j | zero_j << 4
+V3_SCALE_STEP = 4                  # one step of c_j: 4 codes of SCALE_TABLE, half an octave
+V3_SCALE_SPAN = 15 * V3_SCALE_STEP # a block's scale code lies in r - 60 .. r
+V3_ZERO_MAX = 15
+V3_GGML_TYPE_ID = {2: 146, 3: 147, 4: 148}      # enum ggml_type GGML_TYPE_MLWQ<b>_V3
+V3_TYPE_NAME = {b: f"MLWQ{b}_V3" for b in WIDTHS}
+V3_GGML_TYPE_NAME = {b: f"mlwq{b}_v3" for b in WIDTHS}
+V3_PERM_MAX_COLUMNS = 1 << 15      # I16 permutation entries
+SCALE_SUFFIX = "mlwq_scale"        # I8 [rows]: each row's scale code r
+BITS_SUFFIX = "mlwq_bits"          # I8 [K]: the block widths
+
 
 def type_size(b: int) -> int:
     """Bytes per 64-column block of MLWQb (ggml type_size)."""
@@ -60,6 +86,12 @@ def row_bytes(ne0: int, b: int) -> int:
     return (ne0 // QK) * type_size(b)
 
 
+def v3_type_size(b: int) -> int:
+    """Bytes per 64-column block of MLWQb_V3."""
+    _check_width(b)
+    return V3_HEADER_BYTES + 8 * b
+
+
 def width_of_type_id(type_id: int) -> int | None:
     for b, t in GGML_TYPE_ID.items():
         if t == int(type_id):
@@ -67,10 +99,31 @@ def width_of_type_id(type_id: int) -> int | None:
     return None
 
 
+def width_of_v3_type_id(type_id: int) -> int | None:
+    for b, t in V3_GGML_TYPE_ID.items():
+        if t == int(type_id):
+            return b
+    return None
+
+
+def _side_name(weight_name: str, suffix: str) -> str:
+    base = weight_name[: -len(".weight")] if weight_name.endswith(".weight") else weight_name
+    return f"{base}.{suffix}"
+
+
 def perm_name(weight_name: str) -> str:
     """GGUF name of a weight's permutation tensor."""
-    base = weight_name[: -len(".weight")] if weight_name.endswith(".weight") else weight_name
-    return f"{base}.{PERM_SUFFIX}"
+    return _side_name(weight_name, PERM_SUFFIX)
+
+
+def scale_name(weight_name: str) -> str:
+    """GGUF name of a format 3 weight's row scale codes."""
+    return _side_name(weight_name, SCALE_SUFFIX)
+
+
+def bits_name(weight_name: str) -> str:
+    """GGUF name of a format 3 weight's block widths."""
+    return _side_name(weight_name, BITS_SUFFIX)
 
 
 def planes(width: int) -> list[int]:
@@ -278,3 +331,114 @@ def validate_perm(perm: np.ndarray, ne0: int) -> None:
         raise ValueError(f"perm entries must be in 0..{ne0 - 1}, got min {perm.min()} max {perm.max()}")
     if np.unique(perm).size != ne0:
         raise ValueError("perm has repeated entries: it is not a permutation")
+
+
+# ---- format version 3 ---------------------------------------------------------------------------
+
+def v3_unfit(scale: np.ndarray, zero: np.ndarray) -> str | None:
+    """Why these scales and zero points cannot be format 3 headers (None if they can): every scale
+    of a row on the half-octave steps of the row's largest, at most 15 steps below it, zero <= 15."""
+    s = scale_codes(scale).astype(np.int64)
+    if s.size == 0:
+        return None
+    below = s.max(axis=1, keepdims=True) - s
+    if np.any(below % V3_SCALE_STEP):
+        r, j = (int(v[0]) for v in np.nonzero(below % V3_SCALE_STEP))
+        return (f"row {r} block {j}: scale code {int(s[r, j])} is not a whole number of half octaves below the "
+                f"row's {int(s[r].max())} (a checkpoint quantized for format 2)")
+    if np.any(np.asarray(zero) > V3_ZERO_MAX):
+        r, j = (int(v[0]) for v in np.nonzero(np.asarray(zero) > V3_ZERO_MAX))
+        return f"row {r} block {j}: zero point {int(zero[r, j])} > {V3_ZERO_MAX} (a checkpoint quantized for format 2)"
+    if np.any(below > V3_SCALE_SPAN):
+        r, j = (int(v[0]) for v in np.nonzero(below > V3_SCALE_SPAN))
+        return f"row {r} block {j}: scale {float(scale[r, j])!r} is more than 7.5 octaves below its row's largest"
+    return None
+
+
+def lift_small_scales(codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: np.ndarray):
+    """(codes, scale, zero, n) with every block whose scale lies more than 7.5 octaves below its
+    row's largest requantized at the lowest scale the row's header can hold (n such blocks). Such
+    a block's weights are under 2^-7.5 of the row's largest step, so the rounding moves them by
+    less than that; the quantizer never made one on the models measured."""
+    s = scale_codes(scale).astype(np.int64)
+    floor = s.max(axis=1, keepdims=True) - V3_SCALE_SPAN
+    low = s < floor
+    n = int(low.sum())
+    if n == 0:
+        return codes, scale, zero, 0
+    codes, scale, zero = codes.copy(), scale.copy(), zero.copy()
+    blocks = codes.reshape(codes.shape[0], -1, QK)
+    for r, j in zip(*np.nonzero(low)):
+        qmax = (1 << int(bits[j])) - 1
+        w = np.float32(scale[r, j]) * (blocks[r, j].astype(np.float32) - np.float32(zero[r, j]))
+        d = SCALE_TABLE[int(floor[r, 0])]
+        z = int(np.clip(np.rint(-w.min() / d), 0, min(qmax, V3_ZERO_MAX)))
+        blocks[r, j] = np.clip(np.rint(w / d) + z, 0, qmax).astype(np.uint8)
+        scale[r, j], zero[r, j] = d, z
+    return blocks.reshape(codes.shape), scale, zero, n
+
+
+def pack_rows_v3(codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: np.ndarray, b: int):
+    """Pack one MLWQb_V3 matrix (arguments as pack_rows). Returns (rows uint8 [rows, K*(1+8b)],
+    row scale codes uint8 [rows]); ValueError where the scales or zero points do not fit (v3_unfit)."""
+    data = pack_rows(codes, scale, zero, bits, b)           # validates; format 2 rows
+    why = v3_unfit(scale, zero)
+    if why:
+        raise ValueError(f"format 3 cannot hold it: {why}")
+    rows, K = np.asarray(scale).shape
+    s = scale_codes(scale).astype(np.int64)
+    r = s.max(axis=1) if rows else np.zeros(0, np.int64)
+    c = (r[:, None] - s) // V3_SCALE_STEP
+    out = np.empty((rows, K * v3_type_size(b)), dtype=np.uint8)
+    out[:, :K] = (c | (np.asarray(zero, np.int64) << 4)).astype(np.uint8)
+    out[:, K:] = data[:, K * HEADER_BYTES:]
+    return out, r.astype(np.uint8)
+
+
+def expand_v3(data: np.ndarray, row_scale: np.ndarray, bits: np.ndarray, ne0: int, b: int) -> np.ndarray:
+    """The loader's expansion: MLWQb_V3 rows + row scale codes + block widths -> MLWQb (format 2)
+    rows, checking what the C loader checks (ValueError naming row and block)."""
+    _check_width(b)
+    if ne0 <= 0 or ne0 % QK:
+        raise ValueError(f"ne0={ne0} is not a positive multiple of {QK}")
+    K = ne0 // QK
+    data, row_scale, bits = np.asarray(data), np.asarray(row_scale), np.asarray(bits)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != K * v3_type_size(b):
+        raise ValueError(f"data must be uint8 [rows, {K * v3_type_size(b)}] for MLWQ{b}_V3 with ne0={ne0}, "
+                         f"got {data.dtype} {data.shape}")
+    rows = data.shape[0]
+    if row_scale.shape != (rows,) or bits.shape != (K,):
+        raise ValueError(f"row scales must be [{rows}] and widths [{K}], got {row_scale.shape} and {bits.shape}")
+    bits = bits.astype(np.int64)
+    if bits.min() < MIN_BITS or bits.max() > MAX_BITS:
+        j = int(np.flatnonzero((bits < MIN_BITS) | (bits > MAX_BITS))[0])
+        raise ValueError(f"block {j}: width {int(bits[j])} outside {MIN_BITS}..{MAX_BITS}")
+    if int(bits.sum()) > K * b:
+        raise ValueError(f"sum of block widths {int(bits.sum())} exceeds K*b = {K * b}")
+    hdr = data[:, :K].astype(np.int64)
+    zero, c = hdr >> 4, hdr & 15
+    s = row_scale.astype(np.uint8).astype(np.int64)[:, None] - V3_SCALE_STEP * c
+    if np.any(s < 0):
+        r, j = (int(v[0]) for v in np.nonzero(s < 0))
+        raise ValueError(f"row {r} block {j}: scale code {int(row_scale[r])} - 4*{int(c[r, j])} < 0")
+    maxq = (1 << bits) - 1
+    if np.any(zero > maxq[None, :]):
+        r, j = (int(v[0]) for v in np.nonzero(zero > maxq[None, :]))
+        raise ValueError(f"row {r} block {j}: zero = {int(zero[r, j])} > 2^bits - 1 = {int(maxq[j])}")
+    used = K + 8 * int(bits.sum())
+    if np.any(data[:, used:]):
+        raise ValueError("non-zero bytes in the row padding after the codes")
+    out = np.empty((rows, K * type_size(b)), dtype=np.uint8)
+    h2 = out[:, : K * HEADER_BYTES].reshape(rows, K, HEADER_BYTES)
+    h2[:, :, 0] = s.astype(np.uint8)
+    h2[:, :, 1] = (zero | ((bits[None, :] - 1) << 5)).astype(np.uint8)
+    out[:, K * HEADER_BYTES:] = data[:, K:]
+    return out
+
+
+def validate_perm16(perm: np.ndarray, ne0: int) -> np.ndarray:
+    """The permutation as format 3 stores it (int16); ValueError if ne0 is too wide for 16 bits."""
+    validate_perm(perm, ne0)
+    if ne0 > V3_PERM_MAX_COLUMNS:
+        raise ValueError(f"ne0={ne0} columns: format 3's 16-bit permutation holds at most {V3_PERM_MAX_COLUMNS}")
+    return np.asarray(perm).astype(np.uint16).view(np.int16)

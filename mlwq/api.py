@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, rotation, sensitivity
+from . import checkpoint, grid, rotation, sensitivity
 from .assets import CALIBRATION_TEXT, EVAL_TEXT
 from .calibration import calibration_windows
 from .engine import QuantConfig, StageTimes, quantize_model
@@ -46,6 +46,7 @@ def quantize(source: str, out_dir: str | Path, cfg: QuantConfig, *, nsamples: in
     from them (mlwq/resume.py).
     """
     cfg.validate()
+    grid.use_format(cfg.file_format)            # the sensitivity pass quantizes too
     device = device or default_device()
     times = StageTimes(torch.device(device))
     torch.manual_seed(cfg.seed)

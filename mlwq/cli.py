@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window")
     q.add_argument("--calib", default=str(CALIBRATION_TEXT), help="calibration text file")
     q.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    q.add_argument("--format", type=int, choices=(2, 3), default=DEFAULTS.file_format,
+                   help="MLWQ file format whose block headers the scales and zero points fit (default "
+                        f"{DEFAULTS.file_format}: half-octave scales under a per-row scale, zero points <= 15, "
+                        "0.16 bits/w of metadata on SmolLM2; 2: 2-byte headers, 0.30 bits/w)")
     q.add_argument("--percdamp", type=float, default=DEFAULTS.percdamp, help="Hessian damping, fraction of mean diagonal")
     q.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     q.add_argument("--max-blocks", type=int, default=None, help="keep only the first N blocks (reduced model)")
@@ -106,7 +110,7 @@ def cmd_quantize(args) -> int:
     if args.target_mb is not None and args.rotate:
         raise MLWQError("--target-mb does not count the output tensor that --rotate adds; give --bits")
     if args.target_mb is not None:
-        args.bits = sizing.budget_for_size(resolve_model(args.model), int(args.target_mb * 1e6))
+        args.bits = sizing.budget_for_size(resolve_model(args.model), int(args.target_mb * 1e6), file_format=args.format)
         print(f"[mlwq] --target-mb {args.target_mb:g}: average code bits {args.bits:.2f}", file=sys.stderr)
     cfg = QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, act_order=args.act_order,
                       candidates=args.candidates, tiers=args.tiers, protect_fraction=args.protect_fraction,
@@ -115,7 +119,7 @@ def cmd_quantize(args) -> int:
                       percdamp=args.percdamp, seed=args.seed, bpll_scope=args.bpll_scope,
                       sensitivity_windows=args.sensitivity_windows, sensitivity_labels=args.sensitivity_labels,
                       weighted=not args.no_weighted,
-                      block_tune_steps=args.block_tune_steps, rotation=args.rotate)
+                      block_tune_steps=args.block_tune_steps, rotation=args.rotate, file_format=args.format)
     cfg.validate()
     source = resolve_model(args.model)
     res = api.quantize(source, args.out, cfg, nsamples=args.nsamples, seqlen=args.seqlen, calib_path=args.calib,

@@ -27,7 +27,7 @@ import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from . import blockrec, bpll, mqsa
+from . import blockrec, bpll, grid, mqsa
 from .errors import MLWQError
 from .gptq import (GPTQ, QuantPlan, QuantResult, loop_batches, quantize_layers, quantize_without_compensation,
                    uniform_plan)
@@ -66,6 +66,7 @@ class QuantConfig:
     bpll_tokens: int = 4096                 # input rows per layer kept for BPLL's losses
     rotation: str | None = None             # residual-stream rotation folded into the weights (rotation.py)
     seed: int = 0
+    file_format: int = grid.DEFAULT_FORMAT  # the MLWQ file format whose block header the grid fits (grid.py)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -93,6 +94,8 @@ class QuantConfig:
                 mqsa.tier_block_counts(1, b, self.tiers, 0.0)    # widths stay in 1..8
         if self.rotation not in (None, "hadamard", "orthogonal"):
             raise MLWQError(f"unknown rotation {self.rotation!r}; choose hadamard or orthogonal")
+        if self.file_format not in grid.FORMAT_GRID:
+            raise MLWQError(f"unknown MLWQ file format {self.file_format}; choose one of {sorted(grid.FORMAT_GRID)}")
         gs = self.effective_group_size()
         if gs % GROUP_SIZE:
             raise MLWQError(f"group size {gs} must be a multiple of {GROUP_SIZE}")
@@ -106,6 +109,8 @@ class QuantConfig:
             del d["rotation"]
         if d["sensitivity_labels"] == "text":
             del d["sensitivity_labels"]
+        if d["file_format"] == 2:
+            del d["file_format"]
         return d
 
     def effective_group_size(self) -> int:
@@ -266,6 +271,7 @@ def quantize_model(model, calib: torch.Tensor, cfg: QuantConfig, device: str | t
     block tuning, block outputs).
     """
     cfg.validate()
+    grid.use_format(cfg.file_format)
     device = torch.device(device)
     times = times or StageTimes(device)
     spec = arch_of(model)

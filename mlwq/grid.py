@@ -2,21 +2,38 @@
 
 A group of GROUP_SIZE input columns of one output row is quantized asymmetrically:
     q = clamp(round(w / d) + zero, 0, 2^bits - 1),   w_hat = d * (q - zero)
-with d on the format's log grid (2^(k/8), exact float32 values) and zero an integer of at most
-5 bits, exactly as the GGUF block header codes them (ggml_patch/FORMAT.md), so that the PyTorch
-fake-quant weights equal the C dequantization bit for bit: both compute d * float32(q - zero).
+with d on the format's log grid (exact float32 values 2^(k/8)) and zero a small integer, exactly
+as the GGUF block header codes them (ggml_patch/FORMAT.md), so that the PyTorch fake-quant weights
+equal the C dequantization bit for bit: both compute d * float32(q - zero).
+
+The grid follows the file format the weights are for (use_format): format 3 (the default) stores
+a scale as whole half octaves below its row's scale and a 4-bit zero point, so d = 2^(k/2) and
+zero <= 15; format 2 stores an 8-bit scale code (2^(k/8)) and a 5-bit zero point.
 """
 
 from __future__ import annotations
 
 import torch
 
-from exporters.mlwq_format import SCALE_EXP0, SCALE_STEPS_PER_OCTAVE, SCALE_TABLE, ZERO_MAX
+from exporters.mlwq_format import SCALE_EXP0, SCALE_STEPS_PER_OCTAVE, SCALE_TABLE, V3_SCALE_STEP, V3_ZERO_MAX, ZERO_MAX as V2_ZERO_MAX
 
 GROUP_SIZE = 64          # columns per group = one block of the MLWQ ggml type
 MAX_BITS = 8             # widths 1..8 fit in the block header
 _MIN_SCALE = float(SCALE_TABLE[0])   # the grid's smallest scale: keeps d > 0
 _SCALE_TABLE = torch.from_numpy(SCALE_TABLE.copy())
+
+# (scale steps per octave, largest zero point) of each file format's block header
+FORMAT_GRID = {3: (SCALE_STEPS_PER_OCTAVE // V3_SCALE_STEP, V3_ZERO_MAX), 2: (SCALE_STEPS_PER_OCTAVE, V2_ZERO_MAX)}
+DEFAULT_FORMAT = 3
+STEPS_PER_OCTAVE, ZERO_MAX = FORMAT_GRID[DEFAULT_FORMAT]
+
+
+def use_format(version: int) -> None:
+    """Quantize onto the grid of this file format's block header (the process-wide grid)."""
+    global STEPS_PER_OCTAVE, ZERO_MAX
+    if version not in FORMAT_GRID:
+        raise ValueError(f"MLWQ file format {version} has no quantization grid; choose one of {sorted(FORMAT_GRID)}")
+    STEPS_PER_OCTAVE, ZERO_MAX = FORMAT_GRID[version]
 
 
 def fit_scale_zero(w: torch.Tensor, bits: torch.Tensor | int,
@@ -50,15 +67,16 @@ def scale_zero_of_range(wmax: torch.Tensor, wmin: torch.Tensor, bits, gamma=None
 
 
 def round_scale(d: torch.Tensor) -> torch.Tensor:
-    """The scale as the file stores it (the nearest 2^(k/8) of the grid, in log terms, clamped to
-    its range), in float32; every quantizer rounds through here."""
-    k = torch.round(torch.log2(d.float().clamp(min=_MIN_SCALE)) * SCALE_STEPS_PER_OCTAVE)
-    s = (k - SCALE_EXP0 * SCALE_STEPS_PER_OCTAVE).clamp(0, 255).to(torch.long)
+    """The scale as the file stores it (the nearest 2^(k/8), or 2^(k/2) for format 3, in log terms,
+    clamped to the range of the scale codes), in float32; every quantizer rounds through here."""
+    step = SCALE_STEPS_PER_OCTAVE // STEPS_PER_OCTAVE          # codes of the 8-step table per grid step
+    k = torch.round(torch.log2(d.float().clamp(min=_MIN_SCALE)) * STEPS_PER_OCTAVE)
+    s = (k * step - SCALE_EXP0 * SCALE_STEPS_PER_OCTAVE).clamp(0, 255 - 255 % step).to(torch.long)
     return _SCALE_TABLE.to(d.device)[s]
 
 
 def max_zero(bits) -> float:
-    """Largest zero point the header holds for this width: 2^bits - 1, at most 31."""
+    """Largest zero point the header holds for this width: 2^bits - 1, at most ZERO_MAX."""
     return float(min(2 ** int(bits) - 1, ZERO_MAX))
 
 

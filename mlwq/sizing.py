@@ -1,9 +1,11 @@
 """The bit budget that makes an exported GGUF a given size (`mlwq quantize --target-mb`).
 
 mlwq-export keeps every tensor of the source GGUF that is not a quantized linear layer byte for
-byte, and writes each linear layer as an MLWQ tensor: per row K = cols/64 block headers of 2
-bytes and the codes, plus a 4-byte permutation entry per column (ggml_patch/FORMAT.md). So
-    file = (source bytes - source linear bytes) + sum_l (rows_l * K_l * 2 + 4 * cols_l) + B * N / 8
+byte, and writes each linear layer as an MLWQ tensor (ggml_patch/FORMAT.md). Format 3: per row
+K = cols/64 one-byte block headers and a scale byte, per column a 2-byte permutation entry, per
+block column a width byte, in three side tensors; format 2: per row K headers of 2 bytes, per
+column a 4-byte permutation entry, in one side tensor. So (format 3)
+    file = (source bytes - source linear bytes) + sum_l (rows_l * (K_l + 1) + 2 * cols_l + K_l) + B * N / 8
 with N the linear weights and B their average code bits, which fixes B for a target size.
 """
 
@@ -13,7 +15,7 @@ import math
 from pathlib import Path
 
 from .errors import MLWQError
-from exporters.mlwq_format import HEADER_BYTES
+from exporters.mlwq_format import HEADER_BYTES, V3_HEADER_BYTES
 
 from .grid import GROUP_SIZE
 
@@ -27,7 +29,16 @@ def is_linear_weight(name: str) -> bool:
     return name.startswith("blk.") and len(parts) == 4 and parts[2] in LINEAR and parts[3] == "weight"
 
 
-def budget_for_size(source: str | Path, target_bytes: int, lo: float = 2.0, hi: float = 4.0) -> float:
+def metadata_bytes(rows: int, cols: int, file_format: int = 3) -> int:
+    """Bytes besides the codes of one linear layer's MLWQ tensors, tensor infos included."""
+    K = cols // GROUP_SIZE
+    if file_format == 2:
+        return rows * K * HEADER_BYTES + 4 * cols + TENSOR_INFO_BYTES
+    return rows * (K * V3_HEADER_BYTES + 1) + 2 * cols + K + 3 * TENSOR_INFO_BYTES
+
+
+def budget_for_size(source: str | Path, target_bytes: int, lo: float = 2.0, hi: float = 4.0,
+                    file_format: int = 3) -> float:
     """Average code bits (2 decimals, rounded down) that keep the exported file within target_bytes."""
     import gguf
 
@@ -40,7 +51,7 @@ def budget_for_size(source: str | Path, target_bytes: int, lo: float = 2.0, hi: 
     for t in reader.tensors:
         if is_linear_weight(t.name):
             cols, rows = int(t.shape[0]), int(t.shape[1])
-            fixed += rows * (cols // GROUP_SIZE) * HEADER_BYTES + 4 * cols + TENSOR_INFO_BYTES - int(t.n_bytes)
+            fixed += metadata_bytes(rows, cols, file_format) - int(t.n_bytes)
             weights += rows * cols
     if not weights:
         raise MLWQError(f"{source} has no linear layers that mlwq quantizes")

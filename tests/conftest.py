@@ -35,10 +35,29 @@ def rtn_checkpoint(reduced_gguf, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(rtn_checkpoint, tmp_path_factory):
-    """(path, ExportReport) of the exported checkpoint."""
+    """(path, ExportReport) of the exported checkpoint: format 2, the kernels' rows."""
     from exporters.gguf_export import export_gguf
     out = tmp_path_factory.mktemp("gguf") / "smollm2-2blk-mlwq.gguf"
     report = export_gguf(rtn_checkpoint[0], out, log=lambda m: None)
+    assert report.file_format == 2
+    return out, report
+
+
+@pytest.fixture(scope="session")
+def rtn_checkpoint_v3(reduced_gguf, tmp_path_factory):
+    """rtn_checkpoint on format 3's grid (half-octave scales, zero points <= 15)."""
+    d = tmp_path_factory.mktemp("ckpt") / "rtn-v3"
+    deq = write_rtn_checkpoint(d, reduced_gguf, b=3, widths=WIDTHS, file_format=3)
+    return d, deq
+
+
+@pytest.fixture(scope="session")
+def exported_v3(rtn_checkpoint_v3, tmp_path_factory):
+    """(path, ExportReport) of rtn_checkpoint_v3 exported as mlwq-export does by default: format 3."""
+    from exporters.gguf_export import export_gguf
+    out = tmp_path_factory.mktemp("gguf") / "smollm2-2blk-mlwq-v3.gguf"
+    report = export_gguf(rtn_checkpoint_v3[0], out, log=lambda m: None)
+    assert report.file_format == 3
     return out, report
 
 

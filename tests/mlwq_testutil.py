@@ -55,9 +55,10 @@ def tier_bits(K: int, b: int, rng) -> np.ndarray:
     return bits
 
 
-def rtn_quantize(W: np.ndarray, bits: np.ndarray, rng) -> dict[str, np.ndarray]:
+def rtn_quantize(W: np.ndarray, bits: np.ndarray, rng, file_format: int = 2) -> dict[str, np.ndarray]:
     """Round-to-nearest asymmetric quantization of W [out, in] in 64-column blocks of the given widths,
-    columns permuted (by decreasing norm: the high tier gets the strong channels). Checkpoint tensors."""
+    columns permuted (by decreasing norm: the high tier gets the strong channels), on the grid of
+    file format 2 (2^(k/8), zero <= 31) or 3 (2^(k/2), zero <= 15). Checkpoint tensors."""
     out_f, in_f = W.shape
     perm = np.argsort(-np.linalg.norm(W, axis=0), kind="stable").astype(np.int32)
     Wp = W[:, perm].reshape(out_f, -1, F.QK)
@@ -65,15 +66,20 @@ def rtn_quantize(W: np.ndarray, bits: np.ndarray, rng) -> dict[str, np.ndarray]:
     wmax = np.maximum(Wp.max(axis=2), 0)
     wmin = np.minimum(Wp.min(axis=2), 0)
     d = F.round_to_scale_grid((wmax - wmin) / maxq)
+    zmax = F.ZERO_MAX
+    if file_format == 3:                  # every 4th scale code: 2^(k/2)
+        s = F.scale_codes(d).astype(np.int64)
+        d = F.SCALE_TABLE[np.clip((s + 2) // 4 * 4, 0, 252)]
+        zmax = F.V3_ZERO_MAX
     df = d
-    zero = np.clip(np.round(-wmin / df), 0, np.minimum(maxq, F.ZERO_MAX)).astype(np.uint8)
+    zero = np.clip(np.round(-wmin / df), 0, np.minimum(maxq, zmax)).astype(np.uint8)
     q = np.clip(np.round(Wp / df[:, :, None]) + zero[:, :, None], 0, maxq[:, :, None]).astype(np.uint8)
     t = {"qcodes": q.reshape(out_f, in_f), "perm": perm, "scale": d, "zero": zero, "group_bits": bits.copy()}
     return {k: np.ascontiguousarray(v) for k, v in t.items()}   # safetensors.numpy ignores strides
 
 
 def write_rtn_checkpoint(ckpt_dir, source_gguf, b: int = 3, seed: int = 0, layers=None, max_blocks=None,
-                         widths: dict | None = None) -> dict:
+                         widths: dict | None = None, file_format: int = 2) -> dict:
     """Quantize the linears of a llama GGUF (weights as transformers sees them: q/k rows in HF order)
     with RTN and write an mlwq checkpoint directory. Returns {hf name: dequantized W (HF layout)}."""
     from safetensors.numpy import save_file
@@ -93,7 +99,7 @@ def write_rtn_checkpoint(ckpt_dir, source_gguf, b: int = 3, seed: int = 0, layer
             elif lin.endswith("k_proj"):
                 W = hf_reverse_permute(W, int(hp["attention.head_count_kv"]))
             lb = (widths or {}).get(name, b)
-            t = rtn_quantize(W, tier_bits(W.shape[1] // F.QK, lb, rng), rng)
+            t = rtn_quantize(W, tier_bits(W.shape[1] // F.QK, lb, rng), rng, file_format)
             for k, v in t.items():
                 tensors[f"{name}.{k}"] = v
             layer_meta[name] = {"bits": lb, "shape": list(W.shape)}
@@ -102,7 +108,8 @@ def write_rtn_checkpoint(ckpt_dir, source_gguf, b: int = 3, seed: int = 0, layer
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(ckpt_dir / "quantized.safetensors"))
     meta = {"format": "mlwq-checkpoint", "version": checkpoint.FORMAT_VERSION, "source": str(source_gguf),
-            "group_size": 64, "layers": layer_meta, "config": {"quantizer": "rtn-test", "b": b}, "max_blocks": max_blocks}
+            "group_size": 64, "layers": layer_meta, "max_blocks": max_blocks,
+            "config": {"quantizer": "rtn-test", "b": b, **({"file_format": 3} if file_format == 3 else {})}}
     (ckpt_dir / "mlwq_checkpoint.json").write_text(json.dumps(meta, indent=1))
     return deq
 

@@ -173,3 +173,90 @@ def test_pack_unpack_identity(layer):
     assert (c2 == codes).all() and (z2 == zero).all() and (b2 == bits).all()
     assert (s2.view(np.uint32) == scale.view(np.uint32)).all()
     assert (F.pack_rows(c2, s2, z2, b2, b) == data).all()
+
+
+# ---- format 3 ------------------------------------------------------------------------------------
+
+def random_layer_v3(rng, rows, K, bits, b):
+    """A layer on format 3's grid: scales 2^(k/2) within 7.5 octaves of each row's largest, zero <= 15."""
+    codes, _, _, bits = random_layer(rng, rows, K, bits, b)
+    top = rng.integers(100, 200, (rows, 1))
+    scale = F.SCALE_TABLE[top - 4 * rng.integers(0, 16, (rows, K))]
+    maxq = (1 << bits.astype(np.int64)) - 1
+    zero = (rng.integers(0, 256, (rows, K)) & np.minimum(maxq, F.V3_ZERO_MAX)).astype(np.uint8)
+    return codes, scale, zero, bits
+
+
+@pytest.mark.parametrize("b,bits", [(2, [1, 3, 2, 2]), (3, [4, 2, 3, 3, 6, 1, 3, 2, 3]), (4, [4] * 5 + [3, 8, 1]),
+                                    (3, [3, 3, 2])])
+def test_v3_expands_to_the_format2_rows(b, bits):
+    codes, scale, zero, bits = random_layer_v3(np.random.default_rng(b), 7, len(bits), bits, b)
+    data, row_scale = F.pack_rows_v3(codes, scale, zero, bits, b)
+    K = len(bits)
+    assert data.shape == (7, K * (1 + 8 * b)) and row_scale.dtype == np.uint8
+    assert (row_scale == F.scale_codes(scale).max(axis=1)).all()
+    assert (data[:, :K] >> 4 == zero).all()
+    v2 = F.expand_v3(data, row_scale, bits, K * 64, b)
+    assert (v2 == F.pack_rows(codes, scale, zero, bits, b)).all()
+
+
+def test_v3_byte_layout_by_hand():
+    # one row, K = 1, width 2: scale code 100 (the row's), zero 3 -> header 0x30; codes as format 2
+    codes = np.tile(np.arange(4, dtype=np.uint8), 16)[None, :]
+    data, r = F.pack_rows_v3(codes, F.SCALE_TABLE[[[100]]], np.array([[3]], np.uint8), np.array([2], np.uint8), 2)
+    assert r.tolist() == [100] and data[0, 0] == 0x30 and data.shape == (1, 17)
+    assert bytes(data[0, 1:]) == bytes(F.pack_rows(codes, F.SCALE_TABLE[[[100]]], np.array([[3]], np.uint8),
+                                                   np.array([2], np.uint8), 2)[0, 2:])
+    # two blocks, the second 3 half octaves below: c = 3 in its low nibble
+    codes = np.zeros((1, 128), np.uint8)
+    data, r = F.pack_rows_v3(codes, F.SCALE_TABLE[[[100, 88]]], np.zeros((1, 2), np.uint8), np.array([2, 2], np.uint8), 2)
+    assert r.tolist() == [100] and data[0, :2].tolist() == [0, 3]
+
+
+def test_v3_unfit_and_lift():
+    codes, scale, zero, bits = random_layer_v3(np.random.default_rng(5), 3, 4, [5, 3, 3, 1], 3)
+    assert F.v3_unfit(scale, zero) is None
+    odd = scale.copy()
+    odd[1, 2] = F.SCALE_TABLE[F.scale_codes(scale)[1].max() - 3]
+    assert "not a whole number of half octaves" in F.v3_unfit(odd, zero)
+    z = zero.copy()
+    z[0, 0] = 16
+    assert "zero point 16 > 15" in F.v3_unfit(scale, z)
+    with pytest.raises(ValueError, match="format 3 cannot hold it"):
+        F.pack_rows_v3(codes, scale, z, bits, 3)
+    # a block 8 octaves (64 codes) below its row's largest: requantized at r - 60, within half a step
+    low = scale.copy()
+    top = F.scale_codes(scale)[2].max()
+    low[2, 1] = F.SCALE_TABLE[top - 64]
+    assert "more than 7.5 octaves" in F.v3_unfit(low, zero)
+    c2, s2, z2, n = F.lift_small_scales(codes, low, zero, bits)
+    assert n == 1 and F.v3_unfit(s2, z2) is None and F.scale_codes(s2)[2, 1] == top - 60
+    w_old = F.dequantize_codes(codes, low, zero)[2, 64:128]
+    w_new = F.dequantize_codes(c2, s2, z2)[2, 64:128]
+    assert np.abs(w_new - w_old).max() <= 0.5 * s2[2, 1] + np.abs(w_old).max()
+    assert (c2[[0, 1]] == codes[[0, 1]]).all() and (c2[2, :64] == codes[2, :64]).all()
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda d, r, bt: d.__setitem__((0, 0), 0xF0), r"zero = 15 > 2\^bits - 1"),
+    (lambda d, r, bt: r.__setitem__(1, 3), "< 0"),
+    (lambda d, r, bt: bt.__setitem__(0, 9), "width 9 outside 1..8"),
+    (lambda d, r, bt: bt.__setitem__(0, 4), r"exceeds K\*b"),
+    (lambda d, r, bt: d.__setitem__((2, -1), 1), "padding"),
+])
+def test_v3_expansion_refusals(edit, msg):
+    rng = np.random.default_rng(3)
+    codes, scale, zero, bits = random_layer_v3(rng, 3, 3, [2, 2, 1], 2)
+    scale[1] = F.SCALE_TABLE[[60, 56, 52]]                        # row 1: c = 0, 1, 2 under r = 60
+    data, r = F.pack_rows_v3(codes, scale, zero, bits, 2)
+    bits = bits.copy()
+    edit(data, r, bits)
+    with pytest.raises(ValueError, match=msg):
+        F.expand_v3(data, r, bits, 192, 2)
+
+
+def test_v3_perm_is_16_bits():
+    p = np.random.default_rng(0).permutation(640).astype(np.int32)
+    assert (F.validate_perm16(p, 640).view(np.uint16) == p).all()
+    with pytest.raises(ValueError, match="at most 32768"):
+        F.validate_perm16(np.arange(40000, dtype=np.int32), 40000)

@@ -68,6 +68,65 @@ def test_dequantized_export_equals_checkpoint(exported, rtn_checkpoint, reduced_
             assert (W.view(np.uint32) == ref.view(np.uint32)).all(), lin
 
 
+def test_format3_file_structure_and_bits(exported_v3, reduced_gguf):
+    """Format 3: one-byte headers, I16 permutations, a scale byte per row and a width byte per block
+    column in side tensors; the metadata counted from the file's bytes is under 0.2 bits/w."""
+    path, report = exported_v3
+    out = gguf.GGUFReader(str(path))
+    assert out.fields[F.KEY_FORMAT_VERSION].contents() == F.V3_FORMAT_VERSION
+    by_name = {t.name: t for t in out.tensors}
+    assert by_name["blk.0.attn_q.weight"].tensor_type == gguf.GGMLQuantizationType.MLWQ2_V3
+    assert by_name["blk.0.ffn_down.weight"].tensor_type == gguf.GGMLQuantizationType.MLWQ4_V3
+    side_bytes = 0
+    for i in range(2):
+        for lin in HF_LINEARS:
+            base = f"blk.{i}.{GGUF_OF[lin]}"
+            w = by_name[f"{base}.weight"]
+            ne0, rows = int(w.shape[0]), int(w.shape[1])
+            b = F.width_of_v3_type_id(int(w.tensor_type))
+            assert int(w.n_bytes) == rows * (ne0 // 64) * (1 + 8 * b)
+            p, sc, bt = (by_name[f"{base}.{sfx}"] for sfx in (F.PERM_SUFFIX, F.SCALE_SUFFIX, F.BITS_SUFFIX))
+            assert p.tensor_type == gguf.GGMLQuantizationType.I16 and int(p.shape[0]) == ne0
+            assert sc.tensor_type == gguf.GGMLQuantizationType.I8 and int(sc.shape[0]) == rows
+            assert bt.tensor_type == gguf.GGMLQuantizationType.I8 and int(bt.shape[0]) == ne0 // 64
+            assert int(np.asarray(bt.data).astype(np.int64).sum()) == (ne0 // 64) * b
+            side_bytes += int(p.n_bytes) + int(sc.n_bytes) + int(bt.n_bytes)
+    mlwq_bytes = sum(int(t.n_bytes) for t in out.tensors if F.width_of_v3_type_id(int(t.tensor_type)))
+    assert report.mlwq_bytes == mlwq_bytes + side_bytes
+    assert 0.14 < report.bpw_mlwq - report.code_bpw_mlwq < 0.2    # 8-bit header per 64 weights + side tensors
+
+
+def test_format3_export_equals_checkpoint_and_format2(exported_v3, rtn_checkpoint_v3, reduced_gguf, tmp_path):
+    """Bit-exact: format 3 read through the loader's expansion is the checkpoint's weight, and the
+    expansion is byte for byte the format 2 export of the same checkpoint."""
+    path, _ = exported_v3
+    _, deq = rtn_checkpoint_v3
+    v2 = export_gguf(rtn_checkpoint_v3[0], tmp_path / "v2.gguf", log=lambda m: None, file_format=2).path
+    hp, _ = gguf_float_weights(str(reduced_gguf))
+    r3, r2 = ({t.name: t for t in gguf.GGUFReader(str(p)).tensors} for p in (path, v2))
+    for i in range(2):
+        for lin in HF_LINEARS:
+            name = f"blk.{i}.{GGUF_OF[lin]}.weight"
+            W, b = read_mlwq_tensor(path, name)
+            ref = deq[f"model.layers.{i}.{lin}"]
+            if lin.endswith(("q_proj", "k_proj")):
+                heads = hp["attention.head_count" if lin.endswith("q_proj") else "attention.head_count_kv"]
+                ref = ref[rope_row_order(ref.shape[0], int(heads))]
+            assert (W.view(np.uint32) == ref.view(np.uint32)).all(), lin
+            t3, t2 = r3[name], r2[name]
+            rows = int(t3.shape[1])
+            expanded = F.expand_v3(np.asarray(t3.data).reshape(rows, -1),
+                                   np.asarray(r3[F.scale_name(name)].data).view(np.uint8),
+                                   np.asarray(r3[F.bits_name(name)].data).view(np.uint8), int(t3.shape[0]), b)
+            assert bytes(expanded.data) == bytes(np.asarray(t2.data).data), name
+
+
+def test_format3_refuses_a_format2_checkpoint(rtn_checkpoint, tmp_path):
+    with pytest.raises(ExportError, match="format 3 cannot hold it: .*export it with --format 2"):
+        export_gguf(rtn_checkpoint[0], tmp_path / "x.gguf", log=lambda m: None, file_format=3)
+    assert not (tmp_path / "x.gguf").exists() and not (tmp_path / "x.gguf.part").exists()
+
+
 def test_qk_rows_in_llamacpp_order_match_the_source(exported, reduced_gguf):
     """Against the real model: the exported q/k are close to the source tensors (RTN error), and far
     from them without the row permutation (so the permutation is the right one)."""
@@ -167,17 +226,19 @@ def test_failed_write_leaves_nothing_and_says_so_on_one_line(rtn_checkpoint, tmp
     assert not out.exists() and not out.with_name(out.name + ".part").exists()
 
 
-def test_target_size_budget_predicts_the_exported_bytes(exported, reduced_gguf):
+def test_target_size_budget_predicts_the_exported_bytes(exported, exported_v3, reduced_gguf):
     """--target-mb's budget: the size it predicts for the exported file's code bits is the file's
     size within a few hundred bytes (tensor records), and the budget for that size is at least
-    the file's code bits less one hundredth."""
+    the file's code bits less one hundredth; for format 3 files and format 2 files."""
     from mlwq import sizing
     from mlwq.errors import MLWQError
 
-    path, report = exported
+    for (path, report), fmt in ((exported, 2), (exported_v3, 3)):
+        size = path.stat().st_size
+        bits = sizing.budget_for_size(reduced_gguf, size, file_format=fmt)
+        assert report.code_bpw_mlwq - 0.01 <= bits <= report.code_bpw_mlwq + 0.01, fmt
+    path, report = exported_v3
     size = path.stat().st_size
-    bits = sizing.budget_for_size(reduced_gguf, size)
-    assert report.code_bpw_mlwq - 0.01 <= bits <= report.code_bpw_mlwq + 0.01
     with pytest.raises(MLWQError, match="below the smallest file"):
         sizing.budget_for_size(reduced_gguf, size // 3)
 

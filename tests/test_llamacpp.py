@@ -286,6 +286,41 @@ def test_rotated_export_computes_the_rotated_model(reduced_model, reduced_gguf, 
     assert (got.argmax(1) == ref.argmax(1)).sum() >= len(PROMPT_IDS) - 1
 
 
+# ---- format 3: the loader's expansion ----------------------------------------------------------
+
+@pytest.mark.parametrize("b,bits", CASES)
+def test_c_expand_is_bit_exact(b, bits, tmp_path):
+    from test_format import random_layer_v3
+    codes, scale, zero, bits = random_layer_v3(np.random.default_rng(20 + b), 5, len(bits), bits, b)
+    data, rs = F.pack_rows_v3(codes, scale, zero, bits, b)
+    ne0 = len(bits) * 64
+    for name, arr in (("rows.bin", data), ("scale.u8", rs), ("bits.u8", bits.astype(np.uint8))):
+        (tmp_path / name).write_bytes(arr.tobytes())
+    exe = llamacpp.tool_path("mlwq-check")
+    r = run([exe, "expand", f"mlwq{b}_v3", ne0, 5, tmp_path / "rows.bin", tmp_path / "scale.u8", tmp_path / "bits.u8", tmp_path / "o.bin"])
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o.bin").read_bytes() == F.expand_v3(data, rs, bits, ne0, b).tobytes()
+    data[1, 0] = 0xF0 if bits[0] < 4 else 0x0F                  # a zero or a scale the rows cannot hold
+    rs[1] = 0
+    (tmp_path / "rows.bin").write_bytes(data.tobytes())
+    (tmp_path / "scale.u8").write_bytes(rs.tobytes())
+    r = run([exe, "expand", f"mlwq{b}_v3", ne0, 5, tmp_path / "rows.bin", tmp_path / "scale.u8", tmp_path / "bits.u8", tmp_path / "o.bin"])
+    assert r.returncode == 1 and "row 1 block 0" in r.stdout
+
+
+def test_format3_file_computes_exactly_what_format2_does(exported_v3, rtn_checkpoint_v3, tmp_path):
+    """The format 3 file, expanded by the loader, gives the logits of the same checkpoint's format 2
+    file bit for bit; llama.cpp says it expanded it."""
+    from exporters.gguf_export import export_gguf
+    v2 = export_gguf(rtn_checkpoint_v3[0], tmp_path / "v2.gguf", log=lambda m: None, file_format=2).path
+    got3, got2 = llama_logits(exported_v3[0], PROMPT_IDS), llama_logits(v2, PROMPT_IDS)
+    assert np.array_equal(got3, got2)
+    r = run([llamacpp.tool_path("llama-completion"), "-m", exported_v3[0], "-p", "The capital of France is", "-n", "4",
+             "-no-cnv", "-c", "64", "--temp", "0", "-t", "2", "-v"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "format version 3, expanded to format 2 rows as read" in r.stderr and "is not memory-mapped" in r.stderr
+
+
 # ---- malformed files are refused -----------------------------------------------------------
 
 def tensor_info_offsets(path, name):
@@ -335,15 +370,17 @@ def malformed_variants(path, tmp_path):
     v["unused type id"] = (patched(path, tmp_path / "type.gguf", [(t_off, struct.pack("<I", 139))]),
                            "not a multiple of block size")
     v["format 1 type id"] = (patched(path, tmp_path / "type1.gguf", [(t_off, struct.pack("<I", 141))]),
-                             "MLWQ format version 1: this llama.cpp reads MLWQ format version 2")
+                             "MLWQ format version 1: this llama.cpp reads MLWQ format versions 2 to 3")
     v["type id out of range"] = (patched(path, tmp_path / "type2.gguf", [(t_off, struct.pack("<I", 1000))]),
                                  "has invalid ggml type 1000")
     t_off, _ = tensor_info_offsets(path, "blk.0.attn_output.mlwq_perm")
     v["perm not I32"] = (patched(path, tmp_path / "ptype.gguf", [(t_off, struct.pack("<I", 0))]),
                          "must be I32 [576]")
     k = kv_value_offset(path, F.KEY_FORMAT_VERSION)
-    v["wrong format_version"] = (patched(path, tmp_path / "ver.gguf", [(k, struct.pack("<I", 3))]),
-                                 "MLWQ format version 3, this llama.cpp reads version 2")
+    v["wrong format_version"] = (patched(path, tmp_path / "ver.gguf", [(k, struct.pack("<I", 4))]),
+                                 "MLWQ format version 4, this llama.cpp reads versions 2 to 3")
+    v["format 2 tensors under version 3"] = (patched(path, tmp_path / "ver3.gguf", [(k, struct.pack("<I", 3))]),
+                                             "has type mlwq")
     trunc = tmp_path / "trunc.gguf"
     shutil.copyfile(path, trunc)
     with open(trunc, "r+b") as f:
@@ -366,11 +403,57 @@ def malformed_variants(path, tmp_path):
     return v
 
 
-def test_malformed_files_are_refused_with_a_clear_message(exported, tmp_path):
+def rewritten_without(path, dst, drop):
+    """Copy of a GGUF without the tensor `drop`."""
+    r = gguf.GGUFReader(str(path))
+    wr = gguf.GGUFWriter(str(dst), "llama")
+    for fld in r.fields.values():
+        if fld.name.startswith("GGUF.") or fld.name == "general.architecture":
+            continue
+        sub = fld.types[-1] if fld.types[0] == gguf.GGUFValueType.ARRAY else None
+        wr.add_key_value(fld.name, fld.contents(), fld.types[0], sub_type=sub)
+    for t in r.tensors:
+        if t.name != drop:
+            wr.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    wr.write_header_to_file(); wr.write_kv_data_to_file(); wr.write_tensors_to_file(); wr.close()
+    return dst
+
+
+def malformed_v3_variants(path, tmp_path):
+    """{case: (file, expected message)} built from a good format 3 export."""
+    v = {}
+    w = "blk.0.attn_v.weight"                       # MLWQ3_V3, ne0 = 576 (K = 9), widths 2..4
+    _, d = tensor_info_offsets(path, w)
+    _, bd = tensor_info_offsets(path, "blk.0.attn_v.mlwq_bits")
+    _, sd = tensor_info_offsets(path, "blk.0.attn_v.mlwq_scale")
+    raw = open(path, "rb").read()
+    narrow = next(j for j in range(9) if raw[bd + j] <= 3)
+    v["v3 bad zero"] = (patched(path, tmp_path / "v3zero.gguf", [(d + narrow, bytes([0xF0]))]),
+                        f"zero = 15 > 2^bits - 1 = {(1 << raw[bd + narrow]) - 1}")
+    v["v3 scale below the grid"] = (patched(path, tmp_path / "v3scale.gguf", [(d, bytes([0x0F])), (sd, bytes([10]))]),
+                                    "scale code 10 - 4*15 < 0")
+    v["v3 width"] = (patched(path, tmp_path / "v3width.gguf", [(bd, bytes([9]))]), "width 9 outside 1..8")
+    v["v3 widths too wide"] = (patched(path, tmp_path / "v3sum.gguf", [(bd, bytes([8]))]), "exceeds K*b = 27")
+    _, pd = tensor_info_offsets(path, "blk.1.ffn_down.mlwq_perm")
+    v["v3 repeated perm entry"] = (patched(path, tmp_path / "v3perm.gguf", [(pd + 2, raw[pd: pd + 2])]),
+                                   "repeats an earlier entry")
+    t_off, _ = tensor_info_offsets(path, "blk.0.attn_output.mlwq_perm")
+    v["v3 perm not I16"] = (patched(path, tmp_path / "v3ptype.gguf", [(t_off, struct.pack("<I", 1))]),   # F16: same size
+                            "must be I16 [576]")
+    k = kv_value_offset(path, F.KEY_FORMAT_VERSION)
+    v["v3 tensors under version 2"] = (patched(path, tmp_path / "v3ver.gguf", [(k, struct.pack("<I", 2))]),
+                                       "in a file of MLWQ format version 2")
+    v["v3 missing row scales"] = (rewritten_without(path, tmp_path / "v3noscale.gguf", "blk.1.ffn_up.mlwq_scale"),
+                                  "'blk.1.ffn_up.weight' has no 'blk.1.ffn_up.mlwq_scale' tensor")
+    return v
+
+
+def test_malformed_files_are_refused_with_a_clear_message(exported, exported_v3, tmp_path):
     path, _ = exported
     exe = llamacpp.tool_path("llama-completion")
     failures = []
-    for case, (f, msg) in malformed_variants(path, tmp_path).items():
+    cases = {**malformed_variants(path, tmp_path), **malformed_v3_variants(exported_v3[0], tmp_path)}
+    for case, (f, msg) in cases.items():
         r = run([exe, "-m", f, "-p", "hi", "-n", "1", "-no-cnv", "-c", "64"], timeout=60)
         crashed = r.returncode < 0 or r.returncode in (128 + signal.SIGSEGV, 128 + signal.SIGABRT, 134, 139)
         if r.returncode == 0 or crashed or msg not in r.stderr:

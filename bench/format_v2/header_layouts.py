@@ -39,7 +39,6 @@ from mlwq.assets import resolve_model                                          #
 from mlwq.engine import QuantConfig                                            # noqa: E402
 
 STEPS = 4                       # the candidate's scale steps per octave (5-bit code under the row scale)
-ZERO_MAX_ASYM = 15              # asym-4-4: the zero point's 4 bits
 _TABLE = grid._SCALE_TABLE
 
 
@@ -72,12 +71,8 @@ def clipped_error(w, wmax, wmin, qmax, gamma, beta):
 
 
 def patch(layout: str) -> None:
-    global STEPS
+    """The symmetric candidate's grid and search (asym-4-4 is format 3's grid: QuantConfig.file_format)."""
     grid.round_scale = round_scale
-    if layout == "asym-4-4":    # format 2's asymmetric search on a coarser grid, zero in 4 bits
-        STEPS = 2
-        grid.ZERO_MAX = ZERO_MAX_ASYM
-        return
     grid.scale_zero_of_range = scale_zero_of_range
     tqp.scale_zero_of_range = scale_zero_of_range
     tqp._clipped_error = clipped_error
@@ -106,9 +101,11 @@ def main(argv=None) -> int:
     p.add_argument("--layout", choices=("symmetric", "asym-4-4", "format2"), default="symmetric",
                    help="the candidate simulated, or format2 (no patch: the baseline)")
     a = p.parse_args(argv)
-    if a.layout != "format2":
+    if a.layout == "symmetric":
         patch(a.layout)
-    cfg = QuantConfig(method="mlwq", bits=a.bits, tqp_steps=a.tqp_steps, seed=a.seed)
+    # asym-4-4 is format 3's grid (mlwq.grid.use_format(3)); the others start from format 2's
+    cfg = QuantConfig(method="mlwq", bits=a.bits, tqp_steps=a.tqp_steps, seed=a.seed,
+                      file_format=3 if a.layout == "asym-4-4" else 2)
     res = api.quantize(resolve_model(a.model), a.out, cfg, nsamples=a.nsamples, seqlen=a.seqlen, device="cpu", resume=True)
     code = res.meta["summary"]["code_bits_per_weight"]
     meta = metadata_bits(res.meta["layers"])

@@ -58,13 +58,13 @@ std::vector<uint8_t> tensor_bytes(const uint8_t * file, const weight & w) {
     return std::vector<uint8_t>(file + w.offs, file + w.offs + n);
 }
 
-// llama-mlwq.cpp check_format_version: "" if the file may be read, else why not
-std::string format_version_fault(const gguf_context * meta) {
+// llama-mlwq.cpp format_version: "" if the file may be read, else why not; version gets the key's value
+std::string format_version_fault(const gguf_context * meta, int64_t & version) {
     const int64_t kid = gguf_find_key(meta, GGML_MLWQ_KEY_FORMAT_VERSION);
     if (kid < 0) {
         return "no mlwq.format_version key";
     }
-    int64_t version = -1;
+    version = -1;
     switch (gguf_get_kv_type(meta, kid)) {
         case GGUF_TYPE_UINT32: version = gguf_get_val_u32(meta, kid); break;
         case GGUF_TYPE_INT32:  version = gguf_get_val_i32(meta, kid); break;
@@ -72,7 +72,25 @@ std::string format_version_fault(const gguf_context * meta) {
         default:
             return std::string("mlwq.format_version has type ") + gguf_type_name(gguf_get_kv_type(meta, kid));
     }
-    return version == GGML_MLWQ_FORMAT_VERSION ? "" : "MLWQ format version " + std::to_string(version);
+    return version >= GGML_MLWQ_FORMAT_VERSION_MIN && version <= GGML_MLWQ_FORMAT_VERSION
+        ? "" : "MLWQ format version " + std::to_string(version);
+}
+
+// a format 3 side tensor (row scales, widths): I8 [n]; empty vector and a fault if it is not
+std::vector<uint8_t> side_bytes(const uint8_t * file, const std::map<std::string, weight> & weights_map,
+                                const std::string & wname, const char * suffix, int64_t n, std::string & fault) {
+    const std::string name = wname.substr(0, wname.size() - strlen(".weight")) + "." + suffix;
+    const auto it = weights_map.find(name);
+    if (it == weights_map.end()) {
+        fault = wname + " has no " + name + " tensor";
+        return {};
+    }
+    const ggml_tensor * t = it->second.tensor;
+    if (t->type != GGML_TYPE_I8 || ggml_n_dims(t) != 1 || t->ne[0] != n) {
+        fault = name + " must be I8 [n]";
+        return {};
+    }
+    return tensor_bytes(file, it->second);
 }
 
 // llama_mlwq_load_tensors: "" if the model would load, else the fault (the loader's exception);
@@ -83,16 +101,37 @@ std::string mlwq_load_fault(const gguf_context * meta, const uint8_t * file, con
     std::vector<std::string> weights;
     std::set<std::string>    orphans;
     for (const auto & [name, w] : weights_map) {
-        if (ggml_mlwq_is_type(w.tensor->type)) {
+        if (ggml_mlwq_is_type(w.tensor->type) || ggml_mlwq_is_v3_type(w.tensor->type)) {
             weights.push_back(name);
-        } else if (ends_with(name, perm_suffix)) {
+        } else if (ends_with(name, perm_suffix) || ends_with(name, std::string(".") + GGML_MLWQ_SCALE_SUFFIX) ||
+                   ends_with(name, std::string(".") + GGML_MLWQ_BITS_SUFFIX)) {
             orphans.insert(name);
         }
     }
     if (weights.empty() && orphans.empty()) {
         return "";
     }
-    const std::string version_fault = format_version_fault(meta);
+    // llama_mlwq_prepare: a format 3 weight needs its I16 permutation before anything else
+    for (const std::string & name : weights) {
+        const ggml_tensor * t = weights_map.at(name).tensor;
+        if (!ggml_mlwq_is_v3_type(t->type)) {
+            continue;
+        }
+        if (!ends_with(name, ".weight") || t->ne[0] % QK_MLWQ != 0) {
+            return name + " is MLWQ but not a '.weight' tensor";
+        }
+        const std::string pname = name.substr(0, name.size() - strlen(".weight")) + perm_suffix;
+        const auto pit = weights_map.find(pname);
+        if (pit == weights_map.end()) {
+            return name + " has no column permutation tensor " + pname;
+        }
+        const ggml_tensor * pt = pit->second.tensor;
+        if (pt->type != GGML_TYPE_I16 || ggml_n_dims(pt) != 1 || pt->ne[0] != t->ne[0]) {
+            return "permutation " + pname + " of a format 3 weight must be I16 [ne0]";
+        }
+    }
+    int64_t version = -1;
+    const std::string version_fault = format_version_fault(meta, version);
     if (!version_fault.empty()) {
         return version_fault;
     }
@@ -103,6 +142,10 @@ std::string mlwq_load_fault(const gguf_context * meta, const uint8_t * file, con
         if (!ends_with(name, ".weight")) {
             return name + " is MLWQ but not a '.weight' tensor";
         }
+        const bool v3 = ggml_mlwq_is_v3_type(t->type);
+        if (v3 != (version == 3)) {
+            return name + " has a type of the other MLWQ format version";
+        }
         if (t->ne[2] != 1 || t->ne[3] != 1) {
             return name + " is not 2-D";
         }
@@ -110,7 +153,24 @@ std::string mlwq_load_fault(const gguf_context * meta, const uint8_t * file, con
             return name + " is a token embedding";
         }
         const std::vector<uint8_t> data = tensor_bytes(file, w);
-        if (!ggml_mlwq_validate_rows(t->type, data.data(), data.size(), t->ne[0], ggml_nrows(t), err, sizeof(err))) {
+        if (v3) {
+            std::string fault;
+            const std::vector<uint8_t> scale = side_bytes(file, weights_map, name, GGML_MLWQ_SCALE_SUFFIX, t->ne[1], fault);
+            if (!fault.empty()) {
+                return fault;
+            }
+            const std::vector<uint8_t> bits = side_bytes(file, weights_map, name, GGML_MLWQ_BITS_SUFFIX, t->ne[0] / QK_MLWQ, fault);
+            if (!fault.empty()) {
+                return fault;
+            }
+            if (!ggml_mlwq_expand_v3(t->type, data.data(), data.size(), t->ne[0], ggml_nrows(t), scale.data(), bits.data(),
+                                     nullptr, err, sizeof(err))) {
+                return name + " has invalid data: " + err;
+            }
+            const std::string base = name.substr(0, name.size() - strlen(".weight")) + ".";
+            orphans.erase(base + GGML_MLWQ_SCALE_SUFFIX);
+            orphans.erase(base + GGML_MLWQ_BITS_SUFFIX);
+        } else if (!ggml_mlwq_validate_rows(t->type, data.data(), data.size(), t->ne[0], ggml_nrows(t), err, sizeof(err))) {
             return name + " has invalid data: " + err;
         }
         const std::string pname = name.substr(0, name.size() - strlen(".weight")) + perm_suffix;
@@ -119,17 +179,21 @@ std::string mlwq_load_fault(const gguf_context * meta, const uint8_t * file, con
             return name + " has no column permutation tensor " + pname;
         }
         const ggml_tensor * pt = pit->second.tensor;
-        if (pt->type != GGML_TYPE_I32 || ggml_n_dims(pt) != 1 || pt->ne[0] != t->ne[0]) {
+        if (pt->type != (v3 ? GGML_TYPE_I16 : GGML_TYPE_I32) || ggml_n_dims(pt) != 1 || pt->ne[0] != t->ne[0]) {
             return "permutation " + pname + " must be I32 [ne0]";
         }
         const std::vector<uint8_t> pdata = tensor_bytes(file, pit->second);
-        if (!ggml_mlwq_validate_perm((const int32_t *) pdata.data(), pt->ne[0], err, sizeof(err))) {
+        const bool perm_ok = v3 ? ggml_mlwq_expand_perm16((const uint16_t *) pdata.data(), pt->ne[0], nullptr, err, sizeof(err))
+                                : ggml_mlwq_validate_perm((const int32_t *) pdata.data(), pt->ne[0], err, sizeof(err));
+        if (!perm_ok) {
             return "permutation " + pname + " is invalid: " + err;
         }
         orphans.erase(pname);
-        perms[name] = pname;
+        if (!v3) {             // the kernels of format 3 rows run on their expansion: format 2's seeds cover them
+            perms[name] = pname;
+        }
     }
-    return orphans.empty() ? "" : "permutation tensor " + *orphans.begin() + " has no MLWQ weight";
+    return orphans.empty() ? "" : "side tensor " + *orphans.begin() + " has no MLWQ weight";
 }
 
 float activation(size_t i) {       // a fixed input vector with a few large entries

@@ -11,8 +11,11 @@
 //                       SIMD vec_dot where the build has no gemm)
 //   mlwq-check validate TYPE NE0 NROWS rows.bin                 ggml_mlwq_validate_rows
 //   mlwq-check perm     N perm.i32                              ggml_mlwq_validate_perm
+//   mlwq-check expand   TYPE NE0 NROWS rows.bin scale.u8 bits.u8 out.bin
+//                       ggml_mlwq_expand_v3: format 3 rows (TYPE mlwq2_v3 .. mlwq4_v3) with their row
+//                       scale codes [NROWS] and widths [NE0/64] to format 2 rows
 //
-// TYPE is the ggml type name (mlwq2, mlwq3, mlwq4). Exit status 0 = ok / valid, 1 = invalid data
+// TYPE is the ggml type name (mlwq2, mlwq3, mlwq4; expand: mlwq2_v3, mlwq3_v3, mlwq4_v3). Exit status 0 = ok / valid, 1 = invalid data
 // (message on stdout), 2 = usage or I/O error.
 #include "ggml.h"
 #include "ggml-cpu.h"
@@ -54,6 +57,22 @@ int main(int argc, char ** argv) {
     size_t size;
     const uint8_t * rows = (const uint8_t *) read_file(argv[5], &size);
     const size_t row_size = ggml_row_size(type, ne0);
+
+    if (strcmp(cmd, "expand") == 0 && argc == 9) {
+        size_t ssize, bsize;
+        const uint8_t * scale = (const uint8_t *) read_file(argv[6], &ssize);
+        const uint8_t * bits  = (const uint8_t *) read_file(argv[7], &bsize);
+        if (!ggml_mlwq_is_v3_type(type) || ssize != (size_t) nrows || bsize != (size_t) (ne0 / QK_MLWQ)) {
+            fprintf(stderr, "expand needs an MLWQ format 3 type, %lld row scales and %lld widths\n", (long long) nrows, (long long) (ne0 / QK_MLWQ));
+            return 2;
+        }
+        const size_t out_size = ggml_row_size(ggml_mlwq_v3_runtime_type(type), ne0) * (size_t) nrows;
+        uint8_t * out = (uint8_t *) malloc(out_size ? out_size : 1);
+        if (!ggml_mlwq_expand_v3(type, rows, size, ne0, nrows, scale, bits, out, err, sizeof(err))) { printf("invalid: %s\n", err); return 1; }
+        write_file(argv[8], out, out_size);
+        return 0;
+    }
+    if (ggml_mlwq_is_v3_type(type)) { fprintf(stderr, "%s: format 3 types have no kernels; expand them\n", argv[2]); return 2; }
 
     if (strcmp(cmd, "validate") == 0) {
         if (!ggml_mlwq_validate_rows(type, rows, size, ne0, nrows, err, sizeof(err))) { printf("invalid: %s\n", err); return 1; }

@@ -9,7 +9,7 @@
 static enum ggml_type parse_type(const char * name) {
     for (int t = 0; t < GGML_TYPE_COUNT; ++t) {
         const char * n = ggml_type_name((enum ggml_type) t);
-        if (n && strcmp(n, name) == 0 && ggml_mlwq_is_type((enum ggml_type) t)) {
+        if (n && strcmp(n, name) == 0 && (ggml_mlwq_is_type((enum ggml_type) t) || ggml_mlwq_is_v3_type((enum ggml_type) t))) {
             return (enum ggml_type) t;
         }
     }

@@ -8,6 +8,13 @@
 //   d_j = 2^(s_j/8 - 20) as the exact float32 product ggml_mlwq_scale(s_j)
 //   w(permuted column 64*j + i) = d_j * (float) ((int) q - (int) zero_j)
 //
+//   format version 3 (what mlwq-export writes; files only): a row of an MLWQb_V3 tensor is
+//   K*(1 + 8*b) bytes, [K headers: u8 (c | zero << 4)][codes and padding as format 2], with the
+//   row's scale code r in `<base>.mlwq_scale` (I8 [nrows], read unsigned), the block widths in
+//   `<base>.mlwq_bits` (I8 [K]) and the permutation as I16; block j's scale code is r - 4*c_j.
+//   The llama loader expands it to format 2 rows as it reads the file (ggml_mlwq_expand_v3), so
+//   the kernels only ever see format 2.
+//
 // Rows are not sequences of independent blocks (block j's codes start after the codes of blocks
 // 0..j-1), so every function here works on whole rows and is told ne0.
 #pragma once
@@ -23,9 +30,15 @@
 extern "C" {
 #endif
 
-#define GGML_MLWQ_FORMAT_VERSION 2
+#define GGML_MLWQ_FORMAT_VERSION 3        // the newest file format (mlwq-export's)
+#define GGML_MLWQ_FORMAT_VERSION_MIN 2    // format 2 files still load: they are the kernels' rows
 #define GGML_MLWQ_KEY_FORMAT_VERSION "mlwq.format_version"
 #define GGML_MLWQ_PERM_SUFFIX "mlwq_perm"
+#define GGML_MLWQ_SCALE_SUFFIX "mlwq_scale" // format 3: I8 [nrows], each row's scale code
+#define GGML_MLWQ_BITS_SUFFIX "mlwq_bits"   // format 3: I8 [K], the block widths
+#define GGML_MLWQ_V3_HEADER_SIZE 1
+#define GGML_MLWQ_V3_SCALE_STEP 4           // a header's scale step: 4 codes of the grid, half an octave
+#define GGML_MLWQ_V3_ZERO_MAX 15
 #define QK_MLWQ 64
 #define GGML_MLWQ_HEADER_SIZE 2
 #define GGML_MLWQ_MIN_BITS 1
@@ -55,6 +68,21 @@ static inline float ggml_mlwq_hdr_scale(const uint8_t * h) { return ggml_mlwq_sc
 
 static inline bool ggml_mlwq_is_type(enum ggml_type type) {
     return type == GGML_TYPE_MLWQ2 || type == GGML_TYPE_MLWQ3 || type == GGML_TYPE_MLWQ4;
+}
+
+// format version 3's file types (never in a graph: the loader expands them)
+static inline bool ggml_mlwq_is_v3_type(enum ggml_type type) {
+    return type == GGML_TYPE_MLWQ2_V3 || type == GGML_TYPE_MLWQ3_V3 || type == GGML_TYPE_MLWQ4_V3;
+}
+
+// the type a format 3 type expands to (MLWQb_V3 -> MLWQb); GGML_TYPE_COUNT for any other type
+static inline enum ggml_type ggml_mlwq_v3_runtime_type(enum ggml_type type) {
+    switch (type) {
+        case GGML_TYPE_MLWQ2_V3: return GGML_TYPE_MLWQ2;
+        case GGML_TYPE_MLWQ3_V3: return GGML_TYPE_MLWQ3;
+        case GGML_TYPE_MLWQ4_V3: return GGML_TYPE_MLWQ4;
+        default:                 return GGML_TYPE_COUNT;
+    }
 }
 
 // code width b of the type (2, 3, 4), 0 for any other type
@@ -110,6 +138,17 @@ GGML_API bool ggml_mlwq_validate_rows(enum ggml_type type, const void * data, si
 
 // Check of a column permutation: n entries, each in 0..n-1, no repeats.
 GGML_API bool ggml_mlwq_validate_perm(const int32_t * perm, int64_t n, char * err, size_t err_size);
+
+// Format 3 -> format 2. data: nbytes of an MLWQb_V3 tensor (nrows rows of ne0 columns), row_scale
+// [nrows], bits [K]. Checks everything the format 2 rows need (widths 1..8, their sum <= K*b, every
+// zero <= 2^bits - 1, every scale code r - 4*c >= 0, zero padding) and writes the MLWQb rows
+// (nrows * K*(2+8b) bytes) to out unless out is NULL. Returns false with a message in err.
+GGML_API bool ggml_mlwq_expand_v3(enum ggml_type type, const void * data, size_t nbytes, int64_t ne0, int64_t nrows,
+                                  const uint8_t * row_scale, const uint8_t * bits, void * out,
+                                  char * err, size_t err_size);
+
+// Format 3's I16 permutation (entries read as unsigned) -> I32, checked as ggml_mlwq_validate_perm.
+GGML_API bool ggml_mlwq_expand_perm16(const uint16_t * perm, int64_t n, int32_t * out, char * err, size_t err_size);
 
 // y = W x for an MLWQ weight a whose input columns are permuted: a MUL_MAT node that carries the
 // permutation perm (I32 [ne0], permuted column j = original column perm[j]) as its source

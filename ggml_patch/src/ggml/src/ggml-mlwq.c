@@ -165,6 +165,97 @@ bool ggml_mlwq_validate_perm(const int32_t * perm, int64_t n, char * err, size_t
     return ok;
 }
 
+bool ggml_mlwq_expand_v3(enum ggml_type type, const void * data, size_t nbytes, int64_t ne0, int64_t nrows,
+                         const uint8_t * row_scale, const uint8_t * bits, void * out, char * err, size_t err_size) {
+    const enum ggml_type rt = ggml_mlwq_v3_runtime_type(type);
+    const int b = ggml_mlwq_type_width(rt);
+    if (b == 0) {
+        snprintf(err, err_size, "type %d is not an MLWQ format 3 type", (int) type);
+        return false;
+    }
+    if (ne0 <= 0 || ne0 % QK_MLWQ != 0 || nrows < 0) {
+        snprintf(err, err_size, "ne0 = %" PRId64 " is not a positive multiple of %d", ne0, QK_MLWQ);
+        return false;
+    }
+    const int64_t K      = ne0 / QK_MLWQ;
+    const size_t  in_row = (size_t) K * (GGML_MLWQ_V3_HEADER_SIZE + 8*(size_t) b);
+    if (nbytes / in_row != (size_t) nrows || nbytes % in_row != 0) {
+        snprintf(err, err_size, "%zu bytes is not %" PRId64 " rows of %zu bytes", nbytes, nrows, in_row);
+        return false;
+    }
+    int64_t sum = 0;
+    for (int64_t j = 0; j < K; ++j) {
+        if (bits[j] < GGML_MLWQ_MIN_BITS || bits[j] > GGML_MLWQ_MAX_BITS) {
+            snprintf(err, err_size, "block %" PRId64 ": width %d outside %d..%d", j, bits[j], GGML_MLWQ_MIN_BITS, GGML_MLWQ_MAX_BITS);
+            return false;
+        }
+        sum += bits[j];
+    }
+    if (sum > K*b) {
+        snprintf(err, err_size, "sum of block widths = %" PRId64 " exceeds K*b = %" PRId64 " (K = %" PRId64 ", b = %d): "
+                 "codes would not fit the row", sum, K*b, K, b);
+        return false;
+    }
+    const size_t    out_row = ggml_mlwq_row_bytes(K, b);
+    const size_t    used    = (size_t) K*GGML_MLWQ_V3_HEADER_SIZE + 8*(size_t) sum;
+    const uint8_t * x       = (const uint8_t *) data;
+    for (int64_t r = 0; r < nrows; ++r) {
+        const uint8_t * row = x + (size_t) r * in_row;
+        uint8_t       * dst = out ? (uint8_t *) out + (size_t) r * out_row : NULL;
+        for (int64_t j = 0; j < K; ++j) {
+            const int c    = row[j] & 15;
+            const int zero = row[j] >> 4;
+            const int s    = (int) row_scale[r] - GGML_MLWQ_V3_SCALE_STEP*c;
+            if (s < 0) {
+                snprintf(err, err_size, "row %" PRId64 " block %" PRId64 ": scale code %d - %d*%d < 0",
+                         r, j, (int) row_scale[r], GGML_MLWQ_V3_SCALE_STEP, c);
+                return false;
+            }
+            if (zero > (1 << bits[j]) - 1) {
+                snprintf(err, err_size, "row %" PRId64 " block %" PRId64 ": zero = %d > 2^bits - 1 = %d (bits = %d)",
+                         r, j, zero, (1 << bits[j]) - 1, bits[j]);
+                return false;
+            }
+            if (dst) {
+                dst[GGML_MLWQ_HEADER_SIZE*j]     = (uint8_t) s;
+                dst[GGML_MLWQ_HEADER_SIZE*j + 1] = (uint8_t) (zero | (bits[j] - 1) << 5);
+            }
+        }
+        for (size_t i = used; i < in_row; ++i) {
+            if (row[i] != 0) {
+                snprintf(err, err_size, "row %" PRId64 ": non-zero byte %zu in the padding after the codes", r, i);
+                return false;
+            }
+        }
+        if (dst) {
+            memcpy(dst + (size_t) K*GGML_MLWQ_HEADER_SIZE, row + K, in_row - (size_t) K);
+        }
+    }
+    return true;
+}
+
+bool ggml_mlwq_expand_perm16(const uint16_t * perm, int64_t n, int32_t * out, char * err, size_t err_size) {
+    if (n <= 0) {
+        snprintf(err, err_size, "empty permutation");
+        return false;
+    }
+    int32_t * wide = out ? out : (int32_t *) malloc(sizeof(int32_t) * (size_t) n);
+    if (!wide) {
+        snprintf(err, err_size, "out of memory");
+        return false;
+    }
+    for (int64_t j = 0; j < n; ++j) {
+        uint16_t v;
+        memcpy(&v, perm + j, sizeof(v));
+        wide[j] = v;
+    }
+    const bool ok = ggml_mlwq_validate_perm(wide, n, err, err_size);
+    if (!out) {
+        free(wide);
+    }
+    return ok;
+}
+
 struct ggml_tensor * ggml_mlwq_mul_mat(struct ggml_context * ctx, struct ggml_tensor * a, struct ggml_tensor * b,
                                        struct ggml_tensor * perm) {
     struct ggml_tensor * result = ggml_mul_mat(ctx, a, b);
