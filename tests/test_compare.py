@@ -47,13 +47,14 @@ def test_results_cover_every_file(run_dir):
 @pytest.mark.slow
 def test_bits_counted_from_the_bytes(run_dir):
     """The table's linear bits (gguf-py over the file) agree with the exporter's own count, and
-    include the 0.25 bit/w of headers on top of the 2.5 code bits."""
+    include format 3's metadata (one-byte headers, row scales, widths, 16-bit permutation: about
+    0.16 bits/w here) on top of the 2.5 code bits."""
     res = json.loads((run_dir / "results.json").read_text())
     for r in res["rows"]:
         if r["family"] in ("rtn", "mlwq"):
             meta = json.loads((run_dir / "models" / (r["file"].rsplit("/", 1)[1][:-5] + ".json")).read_text())
             assert r["bpw_linear"] == pytest.approx(meta["export"]["bpw_mlwq"], abs=1e-4)
-            assert 2.75 < r["bpw_linear"] < 2.95
+            assert 2.6 < r["bpw_linear"] < 2.75
             assert meta["summary"]["code_bits_per_weight"] == pytest.approx(2.5, abs=0.02)
 
 
