@@ -70,7 +70,6 @@ V3_SCALE_SPAN = 15 * V3_SCALE_STEP # a block's scale code lies in r - 60 .. r
 V3_ZERO_MAX = 15
 V3_GGML_TYPE_ID = {2: 146, 3: 147, 4: 148}      # enum ggml_type GGML_TYPE_MLWQ<b>_V3
 V3_TYPE_NAME = {b: f"MLWQ{b}_V3" for b in WIDTHS}
-V3_GGML_TYPE_NAME = {b: f"mlwq{b}_v3" for b in WIDTHS}
 V3_PERM_MAX_COLUMNS = 1 << 15      # I16 permutation entries
 SCALE_SUFFIX = "mlwq_scale"        # I8 [rows]: each row's scale code r
 BITS_SUFFIX = "mlwq_bits"          # I8 [K]: the block widths
@@ -92,18 +91,16 @@ def v3_type_size(b: int) -> int:
     return V3_HEADER_BYTES + 8 * b
 
 
-def width_of_type_id(type_id: int) -> int | None:
-    for b, t in GGML_TYPE_ID.items():
+def width_of_type_id(type_id: int, ids: dict = GGML_TYPE_ID) -> int | None:
+    """b of an MLWQb type id (of format 2; of format 3 with ids=V3_GGML_TYPE_ID), None otherwise."""
+    for b, t in ids.items():
         if t == int(type_id):
             return b
     return None
 
 
 def width_of_v3_type_id(type_id: int) -> int | None:
-    for b, t in V3_GGML_TYPE_ID.items():
-        if t == int(type_id):
-            return b
-    return None
+    return width_of_type_id(type_id, V3_GGML_TYPE_ID)
 
 
 def _side_name(weight_name: str, suffix: str) -> str:

@@ -386,19 +386,7 @@ def malformed_variants(path, tmp_path):
     with open(trunc, "r+b") as f:
         f.truncate(os.path.getsize(path) - 4096)
     v["truncated tensor"] = (trunc, "data is not within the file bounds")
-    # missing permutation: rewrite the file without one perm tensor
-    r = gguf.GGUFReader(str(path))
-    miss = tmp_path / "noperm.gguf"
-    wr = gguf.GGUFWriter(str(miss), "llama")
-    for fld in r.fields.values():
-        if fld.name.startswith("GGUF.") or fld.name == "general.architecture":
-            continue
-        sub = fld.types[-1] if fld.types[0] == gguf.GGUFValueType.ARRAY else None
-        wr.add_key_value(fld.name, fld.contents(), fld.types[0], sub_type=sub)
-    for t in r.tensors:
-        if t.name != "blk.1.ffn_up.mlwq_perm":
-            wr.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
-    wr.write_header_to_file(); wr.write_kv_data_to_file(); wr.write_tensors_to_file(); wr.close()
+    miss = rewritten_without(path, tmp_path / "noperm.gguf", "blk.1.ffn_up.mlwq_perm")
     v["missing perm"] = (miss, "'blk.1.ffn_up.weight' has no column permutation tensor 'blk.1.ffn_up.mlwq_perm'")
     return v
 

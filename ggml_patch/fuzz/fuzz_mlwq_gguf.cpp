@@ -179,7 +179,7 @@ std::string mlwq_load_fault(const gguf_context * meta, const uint8_t * file, con
             return name + " has no column permutation tensor " + pname;
         }
         const ggml_tensor * pt = pit->second.tensor;
-        if (pt->type != (v3 ? GGML_TYPE_I16 : GGML_TYPE_I32) || ggml_n_dims(pt) != 1 || pt->ne[0] != t->ne[0]) {
+        if (!v3 && (pt->type != GGML_TYPE_I32 || ggml_n_dims(pt) != 1 || pt->ne[0] != t->ne[0])) {   // format 3's: above
             return "permutation " + pname + " must be I32 [ne0]";
         }
         const std::vector<uint8_t> pdata = tensor_bytes(file, pit->second);

@@ -247,9 +247,8 @@ void llama_mlwq_load_tensors(llama_model_loader & ml, llama_mlwq_perm_map & perm
             throw std::runtime_error(format("MLWQ: permutation '%s' is invalid: %s", pname.c_str(), err));
         }
         orphans.erase(pname);
-        // format 3's row scales and widths are read by the expansion: no tensors of their own
-        for (const char * suffix : { GGML_MLWQ_SCALE_SUFFIX, GGML_MLWQ_BITS_SUFFIX }) {
-            if (stored_v3) {
+        if (stored_v3) {        // its row scales and widths are read by the expansion: no tensors of their own
+            for (const char * suffix : { GGML_MLWQ_SCALE_SUFFIX, GGML_MLWQ_BITS_SUFFIX }) {
                 ml.size_data -= ggml_nbytes(ml.weights_map.at(side_name(name, suffix)).tensor);
                 ml.n_created++;
             }
