@@ -261,9 +261,13 @@ def parse_kld(text: str) -> dict:
 
 def gguf_sizes(path: Path) -> dict:
     """Size and true bits per weight of a GGUF from its bytes: the whole file (metadata included)
-    and the linear layers (every scale, header and MLWQ permutation counted), with their types."""
+    and the linear layers (every scale, header and MLWQ side tensor counted: the permutation, and
+    format 3's row scales and widths), with their types."""
     import gguf
     from mlwq.sizing import LINEAR, is_linear_weight
+
+    from . import mlwq_format as F
+    side = tuple(f".{sfx}" for sfx in (F.PERM_SUFFIX, F.SCALE_SUFFIX, F.BITS_SUFFIX))
 
     path = Path(path)
     r = gguf.GGUFReader(str(path))
@@ -273,7 +277,7 @@ def gguf_sizes(path: Path) -> dict:
     embd = None
     for t in r.tensors:
         tensor_bytes += int(t.n_bytes)
-        if t.name.endswith(".mlwq_perm"):
+        if t.name.endswith(side):
             perm_bytes += int(t.n_bytes)
             if t.name.split(".")[2] in LINEAR:
                 lin_bytes += int(t.n_bytes)
@@ -294,7 +298,7 @@ def gguf_sizes(path: Path) -> dict:
     return {
         "file": shown, "file_bytes": size, "tensor_bytes": tensor_bytes, "metadata_bytes": size - tensor_bytes,
         "n_weights": n_weights, "bpw_file": 8 * size / n_weights,
-        "linear_weights": lin_weights, "linear_bytes": lin_bytes, "perm_bytes": perm_bytes,
+        "linear_weights": lin_weights, "linear_bytes": lin_bytes, "perm_bytes": perm_bytes,   # all MLWQ side tensors
         "bpw_linear": 8 * lin_bytes / lin_weights if lin_weights else float("nan"),
         "linear_types": {k: dict(v) for k, v in types.items()},
         "weights_by_type": dict(all_types), "token_embd_type": embd,
