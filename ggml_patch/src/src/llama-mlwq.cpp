@@ -80,16 +80,18 @@ static std::vector<uint8_t> read_side(llama_model_loader & ml, const std::string
     return read_tensor_bytes(ml, name);
 }
 
-// the format 2 rows of a format 3 weight, checked (throws naming the tensor)
-static std::vector<uint8_t> expanded_rows(llama_model_loader & ml, const std::string & name, const ggml_tensor * meta) {
+// the format 2 rows of a format 3 weight, checked (throws naming the tensor); fill = false only
+// checks, without the rows
+static std::vector<uint8_t> expanded_rows(llama_model_loader & ml, const std::string & name, const ggml_tensor * meta,
+                                          bool fill = true) {
     const ggml_type stored = ml.mlwq_stored.at(name);
     const std::vector<uint8_t> data  = read_tensor_bytes(ml, name);
     const std::vector<uint8_t> scale = read_side(ml, name, GGML_MLWQ_SCALE_SUFFIX, meta->ne[1]);
     const std::vector<uint8_t> bits  = read_side(ml, name, GGML_MLWQ_BITS_SUFFIX, meta->ne[0] / QK_MLWQ);
-    std::vector<uint8_t> rows(ggml_nbytes(meta));
+    std::vector<uint8_t> rows(fill ? ggml_nbytes(meta) : 0);
     char err[512];
     if (!ggml_mlwq_expand_v3(stored, data.data(), data.size(), meta->ne[0], ggml_nrows(meta), scale.data(), bits.data(),
-                             rows.data(), err, sizeof(err))) {
+                             fill ? rows.data() : nullptr, err, sizeof(err))) {
         throw std::runtime_error(format("MLWQ: tensor '%s' (%s, %lld x %lld) has invalid data: %s",
             name.c_str(), ggml_type_name(stored), (long long) meta->ne[0], (long long) meta->ne[1], err));
     }
@@ -216,7 +218,7 @@ void llama_mlwq_load_tensors(llama_model_loader & ml, llama_mlwq_perm_map & perm
                 name.c_str(), ggml_type_name(stored_v3 ? ml.mlwq_stored.at(name) : meta->type), (long long) version));
         }
         if (stored_v3) {
-            expanded_rows(ml, name, meta);     // every check of the expansion, before any buffer is filled
+            expanded_rows(ml, name, meta, false);   // every check of the expansion, before any buffer is filled
             orphans.erase(side_name(name, GGML_MLWQ_SCALE_SUFFIX));
             orphans.erase(side_name(name, GGML_MLWQ_BITS_SUFFIX));
         } else {
