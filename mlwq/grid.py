@@ -22,18 +22,22 @@ MAX_BITS = 8             # widths 1..8 fit in the block header
 _MIN_SCALE = float(SCALE_TABLE[0])   # the grid's smallest scale: keeps d > 0
 _SCALE_TABLE = torch.from_numpy(SCALE_TABLE.copy())
 
-# (scale steps per octave, largest zero point) of each file format's block header
-FORMAT_GRID = {3: (SCALE_STEPS_PER_OCTAVE // V3_SCALE_STEP, V3_ZERO_MAX), 2: (SCALE_STEPS_PER_OCTAVE, V2_ZERO_MAX)}
+# (scale steps per octave, largest zero point, min/max fits round the scale up) of each file
+# format's block header. Format 3's half-octave steps: a fit rounded to the nearest step would
+# clip up to 19 % of a group's range, at every width, so its fits take the smallest scale that
+# holds the (TQP-clipped) range and clipping stays the clipping factors' choice.
+FORMAT_GRID = {3: (SCALE_STEPS_PER_OCTAVE // V3_SCALE_STEP, V3_ZERO_MAX, True),
+               2: (SCALE_STEPS_PER_OCTAVE, V2_ZERO_MAX, False)}
 DEFAULT_FORMAT = 3
-STEPS_PER_OCTAVE, ZERO_MAX = FORMAT_GRID[DEFAULT_FORMAT]
+STEPS_PER_OCTAVE, ZERO_MAX, FIT_ROUNDS_UP = FORMAT_GRID[DEFAULT_FORMAT]
 
 
 def use_format(version: int) -> None:
     """Quantize onto the grid of this file format's block header (the process-wide grid)."""
-    global STEPS_PER_OCTAVE, ZERO_MAX
+    global STEPS_PER_OCTAVE, ZERO_MAX, FIT_ROUNDS_UP
     if version not in FORMAT_GRID:
         raise ValueError(f"MLWQ file format {version} has no quantization grid; choose one of {sorted(FORMAT_GRID)}")
-    STEPS_PER_OCTAVE, ZERO_MAX = FORMAT_GRID[version]
+    STEPS_PER_OCTAVE, ZERO_MAX, FIT_ROUNDS_UP = FORMAT_GRID[version]
 
 
 def fit_scale_zero(w: torch.Tensor, bits: torch.Tensor | int,
@@ -61,16 +65,18 @@ def scale_zero_of_range(wmax: torch.Tensor, wmin: torch.Tensor, bits, gamma=None
     if beta is not None:
         wmin = wmin * beta
     d = ((wmax - wmin) / qmax).clamp(min=_MIN_SCALE)
-    d = round_scale(d).clamp(min=_MIN_SCALE)
+    d = round_scale(d, up=FIT_ROUNDS_UP).clamp(min=_MIN_SCALE)
     zero = torch.clamp(torch.round(-wmin / d), torch.zeros_like(qmax), qmax.clamp(max=ZERO_MAX))
     return d, zero
 
 
-def round_scale(d: torch.Tensor) -> torch.Tensor:
-    """The scale as the file stores it (the nearest 2^(k/8), or 2^(k/2) for format 3, in log terms,
-    clamped to the range of the scale codes), in float32; every quantizer rounds through here."""
+def round_scale(d: torch.Tensor, up: bool = False) -> torch.Tensor:
+    """The scale as the file stores it (the nearest 2^(k/8), or 2^(k/2) for format 3, in log terms;
+    up: the smallest one >= d), clamped to the range of the scale codes, in float32; every
+    quantizer rounds through here."""
     step = SCALE_STEPS_PER_OCTAVE // STEPS_PER_OCTAVE          # codes of the 8-step table per grid step
-    k = torch.round(torch.log2(d.float().clamp(min=_MIN_SCALE)) * STEPS_PER_OCTAVE)
+    x = torch.log2(d.float().clamp(min=_MIN_SCALE)) * STEPS_PER_OCTAVE
+    k = torch.ceil(x - 1e-4) if up else torch.round(x)         # a grid value stays itself
     s = (k * step - SCALE_EXP0 * SCALE_STEPS_PER_OCTAVE).clamp(0, 255 - 255 % step).to(torch.long)
     return _SCALE_TABLE.to(d.device)[s]
 
