@@ -29,6 +29,6 @@ ratio "$NATIVE_BIN" pp      --rounds 6 --p 128
 ratio "$AVX2_BIN"   avx2-pp --rounds 6 --p 128
 ratio "$NATIVE_BIN" tg      --rounds 8
 ratio "$AVX2_BIN"   avx2-tg --rounds 8
-lscpu | grep -E "^Model name|^CPU\(s\)" > "$OUT/machine.txt"
-grep -o 'avx512[a-z_]*' /proc/cpuinfo | sort -u | tr '\n' ' ' >> "$OUT/machine.txt"
+lscpu | grep -E "^Model name|^CPU\(s\)|^CPU family|^Model:" > "$OUT/machine.txt"
+{ grep -o 'avx512[a-z_]*' /proc/cpuinfo || echo 'no avx512'; } | sort -u | tr '\n' ' ' >> "$OUT/machine.txt"
 echo >> "$OUT/machine.txt"

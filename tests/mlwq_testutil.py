@@ -114,10 +114,25 @@ def write_rtn_checkpoint(ckpt_dir, source_gguf, b: int = 3, seed: int = 0, layer
     return deq
 
 
-def llama_logits(path, ids: list[int]) -> np.ndarray:
-    """[len(ids), vocab] logits of every position from llama-cpp-python (our libllama), CPU."""
+def llama_logits(path, ids: list[int], n_batch: int = 64, repack: bool = True) -> np.ndarray:
+    """[len(ids), vocab] logits of every position from llama-cpp-python (our libllama), CPU, the prompt
+    evaluated n_batch tokens at a time (1: as generation runs). repack=False: weights stay out of
+    ggml's CPU_REPACK buffer (llama.cpp's --no-repack; the Llama class has no argument for it)."""
+    import llama_cpp.llama_cpp as lcpp
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=64, n_batch=64, logits_all=True, n_threads=2, verbose=False)
+    defaults = lcpp.llama_model_default_params
+
+    def model_params():
+        p = defaults()
+        p.use_extra_bufts = repack
+        return p
+
+    lcpp.llama_model_default_params = model_params
+    try:
+        llm = Llama(model_path=str(path), n_ctx=64, n_batch=n_batch, n_ubatch=n_batch, logits_all=True, n_threads=2,
+                    verbose=False)
+    finally:
+        lcpp.llama_model_default_params = defaults
     llm.eval(ids)
     return np.array(llm.scores[: len(ids)], dtype=np.float64)

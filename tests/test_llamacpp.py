@@ -103,8 +103,9 @@ def q8_1_dequant(raw: bytes, ncol: int, ne0: int) -> np.ndarray:
 
 
 # 6 rows x 5 columns: the gemm's 4-row tiles and every remainder (rows, columns, threads); 21 x 19: its
-# row panels of prompt processing (x86: 16 or 8 rows x 8 or 4 columns) and their remainders
-@pytest.mark.parametrize("nrow,ncol", [(6, 5), (21, 19)])
+# row panels of prompt processing (x86: 16 or 8 rows x 8 or 4 columns) and their remainders; 16 x 1 and
+# 24 x 9: the repacked rows of AVX2 builds (groups of 8 rows: generation, then panels and a remainder)
+@pytest.mark.parametrize("nrow,ncol", [(6, 5), (21, 19), (16, 1), (24, 9)])
 @pytest.mark.parametrize("b,bits", CASES)
 def test_c_vec_dot_matches_numpy(b, bits, nrow, ncol, tmp_path):
     rng = np.random.default_rng(10 + b)
@@ -115,11 +116,13 @@ def test_c_vec_dot_matches_numpy(b, bits, nrow, ncol, tmp_path):
     x.tofile(tmp_path / "x.f32")
     r = run([llamacpp.tool_path("mlwq-check"), "dot", f"mlwq{b}", ne0, nrow, tmp_path / "rows.bin", tmp_path / "x.f32", ncol, tmp_path / "o"])
     assert r.returncode == 0 and "vec_dot_type q8_1 nrows 2" in r.stdout, r.stderr
-    out = {k: np.fromfile(f"{tmp_path / 'o'}.{k}.f32", np.float32).reshape(ncol, nrow) for k in ("simd", "simd2", "gemm", "generic")}
+    if nrow % 8 == 0:    # one width per block for all rows: they pack where the build repacks
+        assert "x8 packed" in r.stdout or "x8 unavailable" in r.stdout, r.stdout
+    out = {k: np.fromfile(f"{tmp_path / 'o'}.{k}.f32", np.float32).reshape(ncol, nrow) for k in ("simd", "simd2", "gemm", "x8", "generic")}
     xq = q8_1_dequant((tmp_path / "o.q8_1").read_bytes(), ncol, ne0)
     ref = xq @ F.dequantize_rows(data, ne0, b).astype(np.float64).T
     scale = np.abs(xq) @ np.abs(F.dequantize_rows(data, ne0, b).astype(np.float64)).T
-    for k, got in out.items():     # 1x1 calls, 2x2 calls, tiled gemm (what llama.cpp runs), portable loop
+    for k, got in out.items():     # 1x1 calls, 2x2 calls, tiled gemm, repacked rows (what llama.cpp runs), portable loop
         assert np.all(np.abs(got - ref) <= 1e-5 * scale + 1e-6), k    # float summation order only
 
 
@@ -284,6 +287,33 @@ def test_rotated_export_computes_the_rotated_model(reduced_model, reduced_gguf, 
     print(f"max|llama.cpp - torch(rotated, fake-quantized)| = {err:.4f} std")
     assert err < 0.15
     assert (got.argmax(1) == ref.argmax(1)).sum() >= len(PROMPT_IDS) - 1
+
+
+def test_repacked_weights_compute_what_the_rows_compute(exported, tmp_path):
+    """In ggml's CPU_REPACK buffer (AVX2 builds without AVX-512: groups of 8 rows interleaved at load)
+    the MLWQ weights give the logits of the rows for a prompt at once bit for bit (both run the
+    panels: the same sums in the same order), and token by token (generation's kernel) the prompt's
+    logits bit for bit too: its sums and their order are the panels'. The rows' generation tiles
+    add in another order, which after two blocks moves the logits by a few hundredths of their
+    spread. llama.cpp reports the buffer where the build has the kernel, and the permutations stay in
+    the CPU's own buffer."""
+    path, _ = exported
+    rng = np.random.default_rng(0)
+    (tmp_path / "rows.bin").write_bytes(random_rows(rng, 8, [3, 3], 3).tobytes())
+    rng.standard_normal((1, 128)).astype(np.float32).tofile(tmp_path / "x.f32")
+    r = run([llamacpp.tool_path("mlwq-check"), "dot", "mlwq3", 128, 8, tmp_path / "rows.bin", tmp_path / "x.f32", 1, tmp_path / "o"])
+    repacks = "x8 packed" in r.stdout
+    r = run([llamacpp.tool_path("llama-completion"), "-m", path, "-p", "The capital of France is", "-n", "4",
+             "-no-cnv", "-c", "64", "--temp", "0", "-t", "2", "-v"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert ("CPU_REPACK model buffer size" in r.stderr) == repacks, r.stderr[-3000:]
+    prompt = llama_logits(path, PROMPT_IDS)
+    assert np.array_equal(prompt, llama_logits(path, PROMPT_IDS, repack=False))
+    tokens, tokens_rows = (llama_logits(path, PROMPT_IDS, n_batch=1, repack=rp) for rp in (True, False))
+    if repacks:
+        assert np.array_equal(tokens, prompt)
+    assert np.abs(tokens - tokens_rows).max() < 0.1 * prompt.std()
+    assert (tokens.argmax(1) == tokens_rows.argmax(1)).sum() >= len(PROMPT_IDS) - 1
 
 
 # ---- format 3: the loader's expansion ----------------------------------------------------------

@@ -8,7 +8,9 @@
 //                       as ggml's mul_mat does with type traits nrows = 2 (2 rows x 2 columns a call;
 //                       an odd last row or column by single calls); out.gemm.f32: ggml_mlwq_gemm, the
 //                       tiled product mul_mat uses through llamafile_sgemm, as 2 threads (the
-//                       SIMD vec_dot where the build has no gemm)
+//                       SIMD vec_dot where the build has no gemm); out.x8.f32: the rows repacked as
+//                       ggml's CPU_REPACK buffer holds them and ggml_mlwq_x8_gemm as 2 threads (prints
+//                       "x8 packed"; "x8 rows" or "x8 unavailable" and the gemm's output otherwise)
 //   mlwq-check validate TYPE NE0 NROWS rows.bin                 ggml_mlwq_validate_rows
 //   mlwq-check perm     N perm.i32                              ggml_mlwq_validate_perm
 //   mlwq-check expand   TYPE NE0 NROWS rows.bin scale.u8 bits.u8 out.bin
@@ -130,13 +132,30 @@ int main(int argc, char ** argv) {
                 break;
             }
         }
+        // out.x8.f32: the repacked rows' product (ggml_mlwq_x8_gemm, 2 threads) where the build has it and
+        // the rows pack; otherwise the gemm's
+        float * x8 = (float *) malloc(sizeof(float) * (size_t) (ncol * nrows));
+        memcpy(x8, gemm, sizeof(float) * (size_t) (ncol * nrows));
+        uint8_t * packed = (uint8_t *) malloc(row_size * (size_t) nrows);
+        const bool x8_packed = ggml_mlwq_x8_available() && ggml_mlwq_x8_pack(b, ne0, nrows, rows, packed);
+        if (x8_packed) {
+            for (int64_t i = 0; i < ncol * nrows; ++i) {
+                x8[i] = NAN;
+            }
+            for (int ith = 0; ith < 2; ++ith) {
+                ggml_mlwq_x8_gemm(ith, 2, b, nrows, ncol, ne0 / QK_MLWQ, packed, xq,
+                                  (int64_t) (qrow / ggml_type_size(tc->vec_dot_type)), x8, nrows);
+            }
+        }
         char path[4096];
+        snprintf(path, sizeof(path), "%s.x8.f32", argv[8]);      write_file(path, x8, sizeof(float) * (size_t) (ncol * nrows));
         snprintf(path, sizeof(path), "%s.gemm.f32", argv[8]);    write_file(path, gemm, sizeof(float) * (size_t) (ncol * nrows));
         snprintf(path, sizeof(path), "%s.simd.f32", argv[8]);    write_file(path, simd, sizeof(float) * (size_t) (ncol * nrows));
         snprintf(path, sizeof(path), "%s.generic.f32", argv[8]); write_file(path, gen, sizeof(float) * (size_t) (ncol * nrows));
         snprintf(path, sizeof(path), "%s.simd2.f32", argv[8]);   write_file(path, simd2, sizeof(float) * (size_t) (ncol * nrows));
         snprintf(path, sizeof(path), "%s.q8_1", argv[8]);        write_file(path, xq, qrow * (size_t) ncol);
         printf("vec_dot_type %s nrows %lld\n", ggml_type_name(tc->vec_dot_type), (long long) tc->nrows);
+        printf("x8 %s\n", x8_packed ? "packed" : ggml_mlwq_x8_available() ? "rows" : "unavailable");
         return 0;
     }
     fprintf(stderr, "usage: see the head of mlwq-check.c\n");

@@ -174,6 +174,22 @@ bool llama_mlwq_load_expanded(llama_model_loader & ml, ggml_tensor * cur) {
     return true;
 }
 
+// the loader's context for the CPU's own buffer type, made as create_tensor makes one if there is none yet
+static ggml_context * cpu_context(llama_model_loader & ml, bool lazy) {
+    ggml_backend_buffer_type_t buft = ggml_backend_dev_buffer_type(ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU));
+    const llama_model_loader::ctx_key key { buft, lazy };
+    auto it = ml.ctx_map.find(key);
+    if (it == ml.ctx_map.end()) {
+        ggml_init_params params = { ggml_tensor_overhead() * (size_t) (ml.n_tensors + 1), nullptr, true };
+        ggml_context * ctx = ggml_init(params);
+        if (!ctx) {
+            throw std::runtime_error("failed to create ggml context");
+        }
+        it = ml.ctx_map.emplace(key, ctx).first;
+    }
+    return it->second.get();
+}
+
 void llama_mlwq_load_tensors(llama_model_loader & ml, llama_mlwq_perm_map & perms) {
     if (ml.files.empty()) {
         return; // virtual model: no data
@@ -256,13 +272,18 @@ void llama_mlwq_load_tensors(llama_model_loader & ml, llama_mlwq_perm_map & perm
             }
         }
 
-        // the permutation goes into the context (buffer type) that holds its weight
+        // the permutation goes into the context (buffer type) that holds its weight, except an extra CPU
+        // buffer's (CPU_REPACK: its tensors are laid out by their type's traits): then the CPU's own
         ggml_tensor  * wt   = nullptr;
         ggml_context * wctx = nullptr;
         for (auto & [key, ctx] : ml.ctx_map) {
             if (ggml_tensor * t = ggml_get_tensor(ctx.get(), name.c_str())) {
                 wt   = t;
                 wctx = ctx.get();
+                if (ggml_backend_dev_t dev = ggml_backend_buft_get_device(key.buft);
+                        dev && ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU && !ggml_backend_buft_is_host(key.buft)) {
+                    wctx = cpu_context(ml, key.lazy);
+                }
                 break;
             }
         }

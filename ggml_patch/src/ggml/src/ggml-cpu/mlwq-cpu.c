@@ -18,7 +18,9 @@
 // 4 rows in generation and, on x86, panels of 16 (AVX-512) or 8 (AVX2) rows in int32 lanes for
 // prompts (FORMAT.md, "Dot product"). A row's decodable blocks are counted first: from
 // its first corrupt header on (codes past the row end) the row contributes 0,
-// and no kernel reads past the row's K*(2+8b) bytes.
+// and no kernel reads past the row's K*(2+8b) bytes. AVX2 builds without AVX-512 also multiply
+// weights repacked into groups of 8 interleaved rows (ggml_mlwq_x8_*, FORMAT.md "Repacked rows"),
+// which ggml's CPU_REPACK buffer holds (mlwq-repack.cpp).
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
 
@@ -474,27 +476,44 @@ MLWQ_INLINE mlwq_q64 mlwq_decode_256(const uint8_t * c, int bits) {
     return q;
 }
 
-// 8 int32 partial sums of (q - zero)*qy over 32 columns
-MLWQ_INLINE __m256i mlwq_dot32_256(__m256i q, __m256i qy, int zero, int bits) {
+// 8 int32 partial sums of (q - zero)*qy over 32 columns of width 8 (q - zero may not fit in int8)
+MLWQ_INLINE __m256i mlwq_dot32_w8_256(__m256i q, __m256i qy, int zero) {
 #if defined(__AVXVNNI__)
-    // u8 x s8 products summed in int32: exact for any width
-    GGML_UNUSED(bits);
+    // u8 x s8 products summed in int32: exact
     return _mm256_sub_epi32(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), q, qy),
                             _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char) zero), qy));
 #else
+    // q <= 255 split in nibbles so that maddubs cannot saturate
     const __m256i ones16 = _mm256_set1_epi16(1);
-    if (bits <= 7) {
-        // q - zero fits in int8, so the zero point folds into the codes and the product is
-        // |q - z| * sign(qy, q - z) as in Q4_0 (pairs <= 2*127*127: maddubs cannot saturate)
-        const __m256i a = _mm256_sub_epi8(q, _mm256_set1_epi8((char) zero));
-        return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(qy, a)), ones16);
-    }
-    // 8 bits: q <= 255 split in nibbles so that maddubs cannot saturate
     const __m256i m  = _mm256_set1_epi8(0x0f);
     const __m256i lo = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(q, m), qy), ones16);
     const __m256i hi = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m), qy), ones16);
     const __m256i sy = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), qy), ones16);
     return _mm256_sub_epi32(_mm256_add_epi32(lo, _mm256_slli_epi32(hi, 4)), _mm256_mullo_epi32(_mm256_set1_epi32(zero), sy));
+#endif
+}
+
+// one activation column at block j, loaded once for the tile's rows: qy and |qy| of both halves
+// (columns 0..31, 32..63) and their scales
+typedef struct { __m256i y[2], ay[2]; __m256 d[2]; } mlwq_y256;
+
+MLWQ_INLINE mlwq_y256 mlwq_load_y256(const block_q8_1 * y0) {
+    mlwq_y256 v;
+    for (int h = 0; h < 2; ++h) {
+        v.y[h]  = _mm256_loadu_si256((const __m256i *) y0[h].qs);
+        v.ay[h] = _mm256_sign_epi8(v.y[h], v.y[h]);
+        v.d[h]  = _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(y0[h].d));
+    }
+    return v;
+}
+
+// 8 int32 partial sums of a*qy over 32 columns, a = q - zero in int8 (widths 1..7): |qy| times
+// a with qy's sign, so the sign work is the activations' and done once per tile (pairs <= 2*127*127)
+MLWQ_INLINE __m256i mlwq_dot32_s8(__m256i a, __m256i qy, __m256i aqy) {
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), aqy, _mm256_sign_epi8(a, qy));
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(aqy, _mm256_sign_epi8(a, qy)), _mm256_set1_epi16(1));
 #endif
 }
 
@@ -505,7 +524,7 @@ MLWQ_INLINE float mlwq_hsum_256(__m256 acc) {
     return _mm_cvtss_f32(r);
 }
 
-// same contract as mlwq_tile_avx512
+// same contract as mlwq_tile_avx512, and the same branch on the block's width for all NR rows
 MLWQ_INLINE void mlwq_tile_avx2(int K, int b, float * s, size_t bs, const uint8_t * x, size_t bx,
                                 const uint8_t * y, size_t by, const int NR, const int NC) {
     // nb[r]: row r's blocks before its first corrupt header (bits outside 1..8 or codes past the row
@@ -522,28 +541,68 @@ MLWQ_INLINE void mlwq_tile_avx2(int K, int b, float * s, size_t bs, const uint8_
         }
     }
     for (int j = 0; j < K; ++j) {
+        mlwq_y256 yv[MLWQ_NC];
+        MLWQ_UNROLL
+        for (int c = 0; c < NC; ++c) {
+            yv[c] = mlwq_load_y256((const block_q8_1 *) (y + c*by) + 2*j);
+        }
+        const int w0 = ggml_mlwq_hdr_bits(x + GGML_MLWQ_HEADER_SIZE*j);
+        bool uniform = true;
+        MLWQ_UNROLL
+        for (int r = 0; r < NR; ++r) {
+            uniform = uniform && j < nb[r] && ggml_mlwq_hdr_bits(x + r*bx + GGML_MLWQ_HEADER_SIZE*j) == w0 && ggml_mlwq_block_readable(w0, off[r], row_bytes);
+        }
+// block j of row r, width W, against the NC columns
+#define MLWQ_ROW_BLOCK(W)                                                                                 \
+        do {                                                                                              \
+            const uint8_t * h = x + r*bx + GGML_MLWQ_HEADER_SIZE*j;                                       \
+            const mlwq_q64  q = mlwq_decode_256(x + r*bx + off[r], (W));                                  \
+            const __m256    d = _mm256_set1_ps(mlwq_d(h));                                                \
+            off[r] += 8*(size_t) (W);                                                                     \
+            if ((W) <= 7) {                                                                               \
+                const __m256i z  = _mm256_set1_epi8((char) ggml_mlwq_hdr_zero(h));                        \
+                const __m256i a0 = _mm256_sub_epi8(q.lo, z);                                              \
+                const __m256i a1 = _mm256_sub_epi8(q.hi, z);                                              \
+                MLWQ_UNROLL                                                                               \
+                for (int c = 0; c < NC; ++c) {                                                            \
+                    const __m256i i0 = mlwq_dot32_s8(a0, yv[c].y[0], yv[c].ay[0]);                        \
+                    const __m256i i1 = mlwq_dot32_s8(a1, yv[c].y[1], yv[c].ay[1]);                        \
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(d, yv[c].d[0]), _mm256_cvtepi32_ps(i0), acc[r][c]); \
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(d, yv[c].d[1]), _mm256_cvtepi32_ps(i1), acc[r][c]); \
+                }                                                                                         \
+            } else {                                                                                      \
+                MLWQ_UNROLL                                                                               \
+                for (int c = 0; c < NC; ++c) {                                                            \
+                    const __m256i i0 = mlwq_dot32_w8_256(q.lo, yv[c].y[0], ggml_mlwq_hdr_zero(h));     \
+                    const __m256i i1 = mlwq_dot32_w8_256(q.hi, yv[c].y[1], ggml_mlwq_hdr_zero(h));     \
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(d, yv[c].d[0]), _mm256_cvtepi32_ps(i0), acc[r][c]); \
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(d, yv[c].d[1]), _mm256_cvtepi32_ps(i1), acc[r][c]); \
+                }                                                                                         \
+            }                                                                                             \
+        } while (0)
+        if (uniform) {
+            switch (w0) {
+#define MLWQ_CASE(W) case W: MLWQ_UNROLL for (int r = 0; r < NR; ++r) { MLWQ_ROW_BLOCK(W); } break
+                MLWQ_CASE(1); MLWQ_CASE(2); MLWQ_CASE(3); MLWQ_CASE(4);
+                MLWQ_CASE(5); MLWQ_CASE(6); MLWQ_CASE(7);
+                default: MLWQ_UNROLL for (int r = 0; r < NR; ++r) { MLWQ_ROW_BLOCK(8); } break;
+#undef MLWQ_CASE
+            }
+            continue;
+        }
+        // rows of different widths at this block, or a corrupt header: row by row
         MLWQ_UNROLL
         for (int r = 0; r < NR; ++r) {
             if (j >= nb[r]) {
                 continue;
             }
-            const uint8_t * h = x + r*bx + GGML_MLWQ_HEADER_SIZE*j;
-            if (!ggml_mlwq_block_readable(ggml_mlwq_hdr_bits(h), off[r], row_bytes)) {
+            if (!ggml_mlwq_block_readable(ggml_mlwq_hdr_bits(x + r*bx + GGML_MLWQ_HEADER_SIZE*j), off[r], row_bytes)) {
                 nb[r] = j;
                 continue;
             }
-            const mlwq_q64  q = mlwq_decode_256(x + r*bx + off[r], ggml_mlwq_hdr_bits(h));
-            const float     d = mlwq_d(h);
-            off[r] += 8*(size_t) ggml_mlwq_hdr_bits(h);
-            MLWQ_UNROLL
-            for (int c = 0; c < NC; ++c) {
-                const block_q8_1 * y0 = (const block_q8_1 *) (y + c*by) + 2*j;
-                const __m256i i0 = mlwq_dot32_256(q.lo, _mm256_loadu_si256((const __m256i *) y0[0].qs), ggml_mlwq_hdr_zero(h), ggml_mlwq_hdr_bits(h));
-                const __m256i i1 = mlwq_dot32_256(q.hi, _mm256_loadu_si256((const __m256i *) y0[1].qs), ggml_mlwq_hdr_zero(h), ggml_mlwq_hdr_bits(h));
-                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d * GGML_CPU_FP16_TO_FP32(y0[0].d)), _mm256_cvtepi32_ps(i0), acc[r][c]);
-                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d * GGML_CPU_FP16_TO_FP32(y0[1].d)), _mm256_cvtepi32_ps(i1), acc[r][c]);
-            }
+            MLWQ_ROW_BLOCK(ggml_mlwq_hdr_bits(x + r*bx + GGML_MLWQ_HEADER_SIZE*j));
         }
+#undef MLWQ_ROW_BLOCK
     }
     for (int r = 0; r < NR; ++r) {
         for (int c = 0; c < NC; ++c) {
@@ -690,6 +749,148 @@ MLWQ_INLINE void mlwq_panel_tile256(int K, const mlwq_pblock256 * P, const uint8
             memcpy(s + c*ldc, tmp, sizeof(float) * (size_t) nr);
         }
     }
+}
+#endif
+
+// ---- repacked rows (AVX2 builds): groups of 8 rows interleaved ------------------------------------
+// FORMAT.md, "Repacked rows (CPU)". ggml's CPU_REPACK buffer gives each MLWQ weight this layout at load
+// (mlwq-repack.cpp): a group of 8 rows keeps its 8*row_bytes bytes, holding per block j the 8 rows'
+// scale codes and then their zero/width bytes (16*K bytes), then each block's codes (64*W bytes),
+// plane by plane as in a row (greedy 4, 2, 1, low bits first). In a plane of p bits, 32-byte chunk m
+// holds the column groups g = (8/p)*m + t at bits p*t..p*t+p-1 of byte 4r+k (row r, column 4g+k): a
+// shift and a mask give group g with one code per byte and row r in int32 lane r, the panels'
+// layout, with no transposition. Every row of a group has the same width at each block.
+#if defined(MLWQ_AVX2)
+#define MLWQ_X8 1
+
+#define MLWQ_UNROLL16 _Pragma("GCC unroll 16")
+
+// width of block j of a group (its rows share it): the zero/width byte of row 0
+MLWQ_INLINE int mlwq_x8_width(const uint8_t * xg, int j) {
+    return (xg[16*j + 8] >> 5) + 1;
+}
+
+// group g (0..15) of a plane of p bits at c, moved to bits shift..shift+p-1
+MLWQ_INLINE __m256i mlwq_x8_plane(const uint8_t * c, int p, int g, int shift) {
+    const int per = 8/p;
+    const int s   = p*(g % per) - shift;   // right shift that puts the field in place
+    const __m256i v = _mm256_loadu_si256((const __m256i *) (c + 32*(g / per)));
+    const __m256i f = s > 0 ? _mm256_srli_epi16(v, s) : s < 0 ? _mm256_slli_epi16(v, -s) : v;
+    return _mm256_and_si256(f, _mm256_set1_epi8((char) (((1 << p) - 1) << shift)));
+}
+
+// codes of group g of a block of width W (1..7) at c; width 8 is read as two 4-bit planes
+MLWQ_INLINE __m256i mlwq_x8_group(const uint8_t * c, int W, int g) {
+    switch (W) {
+        case 1:  return mlwq_x8_plane(c, 1, g, 0);
+        case 2:  return mlwq_x8_plane(c, 2, g, 0);
+        case 3:  return _mm256_or_si256(mlwq_x8_plane(c, 2, g, 0), mlwq_x8_plane(c + 128, 1, g, 2));
+        case 4:  return mlwq_x8_plane(c, 4, g, 0);
+        case 5:  return _mm256_or_si256(mlwq_x8_plane(c, 4, g, 0), mlwq_x8_plane(c + 256, 1, g, 4));
+        case 6:  return _mm256_or_si256(mlwq_x8_plane(c, 4, g, 0), mlwq_x8_plane(c + 256, 2, g, 4));
+        default: return _mm256_or_si256(_mm256_or_si256(mlwq_x8_plane(c, 4, g, 0), mlwq_x8_plane(c + 256, 2, g, 4)),
+                                        mlwq_x8_plane(c + 384, 1, g, 6));   // 7
+    }
+}
+
+// the 8 rows' scales d and zero points of block j (header bytes h: 8 scale codes, 8 zero/width bytes),
+// d bit for bit ggml_mlwq_scale: mantissa times an exact power of two
+MLWQ_INLINE void mlwq_x8_header(const uint8_t * h, __m256 * d, __m256 * z) {
+    int64_t s8, z8;
+    memcpy(&s8, h, 8);
+    memcpy(&z8, h + 8, 8);
+    const __m256i s = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(s8));
+    const __m256  mant = _mm256_setr_ps(0x1.000000p+0f, 0x1.172b84p+0f, 0x1.306fe0p+0f, 0x1.4bfdaep+0f,
+                                        0x1.6a09e6p+0f, 0x1.8ace54p+0f, 0x1.ae89fap+0f, 0x1.d5818ep+0f);
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_srli_epi32(s, 3), _mm256_set1_epi32(GGML_MLWQ_SCALE_EXP0 + 127)), 23);
+    *d = _mm256_mul_ps(_mm256_permutevar8x32_ps(mant, s), _mm256_castsi256_ps(e));   // permutevar reads s & 7
+    *z = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(z8)), _mm256_set1_epi32(GGML_MLWQ_ZERO_MAX)));
+}
+
+// int32 sums over half h of block (width W, codes c) against one column's q8_1 block yb, row r in lane r.
+// Products of groups add up in int16 while they cannot overflow (n groups of pairs <= 2*(2^W - 1)*127:
+// all 8 for W <= 4, 4 for W = 5, 2 for W = 6, 1 for W = 7); width 8 as low nibbles plus 16 times high
+// nibbles (its two 4-bit planes)
+MLWQ_INLINE __m256i mlwq_x8_isum(const uint8_t * c, int W, int h, const block_q8_1 * yb) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int     n16  = W <= 4 ? 8 : W == 5 ? 4 : W == 6 ? 2 : 1;
+    __m256i i = _mm256_setzero_si256();
+    __m256i s = _mm256_setzero_si256();
+    __m256i u = _mm256_setzero_si256();
+    MLWQ_UNROLL8
+    for (int g = 0; g < 8; ++g) {
+        int32_t a;
+        memcpy(&a, yb->qs + 4*g, sizeof(a));
+        const __m256i y = _mm256_set1_epi32(a);
+        if (W == 8) {
+            s = _mm256_add_epi16(s, _mm256_maddubs_epi16(mlwq_x8_plane(c, 4, 8*h + g, 0), y));
+            u = _mm256_add_epi16(u, _mm256_maddubs_epi16(mlwq_x8_plane(c + 256, 4, 8*h + g, 0), y));
+            if (g % 4 == 3) {    // 4 groups of nibble products: 4*2*15*127 < 2^15
+                i = _mm256_add_epi32(i, _mm256_add_epi32(_mm256_madd_epi16(s, ones), _mm256_madd_epi16(u, _mm256_set1_epi16(16))));
+                s = u = _mm256_setzero_si256();
+            }
+            continue;
+        }
+        const __m256i p = _mm256_maddubs_epi16(mlwq_x8_group(c, W, 8*h + g), y);
+        s = g % n16 == 0 ? p : _mm256_add_epi16(s, p);
+        if (g % n16 == n16 - 1) {
+            i = _mm256_add_epi32(i, _mm256_madd_epi16(s, ones));
+        }
+    }
+    return i;
+}
+
+// one group of 8 rows (at xg) against one column (q8_1 at y, its sums yc): s[r] for r < 8
+MLWQ_INLINE void mlwq_x8_gemv(int K, const uint8_t * xg, const uint8_t * y, const mlwq_ycol * yc, float * s) {
+    __m256 acc = _mm256_setzero_ps();
+    const uint8_t * c = xg + 16*(size_t) K;
+    for (int j = 0; j < K; ++j) {
+        __m256 d, z;
+        mlwq_x8_header(xg + 16*j, &d, &z);
+        const int W = mlwq_x8_width(xg, j);
+        const block_q8_1 * yb = (const block_q8_1 *) y + 2*j;
+        for (int h = 0; h < 2; ++h) {
+            __m256i i;
+            switch (W) {   // a constant width in each case: shifts and masks are immediates
+                case 1:  i = mlwq_x8_isum(c, 1, h, yb + h); break;
+                case 2:  i = mlwq_x8_isum(c, 2, h, yb + h); break;
+                case 3:  i = mlwq_x8_isum(c, 3, h, yb + h); break;
+                case 4:  i = mlwq_x8_isum(c, 4, h, yb + h); break;
+                case 5:  i = mlwq_x8_isum(c, 5, h, yb + h); break;
+                case 6:  i = mlwq_x8_isum(c, 6, h, yb + h); break;
+                case 7:  i = mlwq_x8_isum(c, 7, h, yb + h); break;
+                default: i = mlwq_x8_isum(c, 8, h, yb + h); break;
+            }
+            // S - zero*sum(qy): integers below 2^24, exact
+            const __m256 f = _mm256_fnmadd_ps(z, _mm256_set1_ps(yc[j].sy[h]), _mm256_cvtepi32_ps(i));
+            acc = _mm256_fmadd_ps(f, _mm256_mul_ps(d, _mm256_set1_ps(yc[j].dy[h])), acc);
+        }
+        c += 64*(size_t) W;
+    }
+    _mm256_storeu_ps(s, acc);
+}
+
+// a group decoded into a panel (prompts: the panel tile then serves every column); returns the
+// widest width (8: not decoded, the panel tile cannot take it)
+static int mlwq_x8_decode(int K, const uint8_t * xg, mlwq_pblock256 * P) {
+    const uint8_t * c = xg + 16*(size_t) K;
+    int wmax = 1;
+    for (int j = 0; j < K; ++j) {
+        mlwq_x8_header(xg + 16*j, &P[j].d, &P[j].z);
+        P[j].live = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+        P[j].dead = 0;
+        const int W = mlwq_x8_width(xg, j);
+        wmax = W > wmax ? W : wmax;
+        switch (W) {
+#define MLWQ_CASE(W) case W: MLWQ_UNROLL16 for (int g = 0; g < 16; ++g) { _mm256_store_si256(&P[j].q[g], mlwq_x8_group(c, W, g)); } break
+            MLWQ_CASE(1); MLWQ_CASE(2); MLWQ_CASE(3); MLWQ_CASE(4);
+            MLWQ_CASE(5); MLWQ_CASE(6); MLWQ_CASE(7);
+            default: break;
+#undef MLWQ_CASE
+        }
+        c += 64*(size_t) W;
+    }
+    return wmax;
 }
 #endif
 
@@ -1179,6 +1380,141 @@ bool ggml_mlwq_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const voi
     GGML_UNUSED(lda); GGML_UNUSED(B); GGML_UNUSED(ldb); GGML_UNUSED(C); GGML_UNUSED(ldc);
     GGML_UNUSED(Atype); GGML_UNUSED(Btype); GGML_UNUSED(Ctype);
     return false;       // portable build: ggml's vec_dot loop
+#endif
+}
+
+bool ggml_mlwq_x8_available(void) {
+#if defined(MLWQ_X8)
+    return true;
+#else
+    return false;
+#endif
+}
+
+bool ggml_mlwq_x8_pack(int b, int64_t ne0, int64_t nrows, const void * src, void * dst) {
+    const int     K  = (int) (ne0 / QK_MLWQ);
+    const size_t  rb = ggml_mlwq_row_bytes(K, b);
+    const uint8_t * x = (const uint8_t *) src;
+    if (nrows % 8 != 0 || ne0 % QK_MLWQ != 0) {
+        return false;
+    }
+    // first the whole tensor: every group's rows share each block's width, every block is readable
+    for (int64_t g = 0; g < nrows/8; ++g) {
+        const uint8_t * xg = x + (size_t) g*8*rb;
+        size_t off = (size_t) K * GGML_MLWQ_HEADER_SIZE;
+        for (int j = 0; j < K; ++j) {
+            const int w = ggml_mlwq_hdr_bits(xg + GGML_MLWQ_HEADER_SIZE*j);
+            for (int r = 1; r < 8; ++r) {
+                if (ggml_mlwq_hdr_bits(xg + r*rb + GGML_MLWQ_HEADER_SIZE*j) != w) {
+                    return false;
+                }
+            }
+            if (!ggml_mlwq_block_readable(w, off, rb)) {
+                return false;
+            }
+            off += 8*(size_t) w;
+        }
+    }
+    uint8_t * o = (uint8_t *) dst;
+    memset(o, 0, (size_t) nrows * rb);
+    uint8_t q[8][QK_MLWQ];
+    for (int64_t g = 0; g < nrows/8; ++g) {
+        const uint8_t * xg = x + (size_t) g*8*rb;
+        uint8_t       * og = o + (size_t) g*8*rb;
+        uint8_t       * oc = og + 16*(size_t) K;
+        size_t off = (size_t) K * GGML_MLWQ_HEADER_SIZE;
+        for (int j = 0; j < K; ++j) {
+            const int w = ggml_mlwq_hdr_bits(xg + GGML_MLWQ_HEADER_SIZE*j);
+            for (int r = 0; r < 8; ++r) {
+                og[16*j + r]     = xg[r*rb + GGML_MLWQ_HEADER_SIZE*j];
+                og[16*j + 8 + r] = xg[r*rb + GGML_MLWQ_HEADER_SIZE*j + 1];
+                ggml_mlwq_decode_block(xg + r*rb + off, w, q[r]);
+            }
+            int planes[3];
+            const int np = ggml_mlwq_planes(w, planes);
+            int shift = 0;
+            for (int ip = 0; ip < np; ++ip) {
+                const int p = planes[ip], per = 8/p, mask = (1 << p) - 1;
+                for (int m = 0; m < 2*p; ++m) {          // 32-byte chunks of the plane
+                    for (int r = 0; r < 8; ++r) {
+                        for (int kk = 0; kk < 4; ++kk) {
+                            int v = 0;
+                            for (int t = 0; t < per; ++t) {
+                                v |= ((q[r][4*(per*m + t) + kk] >> shift) & mask) << (p*t);
+                            }
+                            oc[32*m + 4*r + kk] = (uint8_t) v;
+                        }
+                    }
+                }
+                oc    += 64*p;
+                shift += p;
+            }
+            off += 8*(size_t) w;
+        }
+    }
+    return true;
+}
+
+void ggml_mlwq_x8_gemm(int ith, int nth, int b, int64_t m, int64_t n, int64_t k, const void * A,
+                       const void * B, int64_t ldb, float * C, int64_t ldc) {
+#if defined(MLWQ_X8)
+    const int     K  = (int) k;
+    const size_t  gb = 8*ggml_mlwq_row_bytes(K, b);
+    const size_t  by = (size_t) ldb * sizeof(block_q8_1);
+    const int64_t G  = m / 8;
+    const int64_t g0 = G * ith / nth;
+    const int64_t g1 = G * (ith + 1) / nth;
+    if (g0 >= g1) {
+        return;
+    }
+    const uint8_t * x = (const uint8_t *) A;
+    const uint8_t * y = (const uint8_t *) B;
+    // the thread's scratch: a decoded group (prompts), then the columns' scales and sums
+    const size_t pbytes = n > 1 ? (size_t) K * sizeof(mlwq_pblock256) : 0;
+    uint8_t * buf = (uint8_t *) mlwq_scratch(pbytes + (size_t) (n * K) * sizeof(mlwq_ycol));
+    GGML_ASSERT(buf != NULL);
+    mlwq_pblock256 * P  = (mlwq_pblock256 *) buf;
+    mlwq_ycol      * yc = (mlwq_ycol *) (buf + pbytes);
+    mlwq_ycols(K, n, y, by, yc);
+    for (int64_t g = g0; g < g1; ++g) {
+        const uint8_t * xg = x + (size_t) g*gb;
+        float * s = C + 8*g;
+        if (n == 1) {
+            // generation streams the weights once from memory: ask for the group after next now
+            for (size_t p = 0; p < gb; p += 64) {
+                _mm_prefetch((const char *) xg + 2*gb + p, _MM_HINT_T0);
+            }
+            mlwq_x8_gemv(K, xg, y, yc, s);
+            continue;
+        }
+        const int wmax = mlwq_x8_decode(K, xg, P);
+        int64_t c = 0;
+        if (wmax > 7) {
+            for (; c < n; ++c) {
+                mlwq_x8_gemv(K, xg, y + c*by, yc + c*K, s + c*ldc);
+            }
+            continue;
+        }
+        const bool pair = wmax <= 6;
+        for (; c + MLWQ_PNC <= n; c += MLWQ_PNC) {
+            if (pair) {
+                mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, 8, MLWQ_PNC, true);
+            } else {
+                mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, 8, MLWQ_PNC, false);
+            }
+        }
+        for (; c < n; ++c) {
+            if (pair) {
+                mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, 8, 1, true);
+            } else {
+                mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, 8, 1, false);
+            }
+        }
+    }
+#else
+    GGML_UNUSED(ith); GGML_UNUSED(nth); GGML_UNUSED(b); GGML_UNUSED(m); GGML_UNUSED(n); GGML_UNUSED(k);
+    GGML_UNUSED(A); GGML_UNUSED(B); GGML_UNUSED(ldb); GGML_UNUSED(C); GGML_UNUSED(ldc);
+    GGML_ABORT("MLWQ: repacked rows need the AVX2 kernels");
 #endif
 }
 
