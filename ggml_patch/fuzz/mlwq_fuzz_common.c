@@ -457,4 +457,70 @@ void mlwq_fuzz_check_gemm(enum ggml_type type, const uint8_t * t, int64_t nrows,
     }
     free(C);
     free(q);
+    mlwq_fuzz_check_x8(type, t, nrows, ne0, ys, ncols);
+}
+
+// The repacked rows of AVX2 builds (ggml_mlwq_x8_pack / _gemm): a group of 8 rows made of the given
+// rows (row i = rows[i % nrows]) with row 0's widths, since a group shares them. It packs exactly when
+// row 0's blocks are all readable; the packer writes nothing otherwise; packed, the product of 1
+// column (generation) and of all ncols (panels) must give the reference's values on every row whose
+// zero points fit their widths, by 1 and 2 threads.
+void mlwq_fuzz_check_x8(enum ggml_type type, const uint8_t * t, int64_t nrows, int64_t ne0, const void * ys, int64_t ncols) {
+    if (!ggml_mlwq_x8_available()) {
+        return;
+    }
+    const int b = mlwq_ref_width((int) type);
+    const int64_t K         = ne0 / QK;
+    const size_t  row_bytes = mlwq_ref_row_bytes(K, b);
+    const size_t  y_bytes   = (size_t) (2*K) * sizeof(block_q8_1);
+    uint8_t * g      = (uint8_t *) malloc(8*row_bytes);
+    uint8_t * packed = (uint8_t *) malloc(8*row_bytes);
+    uint8_t * q      = (uint8_t *) malloc((size_t) ne0);
+    float   * C      = (float *) malloc(sizeof(float) * (size_t) (8 * ncols));
+    for (int i = 0; i < 8; ++i) {
+        memcpy(g + i*row_bytes, t + (size_t) (i % nrows) * row_bytes, row_bytes);
+        for (int64_t j = 0; j < K; ++j) {
+            uint8_t * h = g + i*row_bytes + 2*j;
+            h[1] = (uint8_t) ((h[1] & GGML_MLWQ_ZERO_MAX) | (t[2*j + 1] & ~GGML_MLWQ_ZERO_MAX));
+        }
+    }
+    memset(packed, 0xA5, 8*row_bytes);
+    const bool readable = mlwq_ref_decode_row(g, ne0, b, q) == K;
+    const bool ok = ggml_mlwq_x8_pack(b, ne0, 8, g, packed);
+    FUZZ_CHECK(ok == readable, "mlwq%d x8_pack: %d, but row 0's blocks are %sall readable", b, ok, readable ? "" : "not ");
+    if (!ok) {
+        for (size_t i = 0; i < 8*row_bytes; ++i) {
+            FUZZ_CHECK(packed[i] == 0xA5, "mlwq%d x8_pack refused the rows but wrote byte %zu", b, i);
+        }
+    }
+    for (int pass = 0; ok && pass < 2; ++pass) {
+        const int64_t n = pass == 0 ? 1 : ncols;
+        for (int nth = 1; nth <= 2; ++nth) {
+            for (int64_t i = 0; i < 8 * n; ++i) {
+                C[i] = NAN;
+            }
+            for (int ith = 0; ith < nth; ++ith) {
+                ggml_mlwq_x8_gemm(ith, nth, b, 8, n, K, packed, ys, 2*K, C, 8);
+            }
+            for (int r = 0; r < 8; ++r) {
+                const uint8_t * row = g + (size_t) r * row_bytes;
+                const int64_t decoded = mlwq_ref_decode_row(row, ne0, b, q);
+                bool zeros_ok = true;
+                for (int64_t j = 0; j < decoded; ++j) {
+                    zeros_ok = zeros_ok && mlwq_ref_zero(row, j) < (1 << mlwq_ref_bits(row, j));
+                }
+                for (int64_t c = 0; c < n; ++c) {
+                    double ref, tol;
+                    if (ref_dot(row, q, decoded, (const block_q8_1 *) ((const uint8_t *) ys + c*y_bytes), &ref, &tol) && zeros_ok) {
+                        FUZZ_CHECK(fabs((double) C[c*8 + r] - ref) <= tol, "mlwq%d x8 gemm (%lld columns, %d threads) row %d column %lld: %.9g, reference %.9g (tolerance %.3g)",
+                                   b, (long long) n, nth, r, (long long) c, (double) C[c*8 + r], ref, tol);
+                    }
+                }
+            }
+        }
+    }
+    free(g);
+    free(packed);
+    free(q);
+    free(C);
 }
