@@ -313,6 +313,32 @@ static bool ref_dot(const uint8_t * row, const uint8_t * q, int64_t decoded, con
     return finite;
 }
 
+// got[c*ldc + r] (row r of rows, column c of ys) against the reference, for every row whose zero
+// points fit their widths; what names the kernel in the failure message
+static void check_products(int b, const char * what, const uint8_t * rows, int64_t nrows, int64_t ne0,
+                           const uint8_t * ys, int64_t ncols, const float * got, int64_t ldc) {
+    const size_t row_bytes = mlwq_ref_row_bytes(ne0 / QK, b);
+    const size_t y_bytes   = (size_t) (2*(ne0 / QK)) * sizeof(block_q8_1);
+    uint8_t * q = (uint8_t *) malloc((size_t) ne0);
+    for (int64_t r = 0; r < nrows; ++r) {
+        const uint8_t * row = rows + (size_t) r * row_bytes;
+        const int64_t decoded = mlwq_ref_decode_row(row, ne0, b, q);
+        bool zeros_ok = true;
+        for (int64_t j = 0; j < decoded; ++j) {
+            zeros_ok = zeros_ok && mlwq_ref_zero(row, j) < (1 << mlwq_ref_bits(row, j));
+        }
+        for (int64_t c = 0; c < ncols; ++c) {
+            const float v = got[c*ldc + r];
+            double ref, tol;
+            if (ref_dot(row, q, decoded, (const block_q8_1 *) (ys + c*y_bytes), &ref, &tol) && zeros_ok) {
+                FUZZ_CHECK(fabs((double) v - ref) <= tol, "mlwq%d %s row %lld column %lld: %.9g, reference %.9g (tolerance %.3g)",
+                           b, what, (long long) r, (long long) c, (double) v, ref, tol);
+            }
+        }
+    }
+    free(q);
+}
+
 void mlwq_fuzz_check_row(enum ggml_type type, const uint8_t * row_in, int64_t ne0, const void * y_q8_1) {
     const int b = mlwq_ref_width((int) type);
     FUZZ_CHECK(b != 0 && ne0 > 0 && ne0 % QK == 0, "bad call");
@@ -389,7 +415,6 @@ void mlwq_fuzz_check_rows2(enum ggml_type type, const uint8_t * rows_in, int64_t
     // exactly two rows and two columns, as mul_mat passes them (strides bx, by)
     uint8_t * rows = (uint8_t *) malloc(2*row_bytes);
     uint8_t * ys   = (uint8_t *) malloc(2*y_bytes);
-    uint8_t * q    = (uint8_t *) malloc((size_t) ne0);
     memcpy(rows, rows_in, 2*row_bytes);
     memcpy(ys, y_q8_1, 2*y_bytes);
     static const vec_dot_fn simd[3] = { ggml_vec_dot_mlwq2_q8_1, ggml_vec_dot_mlwq3_q8_1, ggml_vec_dot_mlwq4_q8_1 };
@@ -399,34 +424,16 @@ void mlwq_fuzz_check_rows2(enum ggml_type type, const uint8_t * rows_in, int64_t
     }
     simd[b - 2]((int) ne0, got, 3, rows, row_bytes, ys, y_bytes, 2);
     FUZZ_CHECK(got[2] == -1.0f && got[5] == -1.0f, "mlwq%d vec_dot (2x2): wrote outside s[c*bs + r]", b);
-    for (int r = 0; r < 2; ++r) {
-        const uint8_t * row = rows + r*row_bytes;
-        const int64_t decoded = mlwq_ref_decode_row(row, ne0, b, q);
-        bool zeros_ok = true;
-        for (int64_t j = 0; j < decoded; ++j) {
-            zeros_ok = zeros_ok && mlwq_ref_zero(row, j) < (1 << mlwq_ref_bits(row, j));
-        }
-        for (int c = 0; c < 2; ++c) {
-            double ref, tol;
-            if (ref_dot(row, q, decoded, (const block_q8_1 *) (ys + c*y_bytes), &ref, &tol) && zeros_ok) {
-                FUZZ_CHECK(fabs((double) got[c*3 + r] - ref) <= tol, "mlwq%d vec_dot (2x2) row %d column %d: %.9g, reference %.9g (tolerance %.3g)",
-                           b, r, c, (double) got[c*3 + r], ref, tol);
-            }
-        }
-    }
+    check_products(b, "vec_dot (2x2)", rows, 2, ne0, ys, 2, got, 3);
     free(rows);
     free(ys);
-    free(q);
 }
 
 void mlwq_fuzz_check_gemm(enum ggml_type type, const uint8_t * t, int64_t nrows, int64_t ne0, const void * ys, int64_t ncols) {
     const int b = mlwq_ref_width((int) type);
     FUZZ_CHECK(b != 0 && ne0 > 0 && ne0 % QK == 0 && nrows > 0 && ncols > 0, "bad call");
     const int64_t K         = ne0 / QK;
-    const size_t  row_bytes = mlwq_ref_row_bytes(K, b);
-    const size_t  y_bytes   = (size_t) (2*K) * sizeof(block_q8_1);
-    float   * C = (float *) malloc(sizeof(float) * (size_t) (nrows * ncols));
-    uint8_t * q = (uint8_t *) malloc((size_t) ne0);
+    float * C = (float *) malloc(sizeof(float) * (size_t) (nrows * ncols));
     for (int nth = 1; nth <= 2; ++nth) {
         for (int64_t i = 0; i < nrows * ncols; ++i) {
             C[i] = NAN;     // an entry no thread writes fails the comparison
@@ -438,25 +445,11 @@ void mlwq_fuzz_check_gemm(enum ggml_type type, const uint8_t * t, int64_t nrows,
         if (!done) {
             break;          // build without the tiled kernel: mul_mat uses vec_dot
         }
-        for (int64_t r = 0; r < nrows; ++r) {
-            const uint8_t * row = t + (size_t) r * row_bytes;
-            const int64_t decoded = mlwq_ref_decode_row(row, ne0, b, q);
-            bool zeros_ok = true;
-            for (int64_t j = 0; j < decoded; ++j) {
-                zeros_ok = zeros_ok && mlwq_ref_zero(row, j) < (1 << mlwq_ref_bits(row, j));
-            }
-            for (int64_t c = 0; c < ncols; ++c) {
-                const float got = C[c*nrows + r];
-                double ref, tol;
-                if (ref_dot(row, q, decoded, (const block_q8_1 *) ((const uint8_t *) ys + c*y_bytes), &ref, &tol) && zeros_ok) {
-                    FUZZ_CHECK(fabs((double) got - ref) <= tol, "mlwq%d gemm (%d threads) row %lld column %lld: %.9g, reference %.9g (tolerance %.3g)",
-                               b, nth, (long long) r, (long long) c, (double) got, ref, tol);
-                }
-            }
-        }
+        char what[64];
+        snprintf(what, sizeof(what), "gemm (%d threads)", nth);
+        check_products(b, what, t, nrows, ne0, (const uint8_t *) ys, ncols, C, nrows);
     }
     free(C);
-    free(q);
     mlwq_fuzz_check_x8(type, t, nrows, ne0, ys, ncols);
 }
 
@@ -472,7 +465,6 @@ void mlwq_fuzz_check_x8(enum ggml_type type, const uint8_t * t, int64_t nrows, i
     const int b = mlwq_ref_width((int) type);
     const int64_t K         = ne0 / QK;
     const size_t  row_bytes = mlwq_ref_row_bytes(K, b);
-    const size_t  y_bytes   = (size_t) (2*K) * sizeof(block_q8_1);
     uint8_t * g      = (uint8_t *) malloc(8*row_bytes);
     uint8_t * packed = (uint8_t *) malloc(8*row_bytes);
     uint8_t * q      = (uint8_t *) malloc((size_t) ne0);
@@ -502,21 +494,9 @@ void mlwq_fuzz_check_x8(enum ggml_type type, const uint8_t * t, int64_t nrows, i
             for (int ith = 0; ith < nth; ++ith) {
                 ggml_mlwq_x8_gemm(ith, nth, b, 8, n, K, packed, ys, 2*K, C, 8);
             }
-            for (int r = 0; r < 8; ++r) {
-                const uint8_t * row = g + (size_t) r * row_bytes;
-                const int64_t decoded = mlwq_ref_decode_row(row, ne0, b, q);
-                bool zeros_ok = true;
-                for (int64_t j = 0; j < decoded; ++j) {
-                    zeros_ok = zeros_ok && mlwq_ref_zero(row, j) < (1 << mlwq_ref_bits(row, j));
-                }
-                for (int64_t c = 0; c < n; ++c) {
-                    double ref, tol;
-                    if (ref_dot(row, q, decoded, (const block_q8_1 *) ((const uint8_t *) ys + c*y_bytes), &ref, &tol) && zeros_ok) {
-                        FUZZ_CHECK(fabs((double) C[c*8 + r] - ref) <= tol, "mlwq%d x8 gemm (%lld columns, %d threads) row %d column %lld: %.9g, reference %.9g (tolerance %.3g)",
-                                   b, (long long) n, nth, r, (long long) c, (double) C[c*8 + r], ref, tol);
-                    }
-                }
-            }
+            char what[64];
+            snprintf(what, sizeof(what), "x8 gemm (%lld columns, %d threads)", (long long) n, nth);
+            check_products(b, what, g, 8, ne0, (const uint8_t *) ys, n, C, 8);
         }
     }
     free(g);

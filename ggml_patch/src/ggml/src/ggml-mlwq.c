@@ -88,6 +88,20 @@ void dequantize_row_mlwq2(const void * GGML_RESTRICT x, float * GGML_RESTRICT y,
 void dequantize_row_mlwq3(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) { mlwq_dequantize_row(x, y, k, 3); }
 void dequantize_row_mlwq4(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) { mlwq_dequantize_row(x, y, k, 4); }
 
+// nbytes holds nrows rows of ne0 columns, each block a header of `header` bytes and 8*b bytes of codes
+static bool mlwq_check_shape(int64_t ne0, int64_t nrows, size_t nbytes, size_t header, int b, char * err, size_t err_size) {
+    if (ne0 <= 0 || ne0 % QK_MLWQ != 0 || nrows < 0) {
+        snprintf(err, err_size, "ne0 = %" PRId64 " is not a positive multiple of %d", ne0, QK_MLWQ);
+        return false;
+    }
+    const size_t row_bytes = (size_t) (ne0 / QK_MLWQ) * (header + 8*(size_t) b);
+    if (nbytes / row_bytes != (size_t) nrows || nbytes % row_bytes != 0) {
+        snprintf(err, err_size, "%zu bytes is not %" PRId64 " rows of %zu bytes", nbytes, nrows, row_bytes);
+        return false;
+    }
+    return true;
+}
+
 bool ggml_mlwq_validate_rows(enum ggml_type type, const void * data, size_t nbytes,
                              int64_t ne0, int64_t nrows, char * err, size_t err_size) {
     const int b = ggml_mlwq_type_width(type);
@@ -95,16 +109,11 @@ bool ggml_mlwq_validate_rows(enum ggml_type type, const void * data, size_t nbyt
         snprintf(err, err_size, "type %d is not an MLWQ type", (int) type);
         return false;
     }
-    if (ne0 <= 0 || ne0 % QK_MLWQ != 0 || nrows < 0) {
-        snprintf(err, err_size, "ne0 = %" PRId64 " is not a positive multiple of %d", ne0, QK_MLWQ);
+    if (!mlwq_check_shape(ne0, nrows, nbytes, GGML_MLWQ_HEADER_SIZE, b, err, err_size)) {
         return false;
     }
     const int64_t K         = ne0 / QK_MLWQ;
     const size_t  row_bytes = ggml_mlwq_row_bytes(K, b);
-    if (nbytes / row_bytes != (size_t) nrows || nbytes % row_bytes != 0) {
-        snprintf(err, err_size, "%zu bytes is not %" PRId64 " rows of %zu bytes", nbytes, nrows, row_bytes);
-        return false;
-    }
     const uint8_t * x = (const uint8_t *) data;
     for (int64_t r = 0; r < nrows; ++r) {
         const uint8_t * row = x + (size_t) r * row_bytes;
@@ -173,16 +182,11 @@ bool ggml_mlwq_expand_v3(enum ggml_type type, const void * data, size_t nbytes, 
         snprintf(err, err_size, "type %d is not an MLWQ format 3 type", (int) type);
         return false;
     }
-    if (ne0 <= 0 || ne0 % QK_MLWQ != 0 || nrows < 0) {
-        snprintf(err, err_size, "ne0 = %" PRId64 " is not a positive multiple of %d", ne0, QK_MLWQ);
+    if (!mlwq_check_shape(ne0, nrows, nbytes, GGML_MLWQ_V3_HEADER_SIZE, b, err, err_size)) {
         return false;
     }
     const int64_t K      = ne0 / QK_MLWQ;
     const size_t  in_row = (size_t) K * (GGML_MLWQ_V3_HEADER_SIZE + 8*(size_t) b);
-    if (nbytes / in_row != (size_t) nrows || nbytes % in_row != 0) {
-        snprintf(err, err_size, "%zu bytes is not %" PRId64 " rows of %zu bytes", nbytes, nrows, in_row);
-        return false;
-    }
     int64_t sum = 0;
     for (int64_t j = 0; j < K; ++j) {
         if (bits[j] < GGML_MLWQ_MIN_BITS || bits[j] > GGML_MLWQ_MAX_BITS) {

@@ -114,6 +114,22 @@ static float mlwq_vec_dot_scalar(int n, const uint8_t * GGML_RESTRICT x, const b
     return sumf;
 }
 
+#if defined(MLWQ_AVX512) || defined(MLWQ_AVX2)
+// The x86 tiles' branch on the width: the width all NR rows share at block j, every row still
+// reading and the block readable in each; 0 otherwise (rows of different widths, a corrupt header:
+// then the tile goes row by row)
+MLWQ_INLINE int mlwq_tile_width(const uint8_t * x, size_t bx, int j, const int NR, const int * nb, const size_t * off,
+                                size_t row_bytes) {
+    const int w0 = ggml_mlwq_hdr_bits(x + GGML_MLWQ_HEADER_SIZE*j);
+    bool uniform = true;
+    MLWQ_UNROLL
+    for (int r = 0; r < NR; ++r) {
+        uniform = uniform && j < nb[r] && ggml_mlwq_hdr_bits(x + r*bx + GGML_MLWQ_HEADER_SIZE*j) == w0 && ggml_mlwq_block_readable(w0, off[r], row_bytes);
+    }
+    return uniform ? w0 : 0;
+}
+#endif
+
 // ---- prompt processing on x86: panels of rows in int32 lanes ---------------------------------------
 #if defined(MLWQ_AVX512) || defined(MLWQ_AVX2)
 #define MLWQ_PANEL 1
@@ -251,12 +267,7 @@ MLWQ_INLINE void mlwq_tile_avx512(int K, int b, float * s, size_t bs, const uint
         // column): then one branch on it for all NR rows, and every row's decode has a constant
         // width (measured: +11-15 % generation against a branch per row and block). Otherwise (rows of
         // different widths, a corrupt header) row by row.
-        const int w0 = ggml_mlwq_hdr_bits(x + GGML_MLWQ_HEADER_SIZE*j);
-        bool uniform = true;
-        MLWQ_UNROLL
-        for (int r = 0; r < NR; ++r) {
-            uniform = uniform && j < nb[r] && ggml_mlwq_hdr_bits(x + r*bx + GGML_MLWQ_HEADER_SIZE*j) == w0 && ggml_mlwq_block_readable(w0, off[r], row_bytes);
-        }
+        const int w0 = mlwq_tile_width(x, bx, j, NR, nb, off, row_bytes);
 // block j of row r, width W, against the NC columns; the zero-point term z*qy accumulates as
 // z*(-qy) in the same exact int32 sums
 #define MLWQ_ROW_BLOCK(W)                                                                                     \
@@ -274,7 +285,7 @@ MLWQ_INLINE void mlwq_tile_avx512(int K, int b, float * s, size_t bs, const uint
                 acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(d, dy[c]), acc[r][c]);   \
             }                                                                                             \
         } while (0)
-        if (uniform) {
+        if (w0 != 0) {
             switch (w0) {
 #define MLWQ_CASE(W) case W: MLWQ_UNROLL for (int r = 0; r < NR; ++r) { MLWQ_ROW_BLOCK(W); } break
                 MLWQ_CASE(1); MLWQ_CASE(2); MLWQ_CASE(3); MLWQ_CASE(4);
@@ -517,6 +528,12 @@ MLWQ_INLINE __m256i mlwq_dot32_s8(__m256i a, __m256i qy, __m256i aqy) {
 #endif
 }
 
+// 8 int32 partial sums of (q - zero)*qy over 32 columns of width W, qy with its |qy|
+MLWQ_INLINE __m256i mlwq_dot32_256(__m256i q, int zero, int W, __m256i qy, __m256i aqy) {
+    return W <= 7 ? mlwq_dot32_s8(_mm256_sub_epi8(q, _mm256_set1_epi8((char) zero)), qy, aqy)
+                  : mlwq_dot32_w8_256(q, qy, zero);
+}
+
 MLWQ_INLINE float mlwq_hsum_256(__m256 acc) {
     __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
     r = _mm_add_ps(r, _mm_movehl_ps(r, r));
@@ -546,12 +563,7 @@ MLWQ_INLINE void mlwq_tile_avx2(int K, int b, float * s, size_t bs, const uint8_
         for (int c = 0; c < NC; ++c) {
             yv[c] = mlwq_load_y256((const block_q8_1 *) (y + c*by) + 2*j);
         }
-        const int w0 = ggml_mlwq_hdr_bits(x + GGML_MLWQ_HEADER_SIZE*j);
-        bool uniform = true;
-        MLWQ_UNROLL
-        for (int r = 0; r < NR; ++r) {
-            uniform = uniform && j < nb[r] && ggml_mlwq_hdr_bits(x + r*bx + GGML_MLWQ_HEADER_SIZE*j) == w0 && ggml_mlwq_block_readable(w0, off[r], row_bytes);
-        }
+        const int w0 = mlwq_tile_width(x, bx, j, NR, nb, off, row_bytes);
 // block j of row r, width W, against the NC columns
 #define MLWQ_ROW_BLOCK(W)                                                                                 \
         do {                                                                                              \
@@ -559,28 +571,15 @@ MLWQ_INLINE void mlwq_tile_avx2(int K, int b, float * s, size_t bs, const uint8_
             const mlwq_q64  q = mlwq_decode_256(x + r*bx + off[r], (W));                                  \
             const __m256    d = _mm256_set1_ps(mlwq_d(h));                                                \
             off[r] += 8*(size_t) (W);                                                                     \
-            if ((W) <= 7) {                                                                               \
-                const __m256i z  = _mm256_set1_epi8((char) ggml_mlwq_hdr_zero(h));                        \
-                const __m256i a0 = _mm256_sub_epi8(q.lo, z);                                              \
-                const __m256i a1 = _mm256_sub_epi8(q.hi, z);                                              \
-                MLWQ_UNROLL                                                                               \
-                for (int c = 0; c < NC; ++c) {                                                            \
-                    const __m256i i0 = mlwq_dot32_s8(a0, yv[c].y[0], yv[c].ay[0]);                        \
-                    const __m256i i1 = mlwq_dot32_s8(a1, yv[c].y[1], yv[c].ay[1]);                        \
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(d, yv[c].d[0]), _mm256_cvtepi32_ps(i0), acc[r][c]); \
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(d, yv[c].d[1]), _mm256_cvtepi32_ps(i1), acc[r][c]); \
-                }                                                                                         \
-            } else {                                                                                      \
-                MLWQ_UNROLL                                                                               \
-                for (int c = 0; c < NC; ++c) {                                                            \
-                    const __m256i i0 = mlwq_dot32_w8_256(q.lo, yv[c].y[0], ggml_mlwq_hdr_zero(h));     \
-                    const __m256i i1 = mlwq_dot32_w8_256(q.hi, yv[c].y[1], ggml_mlwq_hdr_zero(h));     \
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(d, yv[c].d[0]), _mm256_cvtepi32_ps(i0), acc[r][c]); \
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(d, yv[c].d[1]), _mm256_cvtepi32_ps(i1), acc[r][c]); \
-                }                                                                                         \
+            MLWQ_UNROLL                                                                                   \
+            for (int c = 0; c < NC; ++c) {                                                                \
+                const __m256i i0 = mlwq_dot32_256(q.lo, ggml_mlwq_hdr_zero(h), (W), yv[c].y[0], yv[c].ay[0]); \
+                const __m256i i1 = mlwq_dot32_256(q.hi, ggml_mlwq_hdr_zero(h), (W), yv[c].y[1], yv[c].ay[1]); \
+                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(d, yv[c].d[0]), _mm256_cvtepi32_ps(i0), acc[r][c]); \
+                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(d, yv[c].d[1]), _mm256_cvtepi32_ps(i1), acc[r][c]); \
             }                                                                                             \
         } while (0)
-        if (uniform) {
+        if (w0 != 0) {
             switch (w0) {
 #define MLWQ_CASE(W) case W: MLWQ_UNROLL for (int r = 0; r < NR; ++r) { MLWQ_ROW_BLOCK(W); } break
                 MLWQ_CASE(1); MLWQ_CASE(2); MLWQ_CASE(3); MLWQ_CASE(4);
