@@ -104,7 +104,7 @@ def q8_1_dequant(raw: bytes, ncol: int, ne0: int) -> np.ndarray:
 
 # 6 rows x 5 columns: the gemm's 4-row tiles and every remainder (rows, columns, threads); 21 x 19: its
 # row panels of prompt processing (x86: 16 or 8 rows x 8 or 4 columns) and their remainders; 16 x 1 and
-# 24 x 9: the repacked rows of AVX2 builds (groups of 8 rows: generation, then panels and a remainder)
+# 24 x 9: the repacked rows of x86 builds (groups of 8 rows: generation, then panels and a remainder)
 @pytest.mark.parametrize("nrow,ncol", [(6, 5), (21, 19), (16, 1), (24, 9)])
 @pytest.mark.parametrize("b,bits", CASES)
 def test_c_vec_dot_matches_numpy(b, bits, nrow, ncol, tmp_path):
@@ -290,7 +290,7 @@ def test_rotated_export_computes_the_rotated_model(reduced_model, reduced_gguf, 
 
 
 def test_repacked_weights_compute_what_the_rows_compute(exported, tmp_path):
-    """In ggml's CPU_REPACK buffer (AVX2 builds without AVX-512: groups of 8 rows interleaved at load)
+    """In ggml's CPU_REPACK buffer (x86 builds: groups of 8 rows interleaved at load)
     the MLWQ weights give the logits of the rows for a prompt at once bit for bit (both run the
     panels: the same sums in the same order), and token by token (generation's kernel) the prompt's
     logits bit for bit too: its sums and their order are the panels'. The rows' generation tiles

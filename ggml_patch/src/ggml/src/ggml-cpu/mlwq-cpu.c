@@ -18,7 +18,7 @@
 // 4 rows in generation and, on x86, panels of 16 (AVX-512) or 8 (AVX2) rows in int32 lanes for
 // prompts (FORMAT.md, "Dot product"). A row's decodable blocks are counted first: from
 // its first corrupt header on (codes past the row end) the row contributes 0,
-// and no kernel reads past the row's K*(2+8b) bytes. AVX2 builds without AVX-512 also multiply
+// and no kernel reads past the row's K*(2+8b) bytes. x86 builds (AVX2 or AVX-512) also multiply
 // weights repacked into groups of 8 interleaved rows (ggml_mlwq_x8_*, FORMAT.md "Repacked rows"),
 // which ggml's CPU_REPACK buffer holds (mlwq-repack.cpp).
 #define GGML_COMMON_DECL_C
@@ -751,7 +751,7 @@ MLWQ_INLINE void mlwq_panel_tile256(int K, const mlwq_pblock256 * P, const uint8
 }
 #endif
 
-// ---- repacked rows (AVX2 builds): groups of 8 rows interleaved ------------------------------------
+// ---- repacked rows (x86 builds): groups of 8 rows interleaved ------------------------------------
 // FORMAT.md, "Repacked rows (CPU)". ggml's CPU_REPACK buffer gives each MLWQ weight this layout at load
 // (mlwq-repack.cpp): a group of 8 rows keeps its 8*row_bytes bytes, holding per block j the 8 rows'
 // scale codes and then their zero/width bytes (16*K bytes), then each block's codes (64*W bytes),
@@ -759,7 +759,7 @@ MLWQ_INLINE void mlwq_panel_tile256(int K, const mlwq_pblock256 * P, const uint8
 // holds the column groups g = (8/p)*m + t at bits p*t..p*t+p-1 of byte 4r+k (row r, column 4g+k): a
 // shift and a mask give group g with one code per byte and row r in int32 lane r, the panels'
 // layout, with no transposition. Every row of a group has the same width at each block.
-#if defined(MLWQ_AVX2)
+#if defined(MLWQ_AVX2) || defined(MLWQ_AVX512)
 #define MLWQ_X8 1
 
 #define MLWQ_UNROLL16 _Pragma("GCC unroll 16")
@@ -778,7 +778,7 @@ MLWQ_INLINE __m256i mlwq_x8_plane(const uint8_t * c, int p, int g, int shift) {
     return _mm256_and_si256(f, _mm256_set1_epi8((char) (((1 << p) - 1) << shift)));
 }
 
-// codes of group g of a block of width W (1..7) at c; width 8 is read as two 4-bit planes
+// codes of group g of a block of width W at c (the AVX2 sums read width 8 as two 4-bit planes themselves)
 MLWQ_INLINE __m256i mlwq_x8_group(const uint8_t * c, int W, int g) {
     switch (W) {
         case 1:  return mlwq_x8_plane(c, 1, g, 0);
@@ -787,8 +787,9 @@ MLWQ_INLINE __m256i mlwq_x8_group(const uint8_t * c, int W, int g) {
         case 4:  return mlwq_x8_plane(c, 4, g, 0);
         case 5:  return _mm256_or_si256(mlwq_x8_plane(c, 4, g, 0), mlwq_x8_plane(c + 256, 1, g, 4));
         case 6:  return _mm256_or_si256(mlwq_x8_plane(c, 4, g, 0), mlwq_x8_plane(c + 256, 2, g, 4));
-        default: return _mm256_or_si256(_mm256_or_si256(mlwq_x8_plane(c, 4, g, 0), mlwq_x8_plane(c + 256, 2, g, 4)),
-                                        mlwq_x8_plane(c + 384, 1, g, 6));   // 7
+        case 7:  return _mm256_or_si256(_mm256_or_si256(mlwq_x8_plane(c, 4, g, 0), mlwq_x8_plane(c + 256, 2, g, 4)),
+                                        mlwq_x8_plane(c + 384, 1, g, 6));
+        default: return _mm256_or_si256(mlwq_x8_plane(c, 4, g, 0), mlwq_x8_plane(c + 256, 4, g, 4));   // 8
     }
 }
 
@@ -806,6 +807,7 @@ MLWQ_INLINE void mlwq_x8_header(const uint8_t * h, __m256 * d, __m256 * z) {
     *z = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(z8)), _mm256_set1_epi32(GGML_MLWQ_ZERO_MAX)));
 }
 
+#if defined(MLWQ_AVX2)
 // int32 sums over half h of block (width W, codes c) against one column's q8_1 block yb, row r in lane r.
 // Products of groups add up in int16 while they cannot overflow (n groups of pairs <= 2*(2^W - 1)*127:
 // all 8 for W <= 4, 4 for W = 5, 2 for W = 6, 1 for W = 7); width 8 as low nibbles plus 16 times high
@@ -891,6 +893,116 @@ static int mlwq_x8_decode(int K, const uint8_t * xg, mlwq_pblock256 * P) {
     }
     return wmax;
 }
+#else
+// AVX-512 VNNI: one 512-bit register holds a column group of both half blocks (half 0 in lanes 0-7,
+// half 1 in lanes 8-15, row r in lanes r and 8 + r), so vpdpbusd takes 64 products of 8 rows, codes
+// unsigned as in the panels. Each row's float steps are panel_tile512's, so generation and prompts
+// give the same sums bit for bit.
+
+// group g of both halves: chunk c + 32*(g/per) holds group g, the chunk p further on group g + 8
+MLWQ_INLINE __m512i mlwq_x8_plane512(const uint8_t * c, int p, int g, int shift) {
+    const int per = 8/p;
+    const int s   = p*(g % per) - shift;
+    const uint8_t * a = c + 32*(g / per);
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) a)),
+                                         _mm256_loadu_si256((const __m256i *) (a + 32*p)), 1);
+    const __m512i f = s > 0 ? _mm512_srli_epi16(v, s) : s < 0 ? _mm512_slli_epi16(v, -s) : v;
+    return _mm512_and_si512(f, _mm512_set1_epi8((char) (((1 << p) - 1) << shift)));
+}
+
+MLWQ_INLINE __m512i mlwq_x8_group512(const uint8_t * c, int W, int g) {
+    switch (W) {
+        case 1:  return mlwq_x8_plane512(c, 1, g, 0);
+        case 2:  return mlwq_x8_plane512(c, 2, g, 0);
+        case 3:  return _mm512_or_si512(mlwq_x8_plane512(c, 2, g, 0), mlwq_x8_plane512(c + 128, 1, g, 2));
+        case 4:  return mlwq_x8_plane512(c, 4, g, 0);
+        case 5:  return _mm512_or_si512(mlwq_x8_plane512(c, 4, g, 0), mlwq_x8_plane512(c + 256, 1, g, 4));
+        case 6:  return _mm512_or_si512(mlwq_x8_plane512(c, 4, g, 0), mlwq_x8_plane512(c + 256, 2, g, 4));
+        case 7:  return _mm512_or_si512(_mm512_or_si512(mlwq_x8_plane512(c, 4, g, 0), mlwq_x8_plane512(c + 256, 2, g, 4)),
+                                        mlwq_x8_plane512(c + 384, 1, g, 6));
+        default: return _mm512_or_si512(mlwq_x8_plane512(c, 4, g, 0), mlwq_x8_plane512(c + 256, 4, g, 4));   // 8
+    }
+}
+
+// int32 sums of both halves of a block of width W against the activations a (both q8_1 blocks' codes)
+MLWQ_INLINE __m512i mlwq_x8_isum512(const uint8_t * c, int W, __m512i a) {
+    __m512i i = _mm512_setzero_si512();
+    MLWQ_UNROLL8
+    for (int g = 0; g < 8; ++g) {
+        // dword g of each half, broadcast over its 8 lanes
+        const __m512i y = _mm512_permutexvar_epi32(_mm512_set_epi32(8 + g, 8 + g, 8 + g, 8 + g, 8 + g, 8 + g, 8 + g, 8 + g,
+                                                                    g, g, g, g, g, g, g, g), a);
+        i = _mm512_dpbusd_epi32(i, mlwq_x8_group512(c, W, g), y);
+    }
+    return i;
+}
+
+// lo in lanes 0-7, hi in 8-15; and back (AVX512F alone: no AVX512DQ 32x8 inserts and extracts)
+MLWQ_INLINE __m512 mlwq_ps512(__m256 lo, __m256 hi) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
+}
+MLWQ_INLINE __m256 mlwq_hi_ps(__m512 v) {
+    return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+}
+
+// one group of 8 rows (at xg) against one column (q8_1 at y, its sums yc): s[r] for r < 8
+MLWQ_INLINE void mlwq_x8_gemv(int K, const uint8_t * xg, const uint8_t * y, const mlwq_ycol * yc, float * s) {
+    __m256 acc = _mm256_setzero_ps();
+    const uint8_t * c = xg + 16*(size_t) K;
+    for (int j = 0; j < K; ++j) {
+        __m256 d, z;
+        mlwq_x8_header(xg + 16*j, &d, &z);
+        const int W = mlwq_x8_width(xg, j);
+        const block_q8_1 * yb = (const block_q8_1 *) y + 2*j;
+        const __m512i a = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) yb[0].qs)),
+                                             _mm256_loadu_si256((const __m256i *) yb[1].qs), 1);
+        __m512i i;
+        switch (W) {   // a constant width in each case: shifts and masks are immediates
+            case 1:  i = mlwq_x8_isum512(c, 1, a); break;
+            case 2:  i = mlwq_x8_isum512(c, 2, a); break;
+            case 3:  i = mlwq_x8_isum512(c, 3, a); break;
+            case 4:  i = mlwq_x8_isum512(c, 4, a); break;
+            case 5:  i = mlwq_x8_isum512(c, 5, a); break;
+            case 6:  i = mlwq_x8_isum512(c, 6, a); break;
+            case 7:  i = mlwq_x8_isum512(c, 7, a); break;
+            default: i = mlwq_x8_isum512(c, 8, a); break;
+        }
+        // S - zero*sum(qy) per half (exact), then panel_tile512's t = f0*dy0 + f1*dy1 and acc += d*t
+        const __m512 f = _mm512_fnmadd_ps(mlwq_ps512(z, z), mlwq_ps512(_mm256_set1_ps(yc[j].sy[0]), _mm256_set1_ps(yc[j].sy[1])),
+                                          _mm512_cvtepi32_ps(i));
+        __m256 t = _mm256_mul_ps(_mm512_castps512_ps256(f), _mm256_set1_ps(yc[j].dy[0]));
+        t = _mm256_fmadd_ps(mlwq_hi_ps(f), _mm256_set1_ps(yc[j].dy[1]), t);
+        acc = _mm256_fmadd_ps(d, t, acc);
+        c += 64*(size_t) W;
+    }
+    _mm256_storeu_ps(s, acc);
+}
+
+// groups xa and xb (NULL: none, rows 8-15 add nothing) decoded into the 16-row panel of panel_tile512
+static void mlwq_x8_decode512(int K, const uint8_t * xa, const uint8_t * xb, mlwq_pblock512 * P) {
+    const uint8_t * ca = xa + 16*(size_t) K;
+    const uint8_t * cb = xb ? xb + 16*(size_t) K : NULL;
+    for (int j = 0; j < K; ++j) {
+        __m256 da, za, db = _mm256_setzero_ps(), zb = _mm256_setzero_ps();
+        mlwq_x8_header(xa + 16*j, &da, &za);
+        const int wa = mlwq_x8_width(xa, j);
+        const int wb = xb ? mlwq_x8_width(xb, j) : 0;
+        if (xb) {
+            mlwq_x8_header(xb + 16*j, &db, &zb);
+        }
+        for (int g = 0; g < 16; ++g) {
+            const __m256i qa = mlwq_x8_group(ca, wa, g);
+            const __m256i qb = xb ? mlwq_x8_group(cb, wb, g) : _mm256_setzero_si256();
+            _mm512_store_si512(&P[j].q[g], _mm512_inserti64x4(_mm512_castsi256_si512(qa), qb, 1));
+        }
+        P[j].d    = mlwq_ps512(da, db);
+        P[j].z    = mlwq_ps512(za, zb);
+        P[j].live = (__mmask16) (xb ? 0xffff : 0x00ff);
+        ca += 64*(size_t) wa;
+        cb += xb ? 64*(size_t) wb : 0;
+    }
+}
+#endif
 #endif
 
 // ---- ARM NEON (AArch64) --------------------------------------------------------------------------
@@ -1461,13 +1573,53 @@ void ggml_mlwq_x8_gemm(int ith, int nth, int b, int64_t m, int64_t n, int64_t k,
     const size_t  gb = 8*ggml_mlwq_row_bytes(K, b);
     const size_t  by = (size_t) ldb * sizeof(block_q8_1);
     const int64_t G  = m / 8;
-    const int64_t g0 = G * ith / nth;
-    const int64_t g1 = G * (ith + 1) / nth;
+    // the thread's share of the groups, or on AVX-512 of prompts' panels of two groups
+#if defined(MLWQ_AVX512)
+    const int64_t per = n > 1 ? 2 : 1;
+#else
+    const int64_t per = 1;
+#endif
+    const int64_t U  = (G + per - 1) / per;
+    const int64_t g0 = U * ith / nth;
+    const int64_t g1 = U * (ith + 1) / nth;
     if (g0 >= g1) {
         return;
     }
     const uint8_t * x = (const uint8_t *) A;
     const uint8_t * y = (const uint8_t *) B;
+#if defined(MLWQ_AVX512)
+    // the thread's scratch: a decoded panel of two groups (prompts), then the columns' scales and sums
+    const size_t pbytes = n > 1 ? (size_t) K * sizeof(mlwq_pblock512) : 0;
+    uint8_t * buf = (uint8_t *) mlwq_scratch(pbytes + (size_t) (n * K) * sizeof(mlwq_ycol));
+    GGML_ASSERT(buf != NULL);
+    mlwq_pblock512 * P  = (mlwq_pblock512 *) buf;
+    mlwq_ycol      * yc = (mlwq_ycol *) (buf + pbytes);
+    mlwq_ycols(K, n, y, by, yc);
+    if (n == 1) {
+        for (int64_t g = g0; g < g1; ++g) {
+            const uint8_t * xg = x + (size_t) g*gb;
+            for (size_t p = 0; p < gb; p += 64) {
+                _mm_prefetch((const char *) xg + 2*gb + p, _MM_HINT_T0);
+            }
+            mlwq_x8_gemv(K, xg, y, yc, C + 8*g);
+        }
+        return;
+    }
+    for (int64_t q = g0; q < g1; ++q) {   // panels: groups 2q and 2q + 1
+        const uint8_t * xa = x + (size_t) (2*q)*gb;
+        const bool two = 2*q + 1 < G;
+        mlwq_x8_decode512(K, xa, two ? xa + gb : NULL, P);
+        float * s = C + 16*q;
+        const int nr = two ? 16 : 8;
+        int64_t c = 0;
+        for (; c + MLWQ_PNC <= n; c += MLWQ_PNC) {
+            mlwq_panel_tile512(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, nr, MLWQ_PNC);
+        }
+        for (; c < n; ++c) {
+            mlwq_panel_tile512(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, nr, 1);
+        }
+    }
+#else
     // the thread's scratch: a decoded group (prompts), then the columns' scales and sums
     const size_t pbytes = n > 1 ? (size_t) K * sizeof(mlwq_pblock256) : 0;
     uint8_t * buf = (uint8_t *) mlwq_scratch(pbytes + (size_t) (n * K) * sizeof(mlwq_ycol));
@@ -1510,10 +1662,11 @@ void ggml_mlwq_x8_gemm(int ith, int nth, int b, int64_t m, int64_t n, int64_t k,
             }
         }
     }
+#endif
 #else
     GGML_UNUSED(ith); GGML_UNUSED(nth); GGML_UNUSED(b); GGML_UNUSED(m); GGML_UNUSED(n); GGML_UNUSED(k);
     GGML_UNUSED(A); GGML_UNUSED(B); GGML_UNUSED(ldb); GGML_UNUSED(C); GGML_UNUSED(ldc);
-    GGML_ABORT("MLWQ: repacked rows need the AVX2 kernels");
+    GGML_ABORT("MLWQ: repacked rows need the AVX2 or AVX-512 kernels");
 #endif
 }
 

@@ -35,7 +35,7 @@ GGML_BACKEND_API void ggml_mlwq_from_float_permuted(enum ggml_type vec_dot_type,
                                                     int64_t n, void * GGML_RESTRICT y);
 
 // Repacked rows (FORMAT.md, "Repacked rows (CPU)"): groups of 8 rows interleaved so that a shift and a
-// mask give 4 columns of all 8 rows in int32 lanes. Built for AVX2 without AVX-512 (what
+// mask give 4 columns of all 8 rows in int32 lanes. Built for x86 with AVX2 or AVX-512 VNNI (what
 // ggml_mlwq_x8_available says); ggml's CPU_REPACK buffer lays MLWQ weights out so (mlwq-repack.cpp).
 GGML_BACKEND_API bool ggml_mlwq_x8_available(void);
 // src: nrows rows of ne0 columns of MLWQb (b = 2, 3, 4) -> dst, the same number of bytes. False (dst
@@ -43,7 +43,7 @@ GGML_BACKEND_API bool ggml_mlwq_x8_available(void);
 // block (format 2 allows others: those tensors keep their rows).
 GGML_BACKEND_API bool ggml_mlwq_x8_pack(int b, int64_t ne0, int64_t nrows, const void * src, void * dst);
 // C = A B for thread ith of nth: A repacked (m rows, m % 8 == 0, k blocks of 64), B n columns of q8_1
-// (ldb blocks apart), C[c*ldc + r]; the threads share the groups of 8 rows
+// (ldb blocks apart), C[c*ldc + r]; the threads share the groups of 8 rows (AVX-512 prompts: pairs of them)
 GGML_BACKEND_API void ggml_mlwq_x8_gemm(int ith, int nth, int b, int64_t m, int64_t n, int64_t k, const void * A,
                                         const void * B, int64_t ldb, float * C, int64_t ldc);
 
