@@ -453,50 +453,61 @@ void mlwq_fuzz_check_gemm(enum ggml_type type, const uint8_t * t, int64_t nrows,
     mlwq_fuzz_check_x8(type, t, nrows, ne0, ys, ncols);
 }
 
-// The repacked rows of AVX2 builds (ggml_mlwq_x8_pack / _gemm): a group of 8 rows made of the given
-// rows (row i = rows[i % nrows]) with row 0's widths, since a group shares them. It packs exactly when
-// row 0's blocks are all readable; the packer writes nothing otherwise; packed, the product of 1
-// column (generation) and of all ncols (panels) must give the reference's values on every row whose
-// zero points fit their widths, by 1 and 2 threads.
+// The repacked rows of x86 builds (ggml_mlwq_x8_pack / _gemm): three groups of 8 rows made of the
+// given rows (row i = rows[i % nrows]) with row 0's widths, since a group shares them (AVX-512 prompts
+// then run a panel of two groups and one of a single group). It packs exactly when row 0's blocks are
+// all readable; the packer writes nothing otherwise; packed, the product of 1 column (generation) and
+// of all ncols (panels) must give the reference's values on every row whose zero points fit their
+// widths, by 1 and 3 threads, and column 0 of the panels generation's bits (a prompt evaluated token
+// by token gives the whole prompt's logits).
 void mlwq_fuzz_check_x8(enum ggml_type type, const uint8_t * t, int64_t nrows, int64_t ne0, const void * ys, int64_t ncols) {
     if (!ggml_mlwq_x8_available()) {
         return;
     }
+    enum { R = 24 };
     const int b = mlwq_ref_width((int) type);
     const int64_t K         = ne0 / QK;
     const size_t  row_bytes = mlwq_ref_row_bytes(K, b);
-    uint8_t * g      = (uint8_t *) malloc(8*row_bytes);
-    uint8_t * packed = (uint8_t *) malloc(8*row_bytes);
+    uint8_t * g      = (uint8_t *) malloc(R*row_bytes);
+    uint8_t * packed = (uint8_t *) malloc(R*row_bytes);
     uint8_t * q      = (uint8_t *) malloc((size_t) ne0);
-    float   * C      = (float *) malloc(sizeof(float) * (size_t) (8 * ncols));
-    for (int i = 0; i < 8; ++i) {
+    float   * C      = (float *) malloc(sizeof(float) * (size_t) (R * ncols));
+    for (int i = 0; i < R; ++i) {
         memcpy(g + i*row_bytes, t + (size_t) (i % nrows) * row_bytes, row_bytes);
         for (int64_t j = 0; j < K; ++j) {
             uint8_t * h = g + i*row_bytes + 2*j;
             h[1] = (uint8_t) ((h[1] & GGML_MLWQ_ZERO_MAX) | (t[2*j + 1] & ~GGML_MLWQ_ZERO_MAX));
         }
     }
-    memset(packed, 0xA5, 8*row_bytes);
+    memset(packed, 0xA5, R*row_bytes);
     const bool readable = mlwq_ref_decode_row(g, ne0, b, q) == K;
-    const bool ok = ggml_mlwq_x8_pack(b, ne0, 8, g, packed);
+    const bool ok = ggml_mlwq_x8_pack(b, ne0, R, g, packed);
     FUZZ_CHECK(ok == readable, "mlwq%d x8_pack: %d, but row 0's blocks are %sall readable", b, ok, readable ? "" : "not ");
     if (!ok) {
-        for (size_t i = 0; i < 8*row_bytes; ++i) {
+        for (size_t i = 0; i < R*row_bytes; ++i) {
             FUZZ_CHECK(packed[i] == 0xA5, "mlwq%d x8_pack refused the rows but wrote byte %zu", b, i);
         }
     }
+    float gen[R];   // generation's sums (1 column, 1 thread): prompts must give column 0 the same bits
     for (int pass = 0; ok && pass < 2; ++pass) {
         const int64_t n = pass == 0 ? 1 : ncols;
-        for (int nth = 1; nth <= 2; ++nth) {
-            for (int64_t i = 0; i < 8 * n; ++i) {
+        for (int nth = 1; nth <= 3; nth += 2) {   // 3 threads: one group each, and a thread without a panel
+            for (int64_t i = 0; i < R * n; ++i) {
                 C[i] = NAN;
             }
             for (int ith = 0; ith < nth; ++ith) {
-                ggml_mlwq_x8_gemm(ith, nth, b, 8, n, K, packed, ys, 2*K, C, 8);
+                ggml_mlwq_x8_gemm(ith, nth, b, R, n, K, packed, ys, 2*K, C, R);
             }
             char what[64];
             snprintf(what, sizeof(what), "x8 gemm (%lld columns, %d threads)", (long long) n, nth);
-            check_products(b, what, g, 8, ne0, (const uint8_t *) ys, n, C, 8);
+            check_products(b, what, g, R, ne0, (const uint8_t *) ys, n, C, R);
+            if (pass == 0 && nth == 1) {
+                memcpy(gen, C, sizeof(gen));
+            }
+            for (int r = 0; pass == 1 && r < R; ++r) {
+                FUZZ_CHECK(memcmp(&C[r], &gen[r], sizeof(float)) == 0,
+                           "mlwq%d %s: row %d of column 0 is %a, generation gave %a", b, what, r, C[r], gen[r]);
+            }
         }
     }
     free(g);
