@@ -48,27 +48,12 @@ BIN=$B/bin
 C=$ROOT/.cache/cuda_src
 GGUFPY=$SRC/gguf-py
 export PYTHONUNBUFFERED=1
+source bench/gpu/patched_tree.sh
 
 stage_build() {
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv
     nproc
-    # the tree: pristine + patches + ggml_patch/src (as build.sh copies them); files that did not
-    # change keep their mtime so that ninja rebuilds only what a patch change touches
-    rm -rf "$W/new" && mkdir -p "$W/new"
-    tar xJf "$C/llama.cpp.tar.xz" -C "$W/new" || return 1
-    for p in ggml_patch/patches/*.patch; do
-        patch -p1 --batch --forward -d "$W/new/llama.cpp" < "$p" > /dev/null || { echo "patch $p failed"; return 1; }
-    done
-    (cd ggml_patch/src && find . -type f) | while read -r f; do
-        f=${f#./}
-        d="$W/new/llama.cpp/$f"
-        mkdir -p "$(dirname "$d")" && cp "ggml_patch/src/$f" "$d"
-    done
-    mkdir -p "$SRC"
-    (cd "$W/new/llama.cpp" && find . -type f) | while read -r f; do
-        cmp -s "$W/new/llama.cpp/$f" "$SRC/$f" || { mkdir -p "$(dirname "$SRC/$f")"; cp "$W/new/llama.cpp/$f" "$SRC/$f"; }
-    done
-    rm -rf "$W/new"
+    patched_tree "$W" || return 1
     cmake -S "$SRC" -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
         -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${MLWQ_CUDA_ARCH:-90}" \
