@@ -61,7 +61,7 @@ void mlwq_fuzz_check_row(enum ggml_type type, const uint8_t * row, int64_t ne0, 
 void mlwq_fuzz_check_rows2(enum ggml_type type, const uint8_t * rows, int64_t ne0, const void * y_q8_1_2cols);
 // ggml_mlwq_gemm (what mul_mat runs through llamafile_sgemm) on nrows contiguous rows x ncols q8_1 columns, 1 and 2 threads
 void mlwq_fuzz_check_gemm(enum ggml_type type, const uint8_t * rows, int64_t nrows, int64_t ne0, const void * ys, int64_t ncols);
-// the rows as a group of 8 repacked rows (AVX2 builds; called by mlwq_fuzz_check_gemm)
+// the rows as three groups of 8 repacked rows (x86 builds; called by mlwq_fuzz_check_gemm)
 void mlwq_fuzz_check_x8(enum ggml_type type, const uint8_t * rows, int64_t nrows, int64_t ne0, const void * ys, int64_t ncols);
 
 #ifdef __cplusplus

@@ -778,19 +778,24 @@ MLWQ_INLINE __m256i mlwq_x8_plane(const uint8_t * c, int p, int g, int shift) {
     return _mm256_and_si256(f, _mm256_set1_epi8((char) (((1 << p) - 1) << shift)));
 }
 
-// codes of group g of a block of width W at c (the AVX2 sums read width 8 as two 4-bit planes themselves)
-MLWQ_INLINE __m256i mlwq_x8_group(const uint8_t * c, int W, int g) {
-    switch (W) {
-        case 1:  return mlwq_x8_plane(c, 1, g, 0);
-        case 2:  return mlwq_x8_plane(c, 2, g, 0);
-        case 3:  return _mm256_or_si256(mlwq_x8_plane(c, 2, g, 0), mlwq_x8_plane(c + 128, 1, g, 2));
-        case 4:  return mlwq_x8_plane(c, 4, g, 0);
-        case 5:  return _mm256_or_si256(mlwq_x8_plane(c, 4, g, 0), mlwq_x8_plane(c + 256, 1, g, 4));
-        case 6:  return _mm256_or_si256(mlwq_x8_plane(c, 4, g, 0), mlwq_x8_plane(c + 256, 2, g, 4));
-        case 7:  return _mm256_or_si256(_mm256_or_si256(mlwq_x8_plane(c, 4, g, 0), mlwq_x8_plane(c + 256, 2, g, 4)),
-                                        mlwq_x8_plane(c + 384, 1, g, 6));
-        default: return _mm256_or_si256(mlwq_x8_plane(c, 4, g, 0), mlwq_x8_plane(c + 256, 4, g, 4));   // 8
+// the codes of group g of a block of width W at c: its planes (greedy 4, 2, 1, low bits first, as in
+// a row) loaded by PLANE(c, p, g, shift) and joined by OR; one recipe for the 256-bit group and the
+// 512-bit pair of groups of AVX-512
+#define MLWQ_X8_GROUP(PLANE, OR)                                                                        \
+    switch (W) {                                                                                        \
+        case 1:  return PLANE(c, 1, g, 0);                                                              \
+        case 2:  return PLANE(c, 2, g, 0);                                                              \
+        case 3:  return OR(PLANE(c, 2, g, 0), PLANE(c + 128, 1, g, 2));                                 \
+        case 4:  return PLANE(c, 4, g, 0);                                                              \
+        case 5:  return OR(PLANE(c, 4, g, 0), PLANE(c + 256, 1, g, 4));                                 \
+        case 6:  return OR(PLANE(c, 4, g, 0), PLANE(c + 256, 2, g, 4));                                 \
+        case 7:  return OR(OR(PLANE(c, 4, g, 0), PLANE(c + 256, 2, g, 4)), PLANE(c + 384, 1, g, 6));    \
+        default: return OR(PLANE(c, 4, g, 0), PLANE(c + 256, 4, g, 4));   /* 8 */                       \
     }
+
+// (the AVX2 sums read width 8 as two 4-bit planes themselves)
+MLWQ_INLINE __m256i mlwq_x8_group(const uint8_t * c, int W, int g) {
+    MLWQ_X8_GROUP(mlwq_x8_plane, _mm256_or_si256)
 }
 
 // the 8 rows' scales d and zero points of block j (header bytes h: 8 scale codes, 8 zero/width bytes),
@@ -911,17 +916,7 @@ MLWQ_INLINE __m512i mlwq_x8_plane512(const uint8_t * c, int p, int g, int shift)
 }
 
 MLWQ_INLINE __m512i mlwq_x8_group512(const uint8_t * c, int W, int g) {
-    switch (W) {
-        case 1:  return mlwq_x8_plane512(c, 1, g, 0);
-        case 2:  return mlwq_x8_plane512(c, 2, g, 0);
-        case 3:  return _mm512_or_si512(mlwq_x8_plane512(c, 2, g, 0), mlwq_x8_plane512(c + 128, 1, g, 2));
-        case 4:  return mlwq_x8_plane512(c, 4, g, 0);
-        case 5:  return _mm512_or_si512(mlwq_x8_plane512(c, 4, g, 0), mlwq_x8_plane512(c + 256, 1, g, 4));
-        case 6:  return _mm512_or_si512(mlwq_x8_plane512(c, 4, g, 0), mlwq_x8_plane512(c + 256, 2, g, 4));
-        case 7:  return _mm512_or_si512(_mm512_or_si512(mlwq_x8_plane512(c, 4, g, 0), mlwq_x8_plane512(c + 256, 2, g, 4)),
-                                        mlwq_x8_plane512(c + 384, 1, g, 6));
-        default: return _mm512_or_si512(mlwq_x8_plane512(c, 4, g, 0), mlwq_x8_plane512(c + 256, 4, g, 4));   // 8
-    }
+    MLWQ_X8_GROUP(mlwq_x8_plane512, _mm512_or_si512)
 }
 
 // int32 sums of both halves of a block of width W against the activations a (both q8_1 blocks' codes)
@@ -1408,6 +1403,38 @@ typedef mlwq_pblock512 mlwq_pblock;
 typedef mlwq_pblock256 mlwq_pblock;
 #endif
 
+// the nr rows of panel P (widest width wmax) against the n columns: tiles of MLWQ_PNC columns, then
+// single ones
+MLWQ_INLINE void mlwq_panel_cols(int K, const mlwq_pblock * P, int wmax, int64_t n, const uint8_t * y, size_t by,
+                                 const mlwq_ycol * yc, float * s, int64_t ldc, int nr) {
+    int64_t c = 0;
+#if defined(MLWQ_AVX512)
+    GGML_UNUSED(wmax);
+    for (; c + MLWQ_PNC <= n; c += MLWQ_PNC) {
+        mlwq_panel_tile512(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, nr, MLWQ_PNC);
+    }
+    for (; c < n; ++c) {
+        mlwq_panel_tile512(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, nr, 1);
+    }
+#else
+    const bool pair = wmax <= 6;   // two product pairs summed in int16 (mlwq_panel_tile256)
+    for (; c + MLWQ_PNC <= n; c += MLWQ_PNC) {
+        if (pair) {
+            mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, nr, MLWQ_PNC, true);
+        } else {
+            mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, nr, MLWQ_PNC, false);
+        }
+    }
+    for (; c < n; ++c) {
+        if (pair) {
+            mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, nr, 1, true);
+        } else {
+            mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, nr, 1, false);
+        }
+    }
+#endif
+}
+
 // this thread's share of the panels of MLWQ_PR rows, every column; the rows of a panel that cannot take
 // it (no scratch; on AVX2 a width-8 block) go through the tiles
 static void mlwq_gemm_panels(int ith, int nth, int64_t m, int64_t n, int K, int b, const uint8_t * x, size_t bx,
@@ -1429,38 +1456,17 @@ static void mlwq_gemm_panels(int ith, int nth, int64_t m, int64_t n, int K, int 
     for (int64_t p = p0; p < p1; ++p) {
         const int64_t r  = p*MLWQ_PR;
         const int     nr = (int) (m - r < MLWQ_PR ? m - r : MLWQ_PR);
-        float * sr = s + r;
-        int64_t c = 0;
 #if defined(MLWQ_AVX512)
         mlwq_panel_decode512(K, b, x + r*bx, bx, nr, P);
-        for (; c + MLWQ_PNC <= n; c += MLWQ_PNC) {
-            mlwq_panel_tile512(K, P, y + c*by, by, yc + c*K, sr + c*ldc, (size_t) ldc, nr, MLWQ_PNC);
-        }
-        for (; c < n; ++c) {
-            mlwq_panel_tile512(K, P, y + c*by, by, yc + c*K, sr + c*ldc, (size_t) ldc, nr, 1);
-        }
+        const int wmax = 8;   // the AVX-512 panel takes every width
 #else
         const int wmax = mlwq_panel_decode256(K, b, x + r*bx, bx, nr, P);
         if (wmax > 7) {
             mlwq_gemm_tiles(r, r + nr, n, K, b, x, bx, y, by, s, ldc);
             continue;
         }
-        const bool pair = wmax <= 6;
-        for (; c + MLWQ_PNC <= n; c += MLWQ_PNC) {
-            if (pair) {
-                mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, sr + c*ldc, (size_t) ldc, nr, MLWQ_PNC, true);
-            } else {
-                mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, sr + c*ldc, (size_t) ldc, nr, MLWQ_PNC, false);
-            }
-        }
-        for (; c < n; ++c) {
-            if (pair) {
-                mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, sr + c*ldc, (size_t) ldc, nr, 1, true);
-            } else {
-                mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, sr + c*ldc, (size_t) ldc, nr, 1, false);
-            }
-        }
 #endif
+        mlwq_panel_cols(K, P, wmax, n, y, by, yc, s + r, ldc, nr);
     }
 }
 #endif
@@ -1587,17 +1593,17 @@ void ggml_mlwq_x8_gemm(int ith, int nth, int b, int64_t m, int64_t n, int64_t k,
     }
     const uint8_t * x = (const uint8_t *) A;
     const uint8_t * y = (const uint8_t *) B;
-#if defined(MLWQ_AVX512)
-    // the thread's scratch: a decoded panel of two groups (prompts), then the columns' scales and sums
-    const size_t pbytes = n > 1 ? (size_t) K * sizeof(mlwq_pblock512) : 0;
+    // the thread's scratch: a decoded panel (prompts), then the columns' scales and sums
+    const size_t pbytes = n > 1 ? (size_t) K * sizeof(mlwq_pblock) : 0;
     uint8_t * buf = (uint8_t *) mlwq_scratch(pbytes + (size_t) (n * K) * sizeof(mlwq_ycol));
     GGML_ASSERT(buf != NULL);
-    mlwq_pblock512 * P  = (mlwq_pblock512 *) buf;
-    mlwq_ycol      * yc = (mlwq_ycol *) (buf + pbytes);
+    mlwq_pblock * P  = (mlwq_pblock *) buf;
+    mlwq_ycol   * yc = (mlwq_ycol *) (buf + pbytes);
     mlwq_ycols(K, n, y, by, yc);
     if (n == 1) {
         for (int64_t g = g0; g < g1; ++g) {
             const uint8_t * xg = x + (size_t) g*gb;
+            // generation streams the weights once from memory: ask for the group after next now
             for (size_t p = 0; p < gb; p += 64) {
                 _mm_prefetch((const char *) xg + 2*gb + p, _MM_HINT_T0);
             }
@@ -1605,62 +1611,25 @@ void ggml_mlwq_x8_gemm(int ith, int nth, int b, int64_t m, int64_t n, int64_t k,
         }
         return;
     }
+#if defined(MLWQ_AVX512)
     for (int64_t q = g0; q < g1; ++q) {   // panels: groups 2q and 2q + 1
         const uint8_t * xa = x + (size_t) (2*q)*gb;
         const bool two = 2*q + 1 < G;
         mlwq_x8_decode512(K, xa, two ? xa + gb : NULL, P);
-        float * s = C + 16*q;
-        const int nr = two ? 16 : 8;
-        int64_t c = 0;
-        for (; c + MLWQ_PNC <= n; c += MLWQ_PNC) {
-            mlwq_panel_tile512(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, nr, MLWQ_PNC);
-        }
-        for (; c < n; ++c) {
-            mlwq_panel_tile512(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, nr, 1);
-        }
+        mlwq_panel_cols(K, P, 8, n, y, by, yc, C + 16*q, ldc, two ? 16 : 8);
     }
 #else
-    // the thread's scratch: a decoded group (prompts), then the columns' scales and sums
-    const size_t pbytes = n > 1 ? (size_t) K * sizeof(mlwq_pblock256) : 0;
-    uint8_t * buf = (uint8_t *) mlwq_scratch(pbytes + (size_t) (n * K) * sizeof(mlwq_ycol));
-    GGML_ASSERT(buf != NULL);
-    mlwq_pblock256 * P  = (mlwq_pblock256 *) buf;
-    mlwq_ycol      * yc = (mlwq_ycol *) (buf + pbytes);
-    mlwq_ycols(K, n, y, by, yc);
     for (int64_t g = g0; g < g1; ++g) {
         const uint8_t * xg = x + (size_t) g*gb;
         float * s = C + 8*g;
-        if (n == 1) {
-            // generation streams the weights once from memory: ask for the group after next now
-            for (size_t p = 0; p < gb; p += 64) {
-                _mm_prefetch((const char *) xg + 2*gb + p, _MM_HINT_T0);
-            }
-            mlwq_x8_gemv(K, xg, y, yc, s);
-            continue;
-        }
         const int wmax = mlwq_x8_decode(K, xg, P);
-        int64_t c = 0;
-        if (wmax > 7) {
-            for (; c < n; ++c) {
+        if (wmax > 7) {   // the panel tile cannot take width 8: generation's kernel, column by column
+            for (int64_t c = 0; c < n; ++c) {
                 mlwq_x8_gemv(K, xg, y + c*by, yc + c*K, s + c*ldc);
             }
             continue;
         }
-        const bool pair = wmax <= 6;
-        for (; c + MLWQ_PNC <= n; c += MLWQ_PNC) {
-            if (pair) {
-                mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, 8, MLWQ_PNC, true);
-            } else {
-                mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, 8, MLWQ_PNC, false);
-            }
-        }
-        for (; c < n; ++c) {
-            if (pair) {
-                mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, 8, 1, true);
-            } else {
-                mlwq_panel_tile256(K, P, y + c*by, by, yc + c*K, s + c*ldc, (size_t) ldc, 8, 1, false);
-            }
-        }
+        mlwq_panel_cols(K, P, wmax, n, y, by, yc, s, ldc, 8);
     }
 #endif
 #else
