@@ -18,6 +18,10 @@
 #                                                       # (after build) our mlwq*.cu/.cuh edited by sed, rebuilt into
 #                                                       # build/cuda-dev/bin-variant; benchops and llama-bench of
 #                                                       # the committed and the variant libraries, alternating
+#   MLWQ_LIBS="base load16" bash bench/gpu/device_cuda_checks.sh libs libab
+#                                                       # (after build and the shapes' files) one library per
+#                                                       # variant (bench/gpu/variants/NAME.sed or .device/variants/NAME/),
+#                                                       # then tg128 of every library and of Q3_K_S, rotated
 #   MLWQ_REAL=x.gguf bash bench/gpu/device_cuda_checks.sh order # the slow llama-bench configuration:
 #                                                       # graphs off, fewer models before, GPU clocks
 #   bash bench/gpu/device_cuda_checks.sh balanced       # (after smollm2, bench, bench8b) tg128 MLWQ3/Q3_K_S, one process per
@@ -301,6 +305,74 @@ for title, runs in blocks:
 PY
 }
 
+# Libraries of several variants of our CUDA sources from one build: for each name in $MLWQ_LIBS,
+# bench/gpu/variants/NAME.sed (a sed script over the tree's mlwq*.cu/mlwq*.cuh) or a directory
+# .device/variants/NAME/ (files that replace them: another commit's sources) is applied,
+# libggml-cuda rebuilt and copied to $W/lib-NAME; then the committed sources are restored and rebuilt.
+stage_libs() {
+    local cu="$SRC/ggml/src/ggml-cuda" orig="$W/mlwq-orig" v f
+    rm -rf "$orig" && mkdir -p "$orig" && cp "$cu"/mlwq*.cu "$cu"/mlwq*.cuh "$orig/"
+    restore() { for f in "$orig"/*; do cmp -s "$f" "$cu/${f##*/}" || cp "$f" "$cu/"; done; }
+    for v in ${MLWQ_LIBS:?set MLWQ_LIBS}; do
+        if [ -d ".device/variants/$v" ]; then
+            cp ".device/variants/$v"/mlwq* "$cu/"
+        elif [ -f "bench/gpu/variants/$v.sed" ]; then
+            for f in "$orig"/*; do sed -f "bench/gpu/variants/$v.sed" "$f" > "$W/variant.tmp"
+                cmp -s "$W/variant.tmp" "$f" || cp "$W/variant.tmp" "$cu/${f##*/}"; done
+        else
+            echo "no variant $v"; return 1
+        fi
+        (cd "$cu" && for f in "$orig"/*; do diff -u "$f" "${f##*/}"; done) > "$OUT/lib-$v.diff"
+        local t=$(date +%s)
+        ninja -C "$B" ggml-cuda > "$OUT/ninja-$v.log" 2>&1 || { grep -A12 error "$OUT/ninja-$v.log" | head -40; restore; return 1; }
+        rm -rf "$W/lib-$v" && mkdir -p "$W/lib-$v" && cp -a "$BIN"/libggml-cuda.so* "$W/lib-$v/"
+        echo "lib-$v: $(wc -l < "$OUT/lib-$v.diff") diff lines, built in $(( $(date +%s) - t )) s"
+        restore
+    done
+    ninja -C "$B" ggml-cuda > "$OUT/ninja-restore.log" 2>&1
+}
+
+# tg128 of the MLWQ3 file of each shape with the committed library and each of $MLWQ_LIBS, and of
+# Q3_K_S (committed library), one llama-bench process each, the order rotated round by round
+# ($MLWQ_AB_ROUNDS, default 3): mean t/s per library, its ratio to Q3_K_S and to the first library
+stage_libab() {
+    local shapes=() sh libs=(committed ${MLWQ_LIBS:?set MLWQ_LIBS}) R=${MLWQ_AB_ROUNDS:-3}
+    [ -f "$W/l8b-mlwq3.gguf" ] && shapes+=("8b:$W/l8b-q3ks.gguf:$W/l8b-mlwq3.gguf")
+    [ -f "$W/l1b-mlwq3.gguf" ] && shapes+=("1b:$W/l1b-q3ks.gguf:$W/l1b-mlwq3.gguf")
+    [ -f "$W/smollm2-synth/mlwq3.gguf" ] && shapes+=("smollm2:$W/smollm2-synth/Q3_K_S.gguf:$W/smollm2-synth/mlwq3.gguf")
+    for sh in "${shapes[@]}"; do
+        IFS=: read -r name q m <<< "$sh"
+        local runs=(Q3_K_S "${libs[@]}") n=$(( ${#libs[@]} + 1 )) r i
+        for r in $(seq 0 $(( R - 1 ))); do
+            for i in $(seq 0 $(( n - 1 ))); do
+                local k=${runs[$(( (i + r) % n ))]} f=$m env=()
+                [ "$k" = Q3_K_S ] && f=$q
+                [ "$k" != Q3_K_S ] && [ "$k" != committed ] && env=(env LD_LIBRARY_PATH="$W/lib-$k")
+                timeout 120 "${env[@]}" "$BIN/llama-bench" -m "$f" -ngl 99 -p 0 -n 128 -r 5 -o csv 2>/dev/null \
+                    | tail -1 | awk -F, -v s="$name" -v k="$k" '{gsub(/"/, ""); print s, k, $(NF-1)}' | tee -a "$OUT/libab.txt"
+            done
+        done
+    done
+    python3 - "$OUT/libab.txt" <<'PY' | tee "$OUT/libab.md"
+import collections, sys
+runs = collections.defaultdict(lambda: collections.defaultdict(list))
+for line in open(sys.argv[1]):
+    p = line.split()
+    if len(p) == 3:
+        runs[p[0]][p[1]].append(float(p[2]))
+for shape, libs in runs.items():
+    mean = {k: sum(v) / len(v) for k, v in libs.items()}
+    first = [k for k in mean if k not in ("Q3_K_S", "committed")]
+    base = mean[first[0]] if first else None
+    print(f"| {shape} | library | tg128 t/s (runs) | / Q3_K_S | / {first[0] if first else '-'} |")
+    print("|---|---|---|---|---|")
+    for k, v in mean.items():
+        q = v / mean["Q3_K_S"] if "Q3_K_S" in mean else float("nan")
+        b = v / base if base else float("nan")
+        print(f"| {shape} | {k} | {v:.2f} ({len(libs[k])}; {min(libs[k]):.2f}-{max(libs[k]):.2f}) | {q:.3f} | {b:.3f} |")
+PY
+}
+
 # A/B of one change to our CUDA sources without a second full build: the tree's mlwq*.cu and
 # mlwq*.cuh edited by $MLWQ_VARIANT_SED (only the files it changes are rewritten), libggml-cuda
 # rebuilt and copied to bin-variant, those files restored and the committed library rebuilt; then
@@ -358,6 +430,8 @@ case "${1:-all}" in
     ncu)   stage_ncu ;;
     ncudetail) stage_ncudetail ;;
     variant) stage_variant ;;
+    libs)  stage_libs ;;
+    libab) stage_libab ;;
     order) stage_order ;;
     balanced) stage_balanced ;;
     all)   # most important first; each later stage only if the call has time left (10 min limit)

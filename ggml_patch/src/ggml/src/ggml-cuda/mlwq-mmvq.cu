@@ -12,6 +12,19 @@
 #include "mlwq-common.cuh"
 #include "unary.cuh"
 
+#ifndef MLWQ_LOAD8
+#define MLWQ_LOAD8 1    // 0: every row reads its codes 16 bits at a time (for A/B builds)
+#endif
+#ifndef MLWQ_MIN_CTAS
+#define MLWQ_MIN_CTAS 1         // CTAs an SM must hold (a register bound for ptxas), plain kernels
+#endif
+#ifndef MLWQ_MIN_CTAS_FUSED
+#define MLWQ_MIN_CTAS_FUSED 1   // the same for the kernels with a fusion (two rows' rounds in flight)
+#endif
+#ifndef MLWQ_Y_EARLY
+#define MLWQ_Y_EARLY 1  // 0: a round's activations load after its codes are decoded (for A/B builds)
+#endif
+
 // dot product of 4 unsigned bytes (codes, 0..255) with 4 signed bytes (q8_1), accumulated into c
 static __device__ __forceinline__ int mlwq_dp4a_us(const uint32_t a, const int b, const int c) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 610 && !defined(GGML_USE_HIP) && !defined(GGML_USE_MUSA)
@@ -30,37 +43,49 @@ static __device__ __forceinline__ int mlwq_dp4a_us(const uint32_t a, const int b
 
 // The code words of one block for the width-generic decoder: a width w is w/4 four-bit planes,
 // then a 2-bit plane if w & 2, then a 1-bit plane if w & 1. Planes the width lacks load nothing
-// and stay 0, so every lane runs the same instructions whatever its block's width.
+// and stay 0, so every lane runs the same instructions whatever its block's width. The second
+// 4-bit plane (w == 8, rare) is not held here: it loads in the decode, only in warps that have one,
+// so its 8 registers are not live across the round's load.
 struct mlwq_block_words {
     int a[8];   // first 4-bit plane  (w >= 4)
-    int b[8];   // second 4-bit plane (w == 8)
     int c[4];   // 2-bit plane        (w & 2)
     int d[2];   // 1-bit plane        (w & 1)
 };
 
-// w = 0 (no block, or a block that reads as 0) loads nothing
-static __device__ __forceinline__ void mlwq_load_words(const mlwq_words p, const int w, mlwq_block_words & bw) {
-    const int n4 = w >> 2;
-    const mlwq_words pc = p + 8*n4;
-    const mlwq_words pd = pc + ((w & 2) ? 4 : 0);
+// n 8-byte words from p into v[2n], or zeros if !load. a8: the row's code area is 8-byte aligned
+// (K % 4 == 0, base and strides multiples of 8), so a block's codes, at 8*(sum of the widths
+// before it), and each of its planes (multiples of 8 bytes) load 8 bytes at a time; else 2 bytes.
+template <bool a8, int n>
+static __device__ __forceinline__ void mlwq_load_plane(const char * p, const bool load, int v[2*n]) {
+    if constexpr (a8) {
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        bw.a[i] = n4 >= 1 ? p[i]     : 0;
-        bw.b[i] = n4 >= 2 ? p[8 + i] : 0;
-    }
+        for (int i = 0; i < n; ++i) {
+            const uint2 t = load ? ((const uint2 *) p)[i] : make_uint2(0, 0);
+            v[2*i]     = (int) t.x;
+            v[2*i + 1] = (int) t.y;
+        }
+    } else {
+        const mlwq_words pw = { (const uint16_t *) p };
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        bw.c[i] = (w & 2) ? pc[i] : 0;
-    }
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        bw.d[i] = (w & 1) ? pd[i] : 0;
+        for (int i = 0; i < 2*n; ++i) {
+            v[i] = load ? pw[i] : 0;
+        }
     }
 }
 
-// Codes of the block, group g in q[g]. The any_* flags are warp-uniform (some lane of the warp has
-// such a plane), so a plane no lane has costs nothing.
-static __device__ __forceinline__ void mlwq_decode_words(const mlwq_block_words & bw, const int w,
+// w = 0 (no block, or a block that reads as 0) loads nothing
+template <bool a8>
+static __device__ __forceinline__ void mlwq_load_words(const char * p, const int w, mlwq_block_words & bw) {
+    const char * pc = p + 32*(w >> 2);
+    mlwq_load_plane<a8, 4>(p, w >= 4, bw.a);
+    mlwq_load_plane<a8, 2>(pc, w & 2, bw.c);
+    mlwq_load_plane<a8, 1>(pc + ((w & 2) ? 16 : 0), w & 1, bw.d);
+}
+
+// Codes of the block at p, group g in q[g]. The any_* flags are warp-uniform (some lane of the
+// warp has such a plane), so a plane no lane has costs nothing.
+template <bool a8>
+static __device__ __forceinline__ void mlwq_decode_words(const mlwq_block_words & bw, const char * p, const int w,
         const bool any_a, const bool any_b, const bool any_c, const bool any_d, uint32_t q[16]) {
     const int sc = 4*(w >> 2);          // shift of the 2-bit plane's bits
     const int sd = sc + (w & 2);        // shift of the 1-bit plane's bit
@@ -75,9 +100,11 @@ static __device__ __forceinline__ void mlwq_decode_words(const mlwq_block_words 
         }
     }
     if (any_b) {
+        int b[8];
+        mlwq_load_plane<a8, 4>(p + 32, w == 8, b);
 #pragma unroll
         for (int g = 0; g < 16; ++g) {
-            q[g] |= (((uint32_t) bw.b[g & 7] >> (g < 8 ? 0 : 4)) & 0x0F0F0F0Fu) << 4;
+            q[g] |= (((uint32_t) b[g & 7] >> (g < 8 ? 0 : 4)) & 0x0F0F0F0Fu) << 4;
         }
     }
     if (any_c) {
@@ -125,17 +152,18 @@ static __device__ __forceinline__ float mlwq_block_dot(const uint32_t q[16], con
     return dy0*(float) s0 + dy1*(float) s1;
 }
 
-// the 16 activation words and the scales of the two q8_1 blocks of block j in one column
-static __device__ __forceinline__ void mlwq_load_y(const block_q8_1 * GGML_CUDA_RESTRICT y, const int j,
+// the 16 activation words and the scales of the two q8_1 blocks of block j in one column, or zeros
+// (no load) if !live
+static __device__ __forceinline__ void mlwq_load_y(const block_q8_1 * GGML_CUDA_RESTRICT y, const int j, const bool live,
                                                    int yv[16], float & dy0, float & dy1) {
     const block_q8_1 * yb = y + 2*j;
 #pragma unroll
     for (int g = 0; g < 8; ++g) {
-        yv[g]     = ((const int *) yb[0].qs)[g];
-        yv[g + 8] = ((const int *) yb[1].qs)[g];
+        yv[g]     = live ? ((const int *) yb[0].qs)[g] : 0;
+        yv[g + 8] = live ? ((const int *) yb[1].qs)[g] : 0;
     }
-    dy0 = __low2float(yb[0].ds);
-    dy1 = __low2float(yb[1].ds);
+    dy0 = live ? __low2float(yb[0].ds) : 0.0f;
+    dy1 = live ? __low2float(yb[1].ds) : 0.0f;
 }
 
 // A warp's walk over the 32-block rounds of one row. carry = the sum of the widths of blocks
@@ -152,10 +180,12 @@ static __device__ __forceinline__ mlwq_cursor mlwq_cursor_at(const char * GGML_C
     return { (const uint16_t *) xrow, xrow + MLWQ_HDR_BYTES*K, 0, 0, false };
 }
 
-// This lane's block of one round: header, width (0: no block, or a block that reads as 0), code words.
+// This lane's block of one round: header, width (0: no block, or a block that reads as 0), code
+// offset in the row's code area, code words.
 struct mlwq_round {
     uint32_t h;
     int      w;
+    int      off;
     mlwq_block_words bw;
 };
 
@@ -163,6 +193,7 @@ struct mlwq_round {
 // rounds skipped since the last call (the row's other warps take them) come from their headers
 // alone. Weights only: a kernel may call it before waiting for the kernels it depends on. All lanes
 // of the warp call it together.
+template <bool a8>
 static __device__ __forceinline__ void mlwq_load_round(mlwq_cursor & cur, const int K, const int code_bytes,
                                                        const int m, mlwq_round & r) {
     const int  lane   = threadIdx.x;
@@ -182,15 +213,14 @@ static __device__ __forceinline__ void mlwq_load_round(mlwq_cursor & cur, const 
         cur.dead   = cur.dead || __any_sync(0xFFFFFFFF, bad);
     }
     cur.next = m + 1;
-    int off;
-    r.w = mlwq_locate(r.h, exists, code_bytes, cur.carry, cur.dead, off);
-    mlwq_load_words({ (const uint16_t *) (cur.codes + off) }, r.w, r.bw);
+    r.w = mlwq_locate(r.h, exists, code_bytes, cur.carry, cur.dead, r.off);
+    mlwq_load_words<a8>(cur.codes + r.off, r.w, r.bw);
 }
 
-// This lane's part of a loaded round against ncols q8_1 columns, added to acc. y: column 0 (block 0);
-// stride_col_y in q8_1 blocks. All lanes of the warp call it together.
-template <int ncols>
-static __device__ __forceinline__ void mlwq_dot_round(const mlwq_round & r, const int m,
+// This lane's part of a loaded round of the row at cur against ncols q8_1 columns, added to acc.
+// y: column 0 (block 0); stride_col_y in q8_1 blocks. All lanes of the warp call it together.
+template <int ncols, bool a8>
+static __device__ __forceinline__ void mlwq_dot_round(const mlwq_round & r, const mlwq_cursor & cur, const int m,
         const block_q8_1 * GGML_CUDA_RESTRICT y, const int stride_col_y, float acc[ncols]) {
     const int w = r.w;
     // which planes occur in this warp (uniform branches below)
@@ -201,8 +231,15 @@ static __device__ __forceinline__ void mlwq_dot_round(const mlwq_round & r, cons
     if (!any_a && !any_c && !any_d) {
         return;     // no live block in this round
     }
+    const int j = m*WARP_SIZE + threadIdx.x;
+    // column 0's activations load first, so that their latency overlaps the decode's wait for the codes
+    int   yv[16];
+    float dy0, dy1;
+    if (MLWQ_Y_EARLY) {
+        mlwq_load_y(y, j, w > 0, yv, dy0, dy1);
+    }
     uint32_t q[16];
-    mlwq_decode_words(r.bw, w, any_a, any_b, any_c, any_d, q);
+    mlwq_decode_words<a8>(r.bw, cur.codes + r.off, w, any_a, any_b, any_c, any_d, q);
     const bool  wide = any_b && w == 8;   // any_b: a warp-uniform test first
     const int   zero = mlwq_hdr_zero(r.h);
     const float d    = w > 0 ? mlwq_hdr_d(r.h) : 0.0f;   // a block that reads as 0 adds 0
@@ -213,18 +250,10 @@ static __device__ __forceinline__ void mlwq_dot_round(const mlwq_round & r, cons
             q[g] = __vsub4(q[g], z4);
         }
     }
-    const int j = m*WARP_SIZE + threadIdx.x;
 #pragma unroll
     for (int c = 0; c < ncols; ++c) {
-        int   yv[16];
-        float dy0 = 0.0f, dy1 = 0.0f;
-        if (w > 0) {
-            mlwq_load_y(y + (int64_t) c*stride_col_y, j, yv, dy0, dy1);
-        } else {
-#pragma unroll
-            for (int g = 0; g < 16; ++g) {
-                yv[g] = 0;
-            }
+        if (c > 0 || !MLWQ_Y_EARLY) {
+            mlwq_load_y(y + (int64_t) c*stride_col_y, j, w > 0, yv, dy0, dy1);
         }
         acc[c] += d*mlwq_block_dot(q, wide, zero, yv, dy0, dy1);
     }
@@ -282,8 +311,8 @@ static __device__ __forceinline__ bool mlwq_sum_row(float v[n], const int S, con
 // dependent memory round trips) before it waits for the kernels it depends on (PDL), so that
 // latency overlaps the activations' quantization. No kernel writes an MLWQ tensor (the types have
 // no from_float; CPY/SET_ROWS to them are not supported), so the weights are ready at launch.
-template <int ncols, bool has_fusion>
-__launch_bounds__(WARP_SIZE*MLWQ_WARPS, 1)
+template <int ncols, bool has_fusion, bool a8>
+__launch_bounds__(WARP_SIZE*MLWQ_WARPS, has_fusion ? MLWQ_MIN_CTAS_FUSED : MLWQ_MIN_CTAS)
 static __global__ void mlwq_mul_mat_vec_q(
         const char * vx, const char * vgate, const block_q8_1 * vy, const block_q8_1 * vy_gate, const int32_t * ids,
         const float * x_bias, const float * gate_bias, const ggml_glu_op glu_op, const float glu_limit, float * dst,
@@ -307,10 +336,10 @@ static __global__ void mlwq_mul_mat_vec_q(
     // round s of this row of x (and of the gate) in the matrix at byte offset mat_off
     auto load_first_round = [&](const int64_t mat_off) {
         cx = mlwq_cursor_at(vx + mat_off + row*stride_row_x, K);
-        mlwq_load_round(cx, K, code_bytes, s, rx);
+        mlwq_load_round<a8>(cx, K, code_bytes, s, rx);
         if (gated) {
             cg = mlwq_cursor_at(vgate + mat_off + row*stride_row_gate, K);
-            mlwq_load_round(cg, K, code_bytes_gate, s, rg);
+            mlwq_load_round<a8>(cg, K, code_bytes_gate, s, rg);
         }
     };
     if (active && !ids) {
@@ -347,16 +376,16 @@ static __global__ void mlwq_mul_mat_vec_q(
             bias_off  = dst_off;
         }
         // round s is loaded; the later ones (rows of > 32*S blocks) load in the loop
-        mlwq_dot_round<ncols>(rx, s, y, stride_col_y, sums);
+        mlwq_dot_round<ncols, a8>(rx, cx, s, y, stride_col_y, sums);
         if (gated) {
-            mlwq_dot_round<ncols>(rg, s, yg, stride_col_y, sums + ncols);
+            mlwq_dot_round<ncols, a8>(rg, cg, s, yg, stride_col_y, sums + ncols);
         }
         for (int m = s + S; m < M; m += S) {
-            mlwq_load_round(cx, K, code_bytes, m, rx);
-            mlwq_dot_round<ncols>(rx, m, y, stride_col_y, sums);
+            mlwq_load_round<a8>(cx, K, code_bytes, m, rx);
+            mlwq_dot_round<ncols, a8>(rx, cx, m, y, stride_col_y, sums);
             if (gated) {
-                mlwq_load_round(cg, K, code_bytes_gate, m, rg);
-                mlwq_dot_round<ncols>(rg, m, yg, stride_col_y, sums + ncols);
+                mlwq_load_round<a8>(cg, K, code_bytes_gate, m, rg);
+                mlwq_dot_round<ncols, a8>(rg, cg, m, yg, stride_col_y, sums + ncols);
             }
         }
         GGML_UNUSED(yg);
@@ -393,7 +422,7 @@ static __global__ void mlwq_mul_mat_vec_q(
 
 template <int ncols, bool has_fusion>
 static void mlwq_launch_mmvq(
-        const int S, const int nrows_x, const int64_t gy, const int64_t gz, cudaStream_t stream,
+        const bool a8, const int S, const int nrows_x, const int64_t gy, const int64_t gz, cudaStream_t stream,
         const char * vx, const char * vgate, const block_q8_1 * vy, const block_q8_1 * vy_gate, const int32_t * ids,
         const float * x_bias, const float * gate_bias, const ggml_glu_op glu_op, const float glu_limit, float * dst,
         float * dst_gate, const int K, const int code_bytes, const int code_bytes_gate,
@@ -406,7 +435,7 @@ static void mlwq_launch_mmvq(
     const dim3 grid((nrows_x + rows_per_cta - 1)/rows_per_cta, gy, gz);
     const dim3 block(WARP_SIZE, MLWQ_WARPS, 1);
     const ggml_cuda_kernel_launch_params launch_params(grid, block, (size_t) 0, stream);
-    ggml_cuda_kernel_launch(mlwq_mul_mat_vec_q<ncols, has_fusion>, launch_params,
+    ggml_cuda_kernel_launch(a8 ? mlwq_mul_mat_vec_q<ncols, has_fusion, true> : mlwq_mul_mat_vec_q<ncols, has_fusion, false>, launch_params,
         vx, vgate, vy, vy_gate, ids, x_bias, gate_bias, glu_op, glu_limit, dst, dst_gate,
         K, code_bytes, code_bytes_gate, nrows_x, S, stride_row_x, stride_row_gate, stride_col_y, stride_col_dst,
         channel_ratio, stride_channel_x, stride_channel_y, stride_channel_dst, nchannels_y,
@@ -458,6 +487,12 @@ static void mlwq_mul_mat_vec_q_cuda(
     const block_q8_1 * y      = (const block_q8_1 *) vy;
     const block_q8_1 * y_gate = fusion.gate_y ? (const block_q8_1 *) fusion.gate_y : y;
 
+    // 8-byte code loads: every row's code area (row + 2K bytes) and the gate's on 8 bytes
+    const auto on8 = [](const int64_t v) { return v % 8 == 0; };
+    const bool a8  = MLWQ_LOAD8 && K % 4 == 0 && on8((int64_t) (uintptr_t) vx) && on8(stride_row_x*ts) &&
+                     on8(stride_channel_x*ts) && on8(stride_sample_x*ts) &&
+                     (!fusion.gate || (on8((int64_t) (uintptr_t) fusion.gate) && on8(stride_row_gate)));
+
     // S warps share a row when it has several rounds of 32 blocks (K > 32: > 2048 columns)
     const int nrounds = (K + WARP_SIZE - 1) / WARP_SIZE;
     const int S       = nrounds >= 4 ? 4 : nrounds >= 2 ? 2 : 1;
@@ -465,7 +500,7 @@ static void mlwq_mul_mat_vec_q_cuda(
     if (ids) {
         // one token per grid z, each token with its own expert matrix
         GGML_ASSERT(nchannels_dst <= 65535 && ncols_dst <= 65535);
-#define MLWQ_ARGS_IDS S, nrows_x, nchannels_dst, ncols_dst, stream, x, gate, y, y_gate, ids, \
+#define MLWQ_ARGS_IDS a8, S, nrows_x, nchannels_dst, ncols_dst, stream, x, gate, y, y_gate, ids, \
             x_bias, g_bias, fusion.glu_op, fusion.glu_limit, dst, dst_gate, K, code_bytes, code_bytes_gate, \
             stride_row_x*ts, stride_row_gate, stride_col_y, stride_col_dst, \
             1, stride_channel_x*ts, stride_channel_y, stride_channel_dst, nchannels_y, \
@@ -482,7 +517,7 @@ static void mlwq_mul_mat_vec_q_cuda(
     GGML_ASSERT(!has_fusion || ncols_dst == 1);
     GGML_ASSERT(nchannels_dst % nchannels_x == 0 && nsamples_dst % nsamples_x == 0);
     GGML_ASSERT(nchannels_dst <= 65535 && nsamples_dst <= 65535);
-#define MLWQ_ARGS S, nrows_x, nchannels_dst, nsamples_dst, stream, x, gate, y, y_gate, ids, \
+#define MLWQ_ARGS a8, S, nrows_x, nchannels_dst, nsamples_dst, stream, x, gate, y, y_gate, ids, \
         x_bias, g_bias, fusion.glu_op, fusion.glu_limit, dst, dst_gate, K, code_bytes, code_bytes_gate, \
             stride_row_x*ts, stride_row_gate, stride_col_y, stride_col_dst, \
         nchannels_dst/nchannels_x, stride_channel_x*ts, stride_channel_y, stride_channel_dst, nchannels_y, \
