@@ -189,17 +189,23 @@ struct mlwq_round {
     mlwq_block_words bw;
 };
 
-// Load round m (lane j: block 32m + j). Rounds are loaded in increasing order; the widths of the
-// rounds skipped since the last call (the row's other warps take them) come from their headers
-// alone. Weights only: a kernel may call it before waiting for the kernels it depends on. All lanes
-// of the warp call it together.
+// The header of this lane's block of round m (lane j: block 32m + j): the first half of loading a
+// round, so that a kernel can issue the headers of two rows before either row's scan waits for them.
+static __device__ __forceinline__ void mlwq_load_header(const mlwq_cursor & cur, const int K, const int m, mlwq_round & r) {
+    const int j = m*WARP_SIZE + threadIdx.x;
+    r.h = j < K ? cur.hdr[j] : 0u;
+}
+
+// The rest of loading round m, after mlwq_load_header: its codes. Rounds are loaded in increasing
+// order; the widths of the rounds skipped since the last call (the row's other warps take them)
+// come from their headers alone. Weights only: a kernel may call it before waiting for the kernels
+// it depends on. All lanes of the warp call it together.
 template <bool a8>
 static __device__ __forceinline__ void mlwq_load_round(mlwq_cursor & cur, const int K, const int code_bytes,
                                                        const int m, mlwq_round & r) {
     const int  lane   = threadIdx.x;
     const int  j      = m*WARP_SIZE + lane;
     const bool exists = j < K;
-    r.h = exists ? cur.hdr[j] : 0u;
     if (cur.next < m) {
         int  part = 0;
         bool bad  = false;
@@ -333,14 +339,24 @@ static __global__ void mlwq_mul_mat_vec_q(
 
     mlwq_cursor cx = {}, cg = {};
     mlwq_round  rx, rg;
+    // round m of this row of x and of the gate: both headers first, so that their latencies overlap
+    auto load_rounds = [&](const int m) {
+        mlwq_load_header(cx, K, m, rx);
+        if (gated) {
+            mlwq_load_header(cg, K, m, rg);
+        }
+        mlwq_load_round<a8>(cx, K, code_bytes, m, rx);
+        if (gated) {
+            mlwq_load_round<a8>(cg, K, code_bytes_gate, m, rg);
+        }
+    };
     // round s of this row of x (and of the gate) in the matrix at byte offset mat_off
     auto load_first_round = [&](const int64_t mat_off) {
         cx = mlwq_cursor_at(vx + mat_off + row*stride_row_x, K);
-        mlwq_load_round<a8>(cx, K, code_bytes, s, rx);
         if (gated) {
             cg = mlwq_cursor_at(vgate + mat_off + row*stride_row_gate, K);
-            mlwq_load_round<a8>(cg, K, code_bytes_gate, s, rg);
         }
+        load_rounds(s);
     };
     if (active && !ids) {
         const int64_t channel_x = channel_dst / channel_ratio;
@@ -381,10 +397,9 @@ static __global__ void mlwq_mul_mat_vec_q(
             mlwq_dot_round<ncols, a8>(rg, cg, s, yg, stride_col_y, sums + ncols);
         }
         for (int m = s + S; m < M; m += S) {
-            mlwq_load_round<a8>(cx, K, code_bytes, m, rx);
+            load_rounds(m);
             mlwq_dot_round<ncols, a8>(rx, cx, m, y, stride_col_y, sums);
             if (gated) {
-                mlwq_load_round<a8>(cg, K, code_bytes_gate, m, rg);
                 mlwq_dot_round<ncols, a8>(rg, cg, m, yg, stride_col_y, sums + ncols);
             }
         }
