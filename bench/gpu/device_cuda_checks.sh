@@ -3,6 +3,7 @@
 #
 #   bash bench/gpu/device_cuda_checks.sh build          # patched llama.cpp + test-mlwq-cuda (sm_90)
 #   bash bench/gpu/device_cuda_checks.sh test           # op tests, CPU-vs-CUDA KLD of a whole model
+#   bash bench/gpu/device_cuda_checks.sh ops            # the op tests alone (test-mlwq-cuda)
 #   bash bench/gpu/device_cuda_checks.sh sanitize       # compute-sanitizer memcheck of the op tests
 #   bash bench/gpu/device_cuda_checks.sh benchops       # mat-vec speed, MLWQ3 vs Q3_K/Q4_0/Q8_0
 #   bash bench/gpu/device_cuda_checks.sh bench          # copy bandwidth, llama-bench MLWQ3 vs Q3_K_S (1B shape)
@@ -423,6 +424,7 @@ stage_variant() {
 case "${1:-all}" in
     build) stage_build ;;
     test)  stage_test ;;
+    ops)   timeout 120 "$BIN/test-mlwq-cuda" 2>&1 | tee "$OUT/test-mlwq-cuda.log" | grep -v "^  \[ ok \]" ;;
     bench) stage_bench ;;
     sanitize) stage_sanitize ;;
     benchops) stage_benchops ;;
