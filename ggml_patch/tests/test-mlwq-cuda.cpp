@@ -818,6 +818,8 @@ int main(int argc, char ** argv) {
         test_mul_mat(b, 64, 33, 1, WIDTHS_WILD);              // K = 1
         test_mul_mat(b, 2048, 1030, 1, WIDTHS_TIERS);         // 2 rows per warp, a partial last group
         test_mul_mat(b, 64*70, 4099, 1, WIDTHS_WILD);         // 4 rows per warp, 2 warps per row group
+        test_mul_mat(b, 64*72, 130, 1, WIDTHS_WILD);          // K = 72: codes load 8 bytes at a time
+        test_mul_mat(b, 64*72, 130, 5, WIDTHS_WILD);
         test_mul_mat_perm(b, 576, 192, 1, 0);
         test_mul_mat_perm(b, 576, 1536, 1, 64);
         test_mul_mat_perm(b, 1536, 576, 3, 0);
@@ -840,6 +842,7 @@ int main(int argc, char ** argv) {
         test_fusion_perm(b, b, 64*70, 130);                   // 3 rounds: 2 warps a row
         test_fusion_perm(b, b == 2 ? 3 : b - 1, 576, 1536);   // gate and up of two widths
         test_fusion_perm(b, b == 4 ? 2 : b + 1, 64*70, 130);
+        test_fusion_perm(b, b == 4 ? 2 : b + 1, 64*72, 130);  // two widths, 8-byte code loads
     }
     test_shared_input({3, 2, 4}, {576, 192, 192}, 576, false);         // SmolLM2's q, k, v
     test_shared_input({2, 3}, {2048, 512}, 2048, true);
