@@ -1508,6 +1508,28 @@ bool ggml_mlwq_x8_available(void) {
 #endif
 }
 
+// one plane of p bits (1, 2 or 4) of a block of 8 rows into its 2p chunks of 32 bytes (FORMAT.md,
+// "Repacked rows"), four columns at a time in 32-bit words (little-endian: the x86 builds that use
+// the layout): rp[r] = row r's 8p plane bytes, where byte i holds column i + t*8p at bits t*p;
+// chunk m holds column group g = (8/p)*m + t at bits t*p of byte 4r+k (column 4g+k), so its word r
+// takes from row word 4g mod 8p the field at bits p*(4g div 8p) of each byte
+MLWQ_INLINE void mlwq_x8_pack_plane(const uint8_t * const rp[8], const int p, uint8_t * GGML_RESTRICT out) {
+    const int      nb   = 8*p, per = 8/p;
+    const uint32_t mask = ((1u << p) - 1)*0x01010101u;
+    for (int r = 0; r < 8; ++r) {
+        uint32_t w[8];
+        memcpy(w, rp[r], nb);
+        for (int m = 0; m < 2*p; ++m) {
+            uint32_t v = 0;
+            for (int t = 0; t < per; ++t) {
+                const int c = 4*(per*m + t);    // the group's first column
+                v |= ((w[(c % nb)/4] >> (p*(c/nb))) & mask) << (p*t);
+            }
+            memcpy(out + 32*m + 4*r, &v, sizeof(v));
+        }
+    }
+}
+
 bool ggml_mlwq_x8_pack(int b, int64_t ne0, int64_t nrows, const void * src, void * dst) {
     const int     K  = (int) (ne0 / QK_MLWQ);
     const size_t  rb = ggml_mlwq_row_bytes(K, b);
@@ -1534,7 +1556,6 @@ bool ggml_mlwq_x8_pack(int b, int64_t ne0, int64_t nrows, const void * src, void
     }
     uint8_t * o = (uint8_t *) dst;
     memset(o, 0, (size_t) nrows * rb);
-    uint8_t q[8][QK_MLWQ];
     for (int64_t g = 0; g < nrows/8; ++g) {
         const uint8_t * xg = x + (size_t) g*8*rb;
         uint8_t       * og = o + (size_t) g*8*rb;
@@ -1542,29 +1563,24 @@ bool ggml_mlwq_x8_pack(int b, int64_t ne0, int64_t nrows, const void * src, void
         size_t off = (size_t) K * GGML_MLWQ_HEADER_SIZE;
         for (int j = 0; j < K; ++j) {
             const int w = ggml_mlwq_hdr_bits(xg + GGML_MLWQ_HEADER_SIZE*j);
+            const uint8_t * rp[8];      // each row's next plane
             for (int r = 0; r < 8; ++r) {
                 og[16*j + r]     = xg[r*rb + GGML_MLWQ_HEADER_SIZE*j];
                 og[16*j + 8 + r] = xg[r*rb + GGML_MLWQ_HEADER_SIZE*j + 1];
-                ggml_mlwq_decode_block(xg + r*rb + off, w, q[r]);
+                rp[r] = xg + r*rb + off;
             }
             int planes[3];
             const int np = ggml_mlwq_planes(w, planes);
-            int shift = 0;
             for (int ip = 0; ip < np; ++ip) {
-                const int p = planes[ip], per = 8/p, mask = (1 << p) - 1;
-                for (int m = 0; m < 2*p; ++m) {          // 32-byte chunks of the plane
-                    for (int r = 0; r < 8; ++r) {
-                        for (int kk = 0; kk < 4; ++kk) {
-                            int v = 0;
-                            for (int t = 0; t < per; ++t) {
-                                v |= ((q[r][4*(per*m + t) + kk] >> shift) & mask) << (p*t);
-                            }
-                            oc[32*m + 4*r + kk] = (uint8_t) v;
-                        }
-                    }
+                switch (planes[ip]) {   // a constant width in each case: the loops unroll
+                    case 4:  mlwq_x8_pack_plane(rp, 4, oc); break;
+                    case 2:  mlwq_x8_pack_plane(rp, 2, oc); break;
+                    default: mlwq_x8_pack_plane(rp, 1, oc); break;
                 }
-                oc    += 64*p;
-                shift += p;
+                for (int r = 0; r < 8; ++r) {
+                    rp[r] += 8*planes[ip];
+                }
+                oc += 64*planes[ip];
             }
             off += 8*(size_t) w;
         }
