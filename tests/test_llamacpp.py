@@ -516,3 +516,21 @@ def test_bench_ratio_pairs_the_two_files_in_every_round(exported, reduced_gguf, 
     assert "median" in (out / "ratio.md").read_text()
     with pytest.raises(SystemExit, match="no such file"):
         bench_ratio.main([str(tmp_path / "missing.gguf"), str(reduced_gguf)])
+
+
+def test_bench_load_alternates_two_sides(exported, tmp_path):
+    """tools.bench_load: each side's process count, medians and difference as written; a missing
+    file is refused."""
+    from tools import bench_load
+    mlwq_file, _ = exported
+    out = tmp_path / "load"
+    assert bench_load.main([str(mlwq_file), "--a-args=--repack 1", "--b-args=--repack 0", "--rounds", "2", "--out", str(out)]) == 0
+    res = json.loads((out / "load.json").read_text())
+    for k in ("a", "b"):
+        assert len(res[k]["seconds"]) == 2 and all(s > 0 for s in res[k]["seconds"])
+        assert res[k]["median"] == pytest.approx(sum(res[k]["seconds"]) / 2)
+    assert res["a"]["args"] == "--repack 1" and res["b"]["args"] == "--repack 0"
+    assert res["a_minus_b_seconds"] == pytest.approx(res["a"]["median"] - res["b"]["median"])
+    assert "A / B" in (out / "load.md").read_text()
+    with pytest.raises(SystemExit):
+        bench_load.main([str(tmp_path / "missing.gguf")])
