@@ -846,34 +846,27 @@ MLWQ_INLINE __m256i mlwq_x8_isum(const uint8_t * c, int W, int h, const block_q8
     return i;
 }
 
-// one group of 8 rows (at xg) against one column (q8_1 at y, its sums yc): s[r] for r < 8
-MLWQ_INLINE void mlwq_x8_gemv(int K, const uint8_t * xg, const uint8_t * y, const mlwq_ycol * yc, float * s) {
-    __m256 acc = _mm256_setzero_ps();
-    const uint8_t * c = xg + 16*(size_t) K;
-    for (int j = 0; j < K; ++j) {
-        __m256 d, z;
-        mlwq_x8_header(xg + 16*j, &d, &z);
-        const int W = mlwq_x8_width(xg, j);
-        const block_q8_1 * yb = (const block_q8_1 *) y + 2*j;
-        for (int h = 0; h < 2; ++h) {
-            __m256i i;
-            switch (W) {   // a constant width in each case: shifts and masks are immediates
-                case 1:  i = mlwq_x8_isum(c, 1, h, yb + h); break;
-                case 2:  i = mlwq_x8_isum(c, 2, h, yb + h); break;
-                case 3:  i = mlwq_x8_isum(c, 3, h, yb + h); break;
-                case 4:  i = mlwq_x8_isum(c, 4, h, yb + h); break;
-                case 5:  i = mlwq_x8_isum(c, 5, h, yb + h); break;
-                case 6:  i = mlwq_x8_isum(c, 6, h, yb + h); break;
-                case 7:  i = mlwq_x8_isum(c, 7, h, yb + h); break;
-                default: i = mlwq_x8_isum(c, 8, h, yb + h); break;
-            }
-            // S - zero*sum(qy): integers below 2^24, exact
-            const __m256 f = _mm256_fnmadd_ps(z, _mm256_set1_ps(yc[j].sy[h]), _mm256_cvtepi32_ps(i));
-            acc = _mm256_fmadd_ps(f, _mm256_mul_ps(d, _mm256_set1_ps(yc[j].dy[h])), acc);
+// one block (width W, codes c, the 8 rows' scales d and zero points z) against one column (its q8_1
+// blocks yb, their sums yj), added to acc (row r in lane r)
+MLWQ_INLINE __m256 mlwq_x8_block(const uint8_t * c, int W, __m256 d, __m256 z, const block_q8_1 * yb,
+                                 const mlwq_ycol * yj, __m256 acc) {
+    for (int h = 0; h < 2; ++h) {
+        __m256i i;
+        switch (W) {   // a constant width in each case: shifts and masks are immediates
+            case 1:  i = mlwq_x8_isum(c, 1, h, yb + h); break;
+            case 2:  i = mlwq_x8_isum(c, 2, h, yb + h); break;
+            case 3:  i = mlwq_x8_isum(c, 3, h, yb + h); break;
+            case 4:  i = mlwq_x8_isum(c, 4, h, yb + h); break;
+            case 5:  i = mlwq_x8_isum(c, 5, h, yb + h); break;
+            case 6:  i = mlwq_x8_isum(c, 6, h, yb + h); break;
+            case 7:  i = mlwq_x8_isum(c, 7, h, yb + h); break;
+            default: i = mlwq_x8_isum(c, 8, h, yb + h); break;
         }
-        c += 64*(size_t) W;
+        // S - zero*sum(qy): integers below 2^24, exact
+        const __m256 f = _mm256_fnmadd_ps(z, _mm256_set1_ps(yj->sy[h]), _mm256_cvtepi32_ps(i));
+        acc = _mm256_fmadd_ps(f, _mm256_mul_ps(d, _mm256_set1_ps(yj->dy[h])), acc);
     }
-    _mm256_storeu_ps(s, acc);
+    return acc;
 }
 
 // a group decoded into a panel (prompts: the panel tile then serves every column); returns the
@@ -940,37 +933,29 @@ MLWQ_INLINE __m256 mlwq_hi_ps(__m512 v) {
     return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
 }
 
-// one group of 8 rows (at xg) against one column (q8_1 at y, its sums yc): s[r] for r < 8
-MLWQ_INLINE void mlwq_x8_gemv(int K, const uint8_t * xg, const uint8_t * y, const mlwq_ycol * yc, float * s) {
-    __m256 acc = _mm256_setzero_ps();
-    const uint8_t * c = xg + 16*(size_t) K;
-    for (int j = 0; j < K; ++j) {
-        __m256 d, z;
-        mlwq_x8_header(xg + 16*j, &d, &z);
-        const int W = mlwq_x8_width(xg, j);
-        const block_q8_1 * yb = (const block_q8_1 *) y + 2*j;
-        const __m512i a = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) yb[0].qs)),
-                                             _mm256_loadu_si256((const __m256i *) yb[1].qs), 1);
-        __m512i i;
-        switch (W) {   // a constant width in each case: shifts and masks are immediates
-            case 1:  i = mlwq_x8_isum512(c, 1, a); break;
-            case 2:  i = mlwq_x8_isum512(c, 2, a); break;
-            case 3:  i = mlwq_x8_isum512(c, 3, a); break;
-            case 4:  i = mlwq_x8_isum512(c, 4, a); break;
-            case 5:  i = mlwq_x8_isum512(c, 5, a); break;
-            case 6:  i = mlwq_x8_isum512(c, 6, a); break;
-            case 7:  i = mlwq_x8_isum512(c, 7, a); break;
-            default: i = mlwq_x8_isum512(c, 8, a); break;
-        }
-        // S - zero*sum(qy) per half (exact), then panel_tile512's t = f0*dy0 + f1*dy1 and acc += d*t
-        const __m512 f = _mm512_fnmadd_ps(mlwq_ps512(z, z), mlwq_ps512(_mm256_set1_ps(yc[j].sy[0]), _mm256_set1_ps(yc[j].sy[1])),
-                                          _mm512_cvtepi32_ps(i));
-        __m256 t = _mm256_mul_ps(_mm512_castps512_ps256(f), _mm256_set1_ps(yc[j].dy[0]));
-        t = _mm256_fmadd_ps(mlwq_hi_ps(f), _mm256_set1_ps(yc[j].dy[1]), t);
-        acc = _mm256_fmadd_ps(d, t, acc);
-        c += 64*(size_t) W;
+// one block (width W, codes c, the 8 rows' scales d and zero points z) against one column (its q8_1
+// blocks yb, their sums yj), added to acc (row r in lane r)
+MLWQ_INLINE __m256 mlwq_x8_block(const uint8_t * c, int W, __m256 d, __m256 z, const block_q8_1 * yb,
+                                 const mlwq_ycol * yj, __m256 acc) {
+    const __m512i a = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) yb[0].qs)),
+                                         _mm256_loadu_si256((const __m256i *) yb[1].qs), 1);
+    __m512i i;
+    switch (W) {   // a constant width in each case: shifts and masks are immediates
+        case 1:  i = mlwq_x8_isum512(c, 1, a); break;
+        case 2:  i = mlwq_x8_isum512(c, 2, a); break;
+        case 3:  i = mlwq_x8_isum512(c, 3, a); break;
+        case 4:  i = mlwq_x8_isum512(c, 4, a); break;
+        case 5:  i = mlwq_x8_isum512(c, 5, a); break;
+        case 6:  i = mlwq_x8_isum512(c, 6, a); break;
+        case 7:  i = mlwq_x8_isum512(c, 7, a); break;
+        default: i = mlwq_x8_isum512(c, 8, a); break;
     }
-    _mm256_storeu_ps(s, acc);
+    // S - zero*sum(qy) per half (exact), then panel_tile512's t = f0*dy0 + f1*dy1 and acc += d*t
+    const __m512 f = _mm512_fnmadd_ps(mlwq_ps512(z, z), mlwq_ps512(_mm256_set1_ps(yj->sy[0]), _mm256_set1_ps(yj->sy[1])),
+                                      _mm512_cvtepi32_ps(i));
+    __m256 t = _mm256_mul_ps(_mm512_castps512_ps256(f), _mm256_set1_ps(yj->dy[0]));
+    t = _mm256_fmadd_ps(mlwq_hi_ps(f), _mm256_set1_ps(yj->dy[1]), t);
+    return _mm256_fmadd_ps(d, t, acc);
 }
 
 // groups xa and xb (NULL: none, rows 8-15 add nothing) decoded into the 16-row panel of panel_tile512
@@ -998,6 +983,20 @@ static void mlwq_x8_decode512(int K, const uint8_t * xa, const uint8_t * xb, mlw
     }
 }
 #endif
+
+// one group of 8 rows (at xg) against one column (q8_1 at y, its sums yc): s[r] for r < 8
+MLWQ_INLINE void mlwq_x8_gemv(int K, const uint8_t * xg, const uint8_t * y, const mlwq_ycol * yc, float * s) {
+    __m256 acc = _mm256_setzero_ps();
+    const uint8_t * c = xg + 16*(size_t) K;
+    for (int j = 0; j < K; ++j) {
+        __m256 d, z;
+        mlwq_x8_header(xg + 16*j, &d, &z);
+        const int W = mlwq_x8_width(xg, j);
+        acc = mlwq_x8_block(c, W, d, z, (const block_q8_1 *) y + 2*j, &yc[j], acc);
+        c += 64*(size_t) W;
+    }
+    _mm256_storeu_ps(s, acc);
+}
 #endif
 
 // ---- ARM NEON (AArch64) --------------------------------------------------------------------------
