@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import subprocess
@@ -25,15 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-from exporters import llamacpp
 from mlwq.resume import atomic_write_text
+from tools.bench_ratio import llama_bench
 
 
 def load_seconds(f: Path, bin_dir: Path | None, extra: list[str]) -> float:
     """Wall time of one llama-bench process that loads f and generates one token."""
-    exe = bin_dir / "llama-bench" if bin_dir else llamacpp.tool_path("llama-bench")
-    env = llamacpp.tool_env() if not bin_dir else \
-        dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(filter(None, [str(bin_dir), os.environ.get("LD_LIBRARY_PATH")])))
+    exe, env = llama_bench(bin_dir)
     cmd = [str(exe), "-m", str(f), "-p", "0", "-n", "1", "-r", "1", "-t", "1", "-o", "json"] + extra
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -31,11 +31,17 @@ from exporters import llamacpp
 from mlwq.resume import atomic_write_text
 
 
+def llama_bench(bin_dir: Path | None) -> tuple[Path, dict[str, str]]:
+    """llama-bench of bin_dir (default: our build) and the environment that gives it that build's libraries."""
+    if not bin_dir:
+        return llamacpp.tool_path("llama-bench"), llamacpp.tool_env()
+    libs = os.pathsep.join(filter(None, [str(bin_dir), os.environ.get("LD_LIBRARY_PATH")]))
+    return bin_dir / "llama-bench", dict(os.environ, LD_LIBRARY_PATH=libs)
+
+
 def bench(files: list[Path], bin_dir: Path | None, extra: list[str], threads: int, n: int, p: int) -> dict[Path, float]:
     """llama-bench (-r 3) of the files, back to back, from bin_dir (default: our build): tokens/s by file."""
-    exe = bin_dir / "llama-bench" if bin_dir else llamacpp.tool_path("llama-bench")
-    env = llamacpp.tool_env() if not bin_dir else \
-        dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(filter(None, [str(bin_dir), os.environ.get("LD_LIBRARY_PATH")])))
+    exe, env = llama_bench(bin_dir)
     cmd = [str(exe)] + [a for f in files for a in ("-m", str(f))] + ["-t", str(threads), "-r", "3", "-o", "json"] + extra
     cmd += ["-p", str(p), "-n", "0"] if p else ["-p", "0", "-n", str(n)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
