@@ -846,27 +846,27 @@ MLWQ_INLINE __m256i mlwq_x8_isum(const uint8_t * c, int W, int h, const block_q8
     return i;
 }
 
+// half h of a block of width W against its q8_1 block: S - zero*sum(qy) (integers below 2^24, exact),
+// then acc += f*(d*dy)
+MLWQ_INLINE __m256 mlwq_x8_half(const uint8_t * c, int W, int h, __m256 d, __m256 z, const block_q8_1 * yb,
+                                const mlwq_ycol * yj, __m256 acc) {
+    const __m256i i = mlwq_x8_isum(c, W, h, yb + h);
+    const __m256  f = _mm256_fnmadd_ps(z, _mm256_set1_ps(yj->sy[h]), _mm256_cvtepi32_ps(i));
+    return _mm256_fmadd_ps(f, _mm256_mul_ps(d, _mm256_set1_ps(yj->dy[h])), acc);
+}
+
 // one block (width W, codes c, the 8 rows' scales d and zero points z) against one column (its q8_1
 // blocks yb, their sums yj), added to acc (row r in lane r)
 MLWQ_INLINE __m256 mlwq_x8_block(const uint8_t * c, int W, __m256 d, __m256 z, const block_q8_1 * yb,
                                  const mlwq_ycol * yj, __m256 acc) {
-    for (int h = 0; h < 2; ++h) {
-        __m256i i;
-        switch (W) {   // a constant width in each case: shifts and masks are immediates
-            case 1:  i = mlwq_x8_isum(c, 1, h, yb + h); break;
-            case 2:  i = mlwq_x8_isum(c, 2, h, yb + h); break;
-            case 3:  i = mlwq_x8_isum(c, 3, h, yb + h); break;
-            case 4:  i = mlwq_x8_isum(c, 4, h, yb + h); break;
-            case 5:  i = mlwq_x8_isum(c, 5, h, yb + h); break;
-            case 6:  i = mlwq_x8_isum(c, 6, h, yb + h); break;
-            case 7:  i = mlwq_x8_isum(c, 7, h, yb + h); break;
-            default: i = mlwq_x8_isum(c, 8, h, yb + h); break;
-        }
-        // S - zero*sum(qy): integers below 2^24, exact
-        const __m256 f = _mm256_fnmadd_ps(z, _mm256_set1_ps(yj->sy[h]), _mm256_cvtepi32_ps(i));
-        acc = _mm256_fmadd_ps(f, _mm256_mul_ps(d, _mm256_set1_ps(yj->dy[h])), acc);
+    // one branch on the width per block, both halves inside: shifts and masks are immediates
+#define MLWQ_CASE(w) case w: return mlwq_x8_half(c, w, 1, d, z, yb, yj, mlwq_x8_half(c, w, 0, d, z, yb, yj, acc))
+    switch (W) {
+        MLWQ_CASE(1); MLWQ_CASE(2); MLWQ_CASE(3); MLWQ_CASE(4);
+        MLWQ_CASE(5); MLWQ_CASE(6); MLWQ_CASE(7);
+        default: return mlwq_x8_half(c, 8, 1, d, z, yb, yj, mlwq_x8_half(c, 8, 0, d, z, yb, yj, acc));
     }
-    return acc;
+#undef MLWQ_CASE
 }
 
 // a group decoded into a panel (prompts: the panel tile then serves every column); returns the
