@@ -7,6 +7,8 @@
 #   bash bench/gpu/device_cpu.sh wait 300          # waits for that job; its log to $OUT
 #   bash bench/gpu/device_cpu.sh fuzz              # the fuzz seeds (.device/seeds) through mlwq-fuzz-rows
 #   bash bench/gpu/device_cpu.sh check             # fuzz + llama-perplexity: repacked, rows, ub 512 and 1
+#   bash bench/gpu/device_cpu.sh afterbuild        # waits for device_cuda_checks.sh's detached build
+#   bash bench/gpu/device_cpu.sh parts             # waits until a later call has stored the last parts
 #   bash bench/gpu/device_cpu.sh bench             # MLWQ / Q3_K_S (tg64, pp128; 2 threads and 1) and
 #                                                  # repacked / rows, as bench/cpu_speed.sh: tools.bench_ratio
 #                                                  # (MLWQ_BENCH="tg pp ..." picks some: names in stage_bench)
@@ -137,6 +139,8 @@ stage_bench() {
             pp-1thread) ratio "$N" $r "$M" "$Q" --threads 1 --rounds 6 --p 128 ;;
             avx2-tg)    [ -x "$A/llama-bench" ] && ratio "$A" $r "$M" "$Q" --rounds 8 ;;
             avx2-pp)    [ -x "$A/llama-bench" ] && ratio "$A" $r "$M" "$Q" --rounds 6 --p 128 ;;
+            avx2-tg-1thread) [ -x "$A/llama-bench" ] && ratio "$A" $r "$M" "$Q" --threads 1 --rounds 6 ;;
+            avx2-pp-1thread) [ -x "$A/llama-bench" ] && ratio "$A" $r "$M" "$Q" --threads 1 --rounds 6 --p 128 ;;
         esac
     done
     (cd "$OUT" && tar czf speed.tgz speed)
@@ -148,6 +152,15 @@ case "${1:-}" in
     check) stage_check ;;
     fuzz)  stage_fuzz ;;
     bench) stage_bench ;;
+    afterbuild) # waits (15 min at most) for the end of device_cuda_checks.sh's detached build stage,
+           # so that no CPU timing overlaps that compile
+           t=0
+           while ! grep -q "=== stage build rc=" /tmp/mlwq-res/run.log 2>/dev/null && [ "$t" -lt 900 ]; do sleep 5; t=$((t + 5)); done
+           echo "waited ${t}s for the CUDA build" ;;
+    parts) # waits (10 min at most) until the last parts of both files are stored (later calls carry them)
+           t=0
+           while { [ ! -f "$D/mlwqpart.ab" ] || [ ! -f "$D/q3kpart.ac" ]; } && [ "$t" -lt 600 ]; do sleep 5; t=$((t + 5)); done
+           echo "waited ${t}s for the parts" ;;
     detach) shift
             mkdir -p "$D" && rm -f "$D/finished"
             OUT=$D/res setsid nohup bash -c 'mkdir -p "$OUT"; for s in "$@"; do echo "=== stage $s start $(date +%T)"; bash "$0" "$s"; rc=$?

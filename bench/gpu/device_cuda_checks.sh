@@ -11,7 +11,8 @@
 #   bash bench/gpu/device_cuda_checks.sh bench8b        # llama-bench MLWQ3 vs Q3_K_S, Llama-3-8B shape (~25 GB of disk)
 #   bash bench/gpu/device_cuda_checks.sh ncu            # per-kernel GPU time and DRAM bytes of generation
 #                                                       # (after smollm2; NCU_FILES="a.gguf b.gguf" for others;
-#                                                       # NCU_SKIP, NCU_COUNT: launches skipped, profiled)
+#                                                       # NCU_SKIP, NCU_COUNT: launches skipped, profiled;
+#                                                       # NCU_LIB=NAME: with stage libs' lib-NAME)
 #   bash bench/gpu/device_cuda_checks.sh ncudetail      # (after bench) why the mat-vec kernels of the
 #                                                       # 1B shape stop where they do: ncu's stall, occupancy
 #                                                       # and memory sections (under ncu's replays the weights sit in L2)
@@ -19,10 +20,11 @@
 #                                                       # (after build) our mlwq*.cu/.cuh edited by sed, rebuilt into
 #                                                       # build/cuda-dev/bin-variant; benchops and llama-bench of
 #                                                       # the committed and the variant libraries, alternating
-#   MLWQ_LIBS="base load16" bash bench/gpu/device_cuda_checks.sh libs libab
+#   MLWQ_LIBS="base load16 layout-row0+ctas6" bash bench/gpu/device_cuda_checks.sh libs libops libab
 #                                                       # (after build and the shapes' files) one library per
-#                                                       # variant (bench/gpu/variants/NAME.sed or .device/variants/NAME/),
-#                                                       # then tg128 of every library and of Q3_K_S, rotated
+#                                                       # variant (bench/gpu/variants/NAME.sed or .patch, or
+#                                                       # .device/variants/NAME/; A+B: both), the op tests with
+#                                                       # each, then tg128 of every library and of Q3_K_S, rotated
 #   MLWQ_REAL=x.gguf bash bench/gpu/device_cuda_checks.sh order # the slow llama-bench configuration:
 #                                                       # graphs off, fewer models before, GPU clocks
 #   bash bench/gpu/device_cuda_checks.sh balanced       # (after smollm2, bench, bench8b) tg128 MLWQ3/Q3_K_S, one process per
@@ -189,7 +191,7 @@ stage_ncu() {
     local files=(${NCU_FILES:-$S/Q3_K_S.gguf $S/mlwq3.gguf})
     for f in "${files[@]}"; do
         local n=$(basename "$f" .gguf)
-        timeout 300 ncu --metrics gpu__time_duration.sum,dram__bytes_read.sum --cache-control none --clock-control none \
+        timeout 300 ${NCU_LIB:+env LD_LIBRARY_PATH="$W/lib-$NCU_LIB"} ncu --metrics gpu__time_duration.sum,dram__bytes_read.sum --cache-control none --clock-control none \
             --graph-profiling node --launch-skip "${NCU_SKIP:-3000}" --launch-count "${NCU_COUNT:-900}" --csv \
             "$BIN/llama-bench" -m "$f" -ngl 99 -p 0 -n 16 -r 1 > "$OUT/ncu-$n.csv" 2> "$OUT/ncu-$n.err"
         echo "== $f"
@@ -307,22 +309,28 @@ PY
 }
 
 # Libraries of several variants of our CUDA sources from one build: for each name in $MLWQ_LIBS,
-# bench/gpu/variants/NAME.sed (a sed script over the tree's mlwq*.cu/mlwq*.cuh) or a directory
-# .device/variants/NAME/ (files that replace them: another commit's sources) is applied,
-# libggml-cuda rebuilt and copied to $W/lib-NAME; then the committed sources are restored and rebuilt.
+# bench/gpu/variants/NAME.sed (a sed script over the tree's mlwq*.cu/mlwq*.cuh), NAME.patch (a
+# patch of the tree, -p1) or a directory .device/variants/NAME/ (files that replace them: another
+# commit's sources) is applied, or several in turn for A+B; libggml-cuda is rebuilt and copied to
+# $W/lib-NAME; then the committed sources are restored and rebuilt.
 stage_libs() {
     local cu="$SRC/ggml/src/ggml-cuda" orig="$W/mlwq-orig" v f
     rm -rf "$orig" && mkdir -p "$orig" && cp "$cu"/mlwq*.cu "$cu"/mlwq*.cuh "$orig/"
     restore() { for f in "$orig"/*; do cmp -s "$f" "$cu/${f##*/}" || cp "$f" "$cu/"; done; }
+    local p
     for v in ${MLWQ_LIBS:?set MLWQ_LIBS}; do
-        if [ -d ".device/variants/$v" ]; then
-            cp ".device/variants/$v"/mlwq* "$cu/"
-        elif [ -f "bench/gpu/variants/$v.sed" ]; then
-            for f in "$orig"/*; do sed -f "bench/gpu/variants/$v.sed" "$f" > "$W/variant.tmp"
-                cmp -s "$W/variant.tmp" "$f" || cp "$W/variant.tmp" "$cu/${f##*/}"; done
-        else
-            echo "no variant $v"; return 1
-        fi
+        for p in ${v//+/ }; do     # a+b: b applied over a
+            if [ -d ".device/variants/$p" ]; then
+                cp ".device/variants/$p"/mlwq* "$cu/"
+            elif [ -f "bench/gpu/variants/$p.sed" ]; then
+                for f in "$cu"/mlwq*.cu "$cu"/mlwq*.cuh; do sed -f "bench/gpu/variants/$p.sed" "$f" > "$W/variant.tmp"
+                    cmp -s "$W/variant.tmp" "$f" || cp "$W/variant.tmp" "$f"; done
+            elif [ -f "bench/gpu/variants/$p.patch" ]; then
+                patch -s -p1 -d "$SRC" < "bench/gpu/variants/$p.patch" || { restore; return 1; }
+            else
+                echo "no variant $p"; restore; return 1
+            fi
+        done
         (cd "$cu" && for f in "$orig"/*; do diff -u "$f" "${f##*/}"; done) > "$OUT/lib-$v.diff"
         local t=$(date +%s)
         ninja -C "$B" ggml-cuda > "$OUT/ninja-$v.log" 2>&1 || { grep -A12 error "$OUT/ninja-$v.log" | head -40; restore; return 1; }
@@ -425,6 +433,10 @@ case "${1:-all}" in
     build) stage_build ;;
     test)  stage_test ;;
     ops)   timeout 120 "$BIN/test-mlwq-cuda" 2>&1 | tee "$OUT/test-mlwq-cuda.log" | grep -v "^  \[ ok \]" ;;
+    libops) # the op tests with each library of stage libs ($MLWQ_LIBS)
+           for v in ${MLWQ_LIBS:?set MLWQ_LIBS}; do echo "== lib-$v"
+               LD_LIBRARY_PATH="$W/lib-$v" timeout 120 "$BIN/test-mlwq-cuda" 2>&1 | tee "$OUT/test-mlwq-cuda-$v.log" | grep -v "^  \[ ok \]"
+           done ;;
     bench) stage_bench ;;
     sanitize) stage_sanitize ;;
     benchops) stage_benchops ;;

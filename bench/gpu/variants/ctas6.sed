@@ -1,0 +1,1 @@
+s/^#define MLWQ_MIN_CTAS 1 /#define MLWQ_MIN_CTAS 6 /
