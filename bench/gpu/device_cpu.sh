@@ -87,6 +87,13 @@ build_fuzz_rows() {
                -lm -lpthread -o "$s/mlwq-fuzz-rows"
 }
 
+# waits until the command succeeds, checking every 5 s, for at most $1 seconds; t: seconds waited
+wait_for() {
+    local max=$1; shift
+    t=0
+    while ! "$@" 2>/dev/null && [ "$t" -lt "$max" ]; do sleep 5; t=$((t + 5)); done
+}
+
 stage_store() {
     mkdir -p "$D"
     for d in .device/m1 .device/m2 .device/q1 .device/q2 .device/q3 .device/seeds; do
@@ -154,12 +161,10 @@ case "${1:-}" in
     bench) stage_bench ;;
     afterbuild) # waits (15 min at most) for the end of device_cuda_checks.sh's detached build stage,
            # so that no CPU timing overlaps that compile
-           t=0
-           while ! grep -q "=== stage build rc=" /tmp/mlwq-res/run.log 2>/dev/null && [ "$t" -lt 900 ]; do sleep 5; t=$((t + 5)); done
+           wait_for 900 grep -q "=== stage build rc=" "${MLWQ_RES:-/tmp/mlwq-res}/run.log"
            echo "waited ${t}s for the CUDA build" ;;
     parts) # waits (10 min at most) until the last parts of both files are stored (later calls carry them)
-           t=0
-           while { [ ! -f "$D/mlwqpart.ab" ] || [ ! -f "$D/q3kpart.ac" ]; } && [ "$t" -lt 600 ]; do sleep 5; t=$((t + 5)); done
+           wait_for 600 test -f "$D/mlwqpart.ab" -a -f "$D/q3kpart.ac"
            echo "waited ${t}s for the parts" ;;
     detach) shift
             mkdir -p "$D" && rm -f "$D/finished"
@@ -167,8 +172,7 @@ case "${1:-}" in
                 echo "=== stage $s rc=$rc end $(date +%T)"; [ "$s" = build ] && [ $rc != 0 ] && break; done
                 echo done > /tmp/mlwq-cpu/finished' "$0" "$@" >> "$D/run.log" 2>&1 < /dev/null &
             echo "started: $*" ;;
-    wait)  t=0
-           while [ "$t" -lt "${2:-300}" ] && [ ! -f "$D/finished" ]; do sleep 5; t=$((t + 5)); done
+    wait)  wait_for "${2:-300}" test -f "$D/finished"
            echo "waited ${t}s; finished: $([ -f "$D/finished" ] && echo yes || echo no)"
            tail -n 40 "$D/run.log"; cp "$D/run.log" "$OUT/" ;;
     *)     sed -n 2,20p "$0"; exit 2 ;;

@@ -314,10 +314,9 @@ PY
 # commit's sources) is applied, or several in turn for A+B; libggml-cuda is rebuilt and copied to
 # $W/lib-NAME; then the committed sources are restored and rebuilt.
 stage_libs() {
-    local cu="$SRC/ggml/src/ggml-cuda" orig="$W/mlwq-orig" v f
+    local cu="$SRC/ggml/src/ggml-cuda" orig="$W/mlwq-orig" v f p
     rm -rf "$orig" && mkdir -p "$orig" && cp "$cu"/mlwq*.cu "$cu"/mlwq*.cuh "$orig/"
     restore() { for f in "$orig"/*; do cmp -s "$f" "$cu/${f##*/}" || cp "$f" "$cu/"; done; }
-    local p
     for v in ${MLWQ_LIBS:?set MLWQ_LIBS}; do
         for p in ${v//+/ }; do     # a+b: b applied over a
             if [ -d ".device/variants/$p" ]; then
