@@ -864,7 +864,7 @@ MLWQ_INLINE __m256 mlwq_x8_block(const uint8_t * c, int W, __m256 d, __m256 z, c
     switch (W) {
         MLWQ_CASE(1); MLWQ_CASE(2); MLWQ_CASE(3); MLWQ_CASE(4);
         MLWQ_CASE(5); MLWQ_CASE(6); MLWQ_CASE(7);
-        default: return mlwq_x8_half(c, 8, 1, d, z, yb, yj, mlwq_x8_half(c, 8, 0, d, z, yb, yj, acc));
+        default: MLWQ_CASE(8);
     }
 #undef MLWQ_CASE
 }
