@@ -820,6 +820,7 @@ int main(int argc, char ** argv) {
         test_mul_mat(b, 64*70, 4099, 1, WIDTHS_WILD);         // 4 rows per warp, 2 warps per row group
         test_mul_mat(b, 64*72, 130, 1, WIDTHS_WILD);          // K = 72: codes load 8 bytes at a time
         test_mul_mat(b, 64*72, 130, 5, WIDTHS_WILD);
+        test_mul_mat(b, 64*72, 4099, 1, WIDTHS_WILD);         // 8-byte loads, a grid of several waves
         test_mul_mat_perm(b, 576, 192, 1, 0);
         test_mul_mat_perm(b, 576, 1536, 1, 64);
         test_mul_mat_perm(b, 1536, 576, 3, 0);

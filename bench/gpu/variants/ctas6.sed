@@ -1,1 +1,0 @@
-s/^#define MLWQ_MIN_CTAS 1 /#define MLWQ_MIN_CTAS 6 /
