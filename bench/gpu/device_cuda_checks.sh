@@ -20,7 +20,7 @@
 #                                                       # (after build) our mlwq*.cu/.cuh edited by sed, rebuilt into
 #                                                       # build/cuda-dev/bin-variant; benchops and llama-bench of
 #                                                       # the committed and the variant libraries, alternating
-#   MLWQ_LIBS="base load16 layout-row0+ctas6" bash bench/gpu/device_cuda_checks.sh libs libops libab
+#   MLWQ_LIBS="base load16 ctas75+ylate" bash bench/gpu/device_cuda_checks.sh libs libops libab
 #                                                       # (after build and the shapes' files) one library per
 #                                                       # variant (bench/gpu/variants/NAME.sed or .patch, or
 #                                                       # .device/variants/NAME/; A+B: both), the op tests with
