@@ -16,10 +16,6 @@
 #   bash bench/gpu/device_cuda_checks.sh ncudetail      # (after bench) why the mat-vec kernels of the
 #                                                       # 1B shape stop where they do: ncu's stall, occupancy
 #                                                       # and memory sections (under ncu's replays the weights sit in L2)
-#   MLWQ_VARIANT_SED='s/x/y/' bash bench/gpu/device_cuda_checks.sh variant
-#                                                       # (after build) our mlwq*.cu/.cuh edited by sed, rebuilt into
-#                                                       # build/cuda-dev/bin-variant; benchops and llama-bench of
-#                                                       # the committed and the variant libraries, alternating
 #   MLWQ_LIBS="base load16 ctas75+ylate" bash bench/gpu/device_cuda_checks.sh libs libops libab
 #                                                       # (after build and the shapes' files) one library per
 #                                                       # variant (bench/gpu/variants/NAME.sed or .patch, or
@@ -325,7 +321,7 @@ stage_libs() {
                 for f in "$cu"/mlwq*.cu "$cu"/mlwq*.cuh; do sed -f "bench/gpu/variants/$p.sed" "$f" > "$W/variant.tmp"
                     cmp -s "$W/variant.tmp" "$f" || cp "$W/variant.tmp" "$f"; done
             elif [ -f "bench/gpu/variants/$p.patch" ]; then
-                patch -s -p1 -d "$SRC" < "bench/gpu/variants/$p.patch" || { restore; return 1; }
+                patch -s -p1 --fuzz=0 -d "$SRC" < "bench/gpu/variants/$p.patch" || { restore; return 1; }
             else
                 echo "no variant $p"; restore; return 1
             fi
@@ -381,53 +377,6 @@ for shape, libs in runs.items():
 PY
 }
 
-# A/B of one change to our CUDA sources without a second full build: the tree's mlwq*.cu and
-# mlwq*.cuh edited by $MLWQ_VARIANT_SED (only the files it changes are rewritten), libggml-cuda
-# rebuilt and copied to bin-variant, those files restored and the committed library rebuilt; then
-# the same benchmarks with each, alternating (binaries' RUNPATH points at bin/, so the variant runs
-# through LD_LIBRARY_PATH).
-stage_variant() {
-    [ -n "${MLWQ_VARIANT_SED:-}" ] || { echo "set MLWQ_VARIANT_SED"; return 1; }
-    local V=$W/bin-variant
-    local cu="$SRC/ggml/src/ggml-cuda" orig="$W/mlwq-orig" f changed=()
-    rm -rf "$orig" && mkdir -p "$orig"
-    : > "$OUT/variant.diff"
-    for f in "$cu"/mlwq*.cu "$cu"/mlwq*.cuh; do
-        [ -f "$f" ] || continue
-        cp "$f" "$orig/" && sed "$MLWQ_VARIANT_SED" "$orig/${f##*/}" > "$orig/${f##*/}.variant" || return 1
-        if ! cmp -s "$orig/${f##*/}" "$orig/${f##*/}.variant"; then
-            diff -u "$orig/${f##*/}" "$orig/${f##*/}.variant" >> "$OUT/variant.diff"
-            cp "$orig/${f##*/}.variant" "$f" && changed+=("${f##*/}")
-        fi
-    done
-    [ "${#changed[@]}" -gt 0 ] || { echo "the sed changed nothing"; return 1; }
-    cat "$OUT/variant.diff"
-    variant_restore() { for f in "${changed[@]}"; do cp "$orig/$f" "$cu/$f" && touch "$cu/$f"; done; }
-    ninja -C "$B" ggml-cuda > "$OUT/ninja-variant.log" 2>&1 || { grep -A12 error "$OUT/ninja-variant.log" | head -40; variant_restore; return 1; }
-    rm -rf "$V" && mkdir -p "$V" && cp -a "$BIN"/libggml-cuda.so* "$V"/
-    variant_restore
-    ninja -C "$B" ggml-cuda > "$OUT/ninja-restore.log" 2>&1 || return 1
-    # the files that exist of: Q3_K_S (and MLWQ3) of SmolLM2 ($ORDER_DIR, else stage_smollm2's
-    # synthetic ones), $MLWQ_REAL, the 1B shape's of stage_bench
-    local S="${ORDER_DIR:-$W/smollm2-synth}" files=() f
-    for f in "$S/Q3_K_S.gguf" "$S/mlwq3.gguf" ${MLWQ_REAL:-} "$W/l1b-q3ks.gguf" "$W/l1b-mlwq3.gguf"; do
-        [ -f "$f" ] && files+=(-m "$f")
-    done
-    for round in 1 2; do
-        for lib in committed variant; do
-            local env=()
-            [ $lib = variant ] && env=(env LD_LIBRARY_PATH="$V")
-            echo "== round $round, $lib"
-            timeout 100 "${env[@]}" "$BIN/test-mlwq-cuda" --bench mlwq 2>&1 | grep -E "^  (1B|135M)" | tee -a "$OUT/variant-ops-$lib.log"
-            timeout 150 "${env[@]}" "$BIN/llama-bench" "${files[@]}" -ngl 99 -p 0 -n 128 -r 5 -o md 2>&1 \
-                | grep -E "^\|" | tee -a "$OUT/variant-bench-$lib.md"
-        done
-    done
-    # the device tool returns at most 8 files a call: the build logs and the diff go in one archive
-    (cd "$OUT" && tar czf variant-build.tgz variant.diff ninja-variant.log ninja-restore.log \
-        && rm -f variant.diff ninja-variant.log ninja-restore.log)
-}
-
 case "${1:-all}" in
     build) stage_build ;;
     test)  stage_test ;;
@@ -442,7 +391,6 @@ case "${1:-all}" in
     smollm2) stage_smollm2 ;;
     ncu)   stage_ncu ;;
     ncudetail) stage_ncudetail ;;
-    variant) stage_variant ;;
     libs)  stage_libs ;;
     libab) stage_libab ;;
     order) stage_order ;;
