@@ -90,21 +90,22 @@ def test_seed_files_get_the_loader_verdicts():
     wrong = [f"{f}: {v[f]}" for f in files if (v[f] == "accepted") != f.startswith("valid-")]
     assert not wrong, "\n".join(wrong)
     assert sum(f.startswith("valid-") for f in files) >= 5 and len(files) >= 60
+    assert sum(f.startswith("valid-v3-") for f in files) >= 1 and sum(f.startswith("v3-") for f in files) >= 15
 
 
-def test_mirror_agrees_with_the_real_loader(exported, tmp_path):
-    """The exported 2-block SmolLM2 and test_llamacpp's malformed variants of it, which llama.cpp
-    itself loads / refuses (test_malformed_files_are_refused_with_a_clear_message)."""
-    from test_llamacpp import malformed_variants
+def test_mirror_agrees_with_the_real_loader(exported, exported_v3, tmp_path):
+    """The exported 2-block SmolLM2, in format 2 and 3, and test_llamacpp's malformed variants of
+    them, which llama.cpp itself loads / refuses (test_malformed_files_are_refused_with_a_clear_message)."""
+    from test_llamacpp import malformed_v3_variants, malformed_variants
 
-    path, _ = exported
-    variants = malformed_variants(path, tmp_path)
+    path, path_v3 = exported[0], exported_v3[0]
+    variants = {**malformed_variants(path, tmp_path), **malformed_v3_variants(path_v3, tmp_path)}
     # the kernels on 16 rows per tensor: the verdicts are what this test is about
-    r = run_fuzz("--run", "gguf", path, *(f for f, _ in variants.values()),
+    r = run_fuzz("--run", "gguf", path, path_v3, *(f for f, _ in variants.values()),
                  env={"MLWQ_FUZZ_VERBOSE": "1", "MLWQ_FUZZ_MAX_ROWS": "16"})
     assert r.returncode == 0, r.stderr[-4000:]
     v = verdicts(r.stderr)
-    assert v.get(Path(path).name) == "accepted", v
+    assert v.get(Path(path).name) == "accepted" and v.get(Path(path_v3).name) == "accepted", v
     wrong = [f"{case}: {v.get(Path(f).name)}" for case, (f, _) in variants.items()
              if not str(v.get(Path(f).name, "")).startswith("refused")]
     assert not wrong, "\n".join(wrong)

@@ -13,7 +13,9 @@ shapes and sizes, wrong and unused type ids, format version 1's type ids (140..1
 naming the version; also a whole file of them), missing and orphan permutations, the format_version
 key (missing, version 1, other values, other value types), 3-D and token_embd MLWQ tensors, duplicate
 names (also equal only up to a NUL); and valid edge cases (a weight with no rows, format_version as
-int32 / uint64, zero = 31 in 7- and 8-bit blocks, the smallest and largest scale codes).
+int32 / uint64, zero = 31 in 7- and 8-bit blocks, the smallest and largest scale codes). Format 3:
+the mixed layers exported as format 3 and one-fault variants of its headers, side tensors (row
+scales, widths), I16 permutations and version (v3_seeds).
 
 Format version 2 (ggml-mlwq.h): a row of K blocks is K*(2 + 8b) bytes, K 2-byte headers
 [u8 scale code s][u8 zero | (bits - 1) << 5] first; d = 2^(s/8 - 20), every code valid.
@@ -109,32 +111,43 @@ def _source_gguf(path: Path, layers: dict) -> None:
     w.close()
 
 
-def _checkpoint(d: Path, source: Path, layers: dict, rng: np.random.Generator) -> None:
+def v3_grid_scales(rng: np.random.Generator, shape) -> np.ndarray:
+    """float32 scales that format 3's 1-byte headers hold: each a whole number of half octaves
+    (0..15) below its row's code (100..140)."""
+    top = rng.integers(100, 141, (shape[0], 1))
+    return F.SCALE_TABLE[top - F.V3_SCALE_STEP * rng.integers(0, 16, shape)]
+
+
+def _checkpoint(d: Path, source: Path, layers: dict, rng: np.random.Generator, file_format: int = 2) -> None:
     from safetensors.numpy import save_file
 
     d.mkdir(parents=True, exist_ok=True)
     tensors = {}
+    zero_max = F.V3_ZERO_MAX if file_format == 3 else F.ZERO_MAX
     for name, (rows, ne0, bits) in layers.items():
         bits = np.array(bits, dtype=np.uint8)
         maxq = (1 << bits.astype(np.int64)) - 1
         tensors[f"{name}.qcodes"] = (rng.integers(0, 256, (rows, ne0)) & np.repeat(maxq, 64)).astype(np.uint8)
         tensors[f"{name}.perm"] = rng.permutation(ne0).astype(np.int32)
-        tensors[f"{name}.scale"] = grid_scales(rng, (rows, bits.size))
-        tensors[f"{name}.zero"] = (rng.integers(0, 256, (rows, bits.size)) & np.minimum(maxq, F.ZERO_MAX)).astype(np.uint8)
+        tensors[f"{name}.scale"] = (v3_grid_scales if file_format == 3 else grid_scales)(rng, (rows, bits.size))
+        tensors[f"{name}.zero"] = (rng.integers(0, 256, (rows, bits.size)) & np.minimum(maxq, zero_max)).astype(np.uint8)
         tensors[f"{name}.group_bits"] = bits
     save_file(tensors, str(d / "quantized.safetensors"))
+    config = {"seed": "fuzz", **({"file_format": 3} if file_format == 3 else {})}
     meta = {"format": "mlwq-checkpoint", "version": CHECKPOINT_VERSION, "source": str(source), "group_size": 64,
-            "layers": {name: {} for name in layers}, "config": {"seed": "fuzz"}}
+            "layers": {name: {} for name in layers}, "config": config}
     (d / "mlwq_checkpoint.json").write_text(json.dumps(meta))
 
 
-def exported_file(tmp: Path, kind: str, seed: int) -> Path:
+def exported_file(tmp: Path, kind: str, seed: int, file_format: int = 2) -> Path:
     layers = _layers(kind)
-    src = tmp / f"{kind}-source.gguf"
+    tag = kind if file_format == 2 else f"{kind}-v{file_format}"
+    src = tmp / f"{tag}-source.gguf"
     _source_gguf(src, layers)
-    _checkpoint(tmp / f"{kind}-ckpt", src, layers, np.random.default_rng(seed))
-    out = tmp / f"{kind}.gguf"
-    export_gguf(tmp / f"{kind}-ckpt", out, source=src, log=lambda m: None)
+    _checkpoint(tmp / f"{tag}-ckpt", src, layers, np.random.default_rng(seed), file_format)
+    out = tmp / f"{tag}.gguf"
+    report = export_gguf(tmp / f"{tag}-ckpt", out, source=src, log=lambda m: None)
+    assert report.file_format == file_format
     return out
 
 
@@ -342,9 +355,62 @@ def gguf_seeds(out: Path, tmp: Path) -> int:
         except Exception as e:      # a variant gguf-py cannot write is left out, with a note
             print(f"make_seeds: variant {tag} not written: {e}", file=sys.stderr)
 
+    seeds.update(v3_seeds(tmp))
     for name, data in seeds.items():
         (out / f"{name}.gguf").write_bytes(data)
     return len(seeds)
+
+
+def v3_seeds(tmp: Path) -> dict[str, bytes]:
+    """Format 3 (FORMAT.md): a valid export of the mixed layers, then one fault each in its 1-byte
+    headers, row scales (I8 [rows]), widths (I8 [K]), I16 permutations and format version."""
+    mixed = exported_file(tmp, "mixed", 3, file_format=3)
+    raw = mixed.read_bytes()
+    offs = data_offsets(mixed)
+    seeds: dict[str, bytes] = {"valid-v3-mixed": raw}
+    W2, W3, W8 = "blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_output.weight"
+
+    d2, _ = offs[W2]                                   # MLWQ2_V3, widths [1, 3], 2 rows of 128
+    s2, _ = offs[F.scale_name(W2)]
+    b2, _ = offs[F.bits_name(W2)]
+    seeds["v3-zero-too-big"] = edit(raw, (d2, bytes([raw[d2] & 15 | 2 << 4])))   # width 1: zero <= 1
+    seeds["valid-v3-zero-15-bits8"] = edit(raw, (offs[W8][0], bytes([raw[offs[W8][0]] & 15 | 15 << 4])))
+    seeds["v3-scale-below-code-0"] = edit(raw, (d2, bytes([raw[d2] & 0xF0 | 15])), (s2, bytes([4 * 15 - 1])))
+    seeds["valid-v3-row-scale-255"] = edit(raw, (s2, b"\xff"), (s2 + 1, b"\xff"))
+    seeds["valid-v3-row-scale-60-step-15"] = edit(raw, (d2, bytes([raw[d2] & 0xF0 | 15])), (s2, bytes([60])))
+    seeds["v3-width-0"] = edit(raw, (b2, b"\x00"))
+    seeds["v3-width-9"] = edit(raw, (b2, b"\x09"))
+    seeds["v3-width-negative"] = edit(raw, (b2, b"\xff"))                    # I8 read unsigned: 255
+    seeds["v3-widths-too-wide"] = edit(raw, (b2 + 1, b"\x04"))              # 1 + 4 > K*b = 4
+    p3, _ = offs[F.perm_name(W3)]                      # I16 [128]
+    seeds["v3-perm-repeated"] = edit(raw, (p3 + 2, raw[p3: p3 + 2]))
+    seeds["v3-perm-out-of-range"] = edit(raw, (p3, struct.pack("<h", 128)))
+    seeds["v3-perm-negative"] = edit(raw, (p3, struct.pack("<h", -1)))
+    _, ptid, _ = tensor_info(raw, F.perm_name(W3))
+    seeds["v3-perm-type-f16"] = edit(raw, (ptid, struct.pack("<i", 1)))     # F16: the same bytes
+    _, stid, _ = tensor_info(raw, F.scale_name(W3))
+    seeds["v3-row-scales-type-i16"] = edit(raw, (stid, struct.pack("<i", 25)))   # I8 (24) -> I16: 2 bytes a row
+    k = kv_value(raw, F.KEY_FORMAT_VERSION)
+    assert struct.unpack_from("<I", raw, k + 4)[0] == F.V3_FORMAT_VERSION
+    seeds["v3-under-version-2"] = edit(raw, (k + 4, struct.pack("<I", 2)))
+    _, tid3, _ = tensor_info(raw, W3)
+    seeds["v3-type-format2-id"] = edit(raw, (tid3, struct.pack("<i", F.GGML_TYPE_ID[3])))
+
+    def drop(*names):
+        return lambda name, data, ttype: [] if name in names else [(name, data, ttype)]
+
+    def short(target):
+        return lambda name, data, ttype: [(name, data[:-1] if name == target else data, ttype)]
+
+    for tag, fn in (("v3-missing-row-scales", drop(F.scale_name(W3))), ("v3-missing-widths", drop(F.bits_name(W8))),
+                    ("v3-orphan-row-scales", drop(W3, F.perm_name(W3), F.bits_name(W3))),
+                    ("v3-missing-perm", drop(F.perm_name(W2))),
+                    ("v3-row-scales-short", short(F.scale_name(W8))), ("v3-widths-short", short(F.bits_name(W3)))):
+        try:
+            seeds[tag] = rewritten(mixed, tmp / f"{tag}.gguf", fn).read_bytes()
+        except Exception as e:      # a variant gguf-py cannot write is left out, with a note
+            print(f"make_seeds: variant {tag} not written: {e}", file=sys.stderr)
+    return seeds
 
 
 # ---- row inputs ------------------------------------------------------------------------------
