@@ -200,6 +200,20 @@ def rewritten(src: Path, dst: Path, change) -> Path:
     return dst
 
 
+def dropped(*names):
+    """A rewritten() change that leaves out the tensors named."""
+    return lambda name, data, ttype: [] if name in names else [(name, data, ttype)]
+
+
+def add_rewritten(seeds: dict[str, bytes], src: Path, tmp: Path, variants) -> None:
+    """seeds[tag] = rewritten(src, ..., change) for each (tag, change) of variants."""
+    for tag, fn in variants:
+        try:
+            seeds[tag] = rewritten(src, tmp / f"{tag}.gguf", fn).read_bytes()
+        except Exception as e:      # a variant gguf-py cannot write is left out, with a note
+            print(f"make_seeds: variant {tag} not written: {e}", file=sys.stderr)
+
+
 def gguf_seeds(out: Path, tmp: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     tiny = exported_file(tmp, "tiny", 1)
@@ -306,12 +320,6 @@ def gguf_seeds(out: Path, tmp: Path) -> int:
     seeds["format-version-key-renamed"] = edit(raw, (k - 1, b"X"))
 
     # structural variants, rewritten with GGUFWriter
-    def drop_perm(name, data, ttype):
-        return [] if name == F.perm_name(W4) else [(name, data, ttype)]
-
-    def drop_weight(name, data, ttype):
-        return [] if name == W4 else [(name, data, ttype)]
-
     def three_d(name, data, ttype):
         return [(name, data.reshape(2, 1, -1) if name == W2 else data, ttype)]
 
@@ -346,14 +354,11 @@ def gguf_seeds(out: Path, tmp: Path) -> int:
         return keep(name, data, ttype)
     no_key.skip = (F.KEY_FORMAT_VERSION,)
 
-    for tag, fn in (("missing-perm", drop_perm), ("orphan-perm", drop_weight), ("mlwq-3d", three_d),
-                    ("token-embd-mlwq", embd), ("valid-no-rows", no_rows), ("valid-format-version-uint64", as_u64),
-                    ("format-version-string", as_str), ("format-version-missing", no_key),
-                    ("perm-shorter-than-ne0", perm_short), ("weight-read-as-64-columns", reshaped)):
-        try:
-            seeds[tag] = rewritten(mixed, tmp / f"{tag}.gguf", fn).read_bytes()
-        except Exception as e:      # a variant gguf-py cannot write is left out, with a note
-            print(f"make_seeds: variant {tag} not written: {e}", file=sys.stderr)
+    add_rewritten(seeds, mixed, tmp, (
+        ("missing-perm", dropped(F.perm_name(W4))), ("orphan-perm", dropped(W4)), ("mlwq-3d", three_d),
+        ("token-embd-mlwq", embd), ("valid-no-rows", no_rows), ("valid-format-version-uint64", as_u64),
+        ("format-version-string", as_str), ("format-version-missing", no_key),
+        ("perm-shorter-than-ne0", perm_short), ("weight-read-as-64-columns", reshaped)))
 
     seeds.update(v3_seeds(tmp))
     for name, data in seeds.items():
@@ -396,20 +401,14 @@ def v3_seeds(tmp: Path) -> dict[str, bytes]:
     _, tid3, _ = tensor_info(raw, W3)
     seeds["v3-type-format2-id"] = edit(raw, (tid3, struct.pack("<i", F.GGML_TYPE_ID[3])))
 
-    def drop(*names):
-        return lambda name, data, ttype: [] if name in names else [(name, data, ttype)]
-
     def short(target):
         return lambda name, data, ttype: [(name, data[:-1] if name == target else data, ttype)]
 
-    for tag, fn in (("v3-missing-row-scales", drop(F.scale_name(W3))), ("v3-missing-widths", drop(F.bits_name(W8))),
-                    ("v3-orphan-row-scales", drop(W3, F.perm_name(W3), F.bits_name(W3))),
-                    ("v3-missing-perm", drop(F.perm_name(W2))),
-                    ("v3-row-scales-short", short(F.scale_name(W8))), ("v3-widths-short", short(F.bits_name(W3)))):
-        try:
-            seeds[tag] = rewritten(mixed, tmp / f"{tag}.gguf", fn).read_bytes()
-        except Exception as e:      # a variant gguf-py cannot write is left out, with a note
-            print(f"make_seeds: variant {tag} not written: {e}", file=sys.stderr)
+    add_rewritten(seeds, mixed, tmp, (
+        ("v3-missing-row-scales", dropped(F.scale_name(W3))), ("v3-missing-widths", dropped(F.bits_name(W8))),
+        ("v3-orphan-row-scales", dropped(W3, F.perm_name(W3), F.bits_name(W3))),
+        ("v3-missing-perm", dropped(F.perm_name(W2))),
+        ("v3-row-scales-short", short(F.scale_name(W8))), ("v3-widths-short", short(F.bits_name(W3)))))
     return seeds
 
 
