@@ -12,7 +12,7 @@
 #   bash bench/gpu/device_cuda_checks.sh ncu            # per-kernel GPU time and DRAM bytes of generation
 #                                                       # (after smollm2; NCU_FILES="a.gguf b.gguf" for others;
 #                                                       # NCU_SKIP, NCU_COUNT: launches skipped, profiled;
-#                                                       # NCU_LIB=NAME: with stage libs' lib-NAME)
+#                                                       # NCU_LIBS="committed A": with each library, lib-A from stage libs)
 #   bash bench/gpu/device_cuda_checks.sh ncudetail      # (after bench) why the mat-vec kernels of the
 #                                                       # 1B shape stop where they do: ncu's stall, occupancy
 #                                                       # and memory sections (under ncu's replays the weights sit in L2)
@@ -183,15 +183,18 @@ stage_smollm2() {
 # and token, so its launch count / n_layer is the number of tokens profiled. The last lines add up the mat-vec
 # kernels of the weights: MLWQ's (mlwq_mul_mat_vec_q<...>) and llama.cpp's Q3_K one (mul_mat_vec_q<11, ...>).
 stage_ncu() {
-    local S="$W/smollm2-synth"
+    local S="$W/smollm2-synth" lib f
     local files=(${NCU_FILES:-$S/Q3_K_S.gguf $S/mlwq3.gguf})
+    for lib in ${NCU_LIBS:-committed}; do
     for f in "${files[@]}"; do
-        local n=$(basename "$f" .gguf)
-        timeout 300 ${NCU_LIB:+env LD_LIBRARY_PATH="$W/lib-$NCU_LIB"} ncu --metrics gpu__time_duration.sum,dram__bytes_read.sum --cache-control none --clock-control none \
+        local n=$(basename "$f" .gguf) env=()
+        [ "$lib" != committed ] && env=(env LD_LIBRARY_PATH="$W/lib-$lib")
+        [ "$lib" != committed ] && [[ "$n" != *mlwq* ]] && continue     # a library variant changes only MLWQ's kernels
+        timeout 300 "${env[@]}" ncu --metrics gpu__time_duration.sum,dram__bytes_read.sum --cache-control none --clock-control none \
             --graph-profiling node --launch-skip "${NCU_SKIP:-3000}" --launch-count "${NCU_COUNT:-900}" --csv \
-            "$BIN/llama-bench" -m "$f" -ngl 99 -p 0 -n 16 -r 1 > "$OUT/ncu-$n.csv" 2> "$OUT/ncu-$n.err"
-        echo "== $f"
-        python3 - "$OUT/ncu-$n.csv" <<'PY'
+            "$BIN/llama-bench" -m "$f" -ngl 99 -p 0 -n 16 -r 1 > "$OUT/ncu-$lib-$n.csv" 2> "$OUT/ncu-$lib-$n.err"
+        echo "== $lib library: $f"
+        python3 - "$OUT/ncu-$lib-$n.csv" <<'PY'
 import collections, csv, re, sys
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 hdr, rows = rows[0], rows[1:]
@@ -222,6 +225,7 @@ for g, pat in (("MLWQ mat-vec", r"mlwq_mul_mat_vec"), ("Q3_K mat-vec", r"\bmul_m
         print(f"{g} ({len(ks)} names, {sum(cnt[k] for k in ks)} launches): {t/1e3:.1f} us, "
               f"{b/1e6:.1f} MB read, {b/t:.0f} GB/s")
 PY
+    done
     done
 }
 
