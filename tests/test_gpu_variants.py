@@ -16,16 +16,13 @@ def cuda_sources():
     return sorted(CUDA_SRC.glob("mlwq*.cu")) + sorted(CUDA_SRC.glob("mlwq*.cuh"))
 
 
-@pytest.mark.parametrize("sed", sorted(VARIANTS.glob("*.sed")), ids=lambda p: p.name)
-def test_sed_variant_changes_our_sources(sed):
-    changed = [f.name for f in cuda_sources()
-               if subprocess.run(["sed", "-f", str(sed), str(f)], capture_output=True, text=True,
-                                 check=True).stdout != f.read_text()]
-    assert changed, f"{sed.name} changes none of {[f.name for f in cuda_sources()]}"
+def sed_changes(sed):
+    return [f.name for f in cuda_sources()
+            if subprocess.run(["sed", "-f", str(sed), str(f)], capture_output=True, text=True,
+                              check=True).stdout != f.read_text()]
 
 
-@pytest.mark.parametrize("patch", sorted(VARIANTS.glob("*.patch")), ids=lambda p: p.name)
-def test_patch_variant_applies_to_our_sources(patch, tmp_path):
+def patch_applies(patch, tmp_path):
     # as the stage applies it (-p1, no fuzz) to llama.cpp's tree, where our files sit under ggml/src/ggml-cuda/
     tree = tmp_path / "ggml" / "src" / "ggml-cuda"
     tree.mkdir(parents=True)
@@ -34,4 +31,11 @@ def test_patch_variant_applies_to_our_sources(patch, tmp_path):
     proc = subprocess.run(["patch", "-p1", "--batch", "--forward", "--fuzz=0", "-d", str(tmp_path)],
                           stdin=patch.open("rb"), capture_output=True)
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
-    assert any((tree / f.name).read_bytes() != f.read_bytes() for f in cuda_sources())
+    return [f.name for f in cuda_sources() if (tree / f.name).read_bytes() != f.read_bytes()]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS.glob("*.sed")) + sorted(VARIANTS.glob("*.patch")),
+                         ids=lambda p: p.name)
+def test_variant_changes_our_sources(variant, tmp_path):
+    changed = sed_changes(variant) if variant.suffix == ".sed" else patch_applies(variant, tmp_path)
+    assert changed, f"{variant.name} changes none of {[f.name for f in cuda_sources()]}"
