@@ -820,7 +820,9 @@ int main(int argc, char ** argv) {
         test_mul_mat(b, 64*70, 4099, 1, WIDTHS_WILD);         // 4 rows per warp, 2 warps per row group
         test_mul_mat(b, 64*72, 130, 1, WIDTHS_WILD);          // K = 72: codes load 8 bytes at a time
         test_mul_mat(b, 64*72, 130, 5, WIDTHS_WILD);
-        test_mul_mat(b, 64*72, 4099, 1, WIDTHS_WILD);         // 8-byte loads, a grid of several waves
+        test_mul_mat(b, 64*72, 4099, 1, WIDTHS_WILD);         // generation's pipe: CTAs of several row groups
+        test_mul_mat(b, 512, 131, 1, WIDTHS_WILD);            // K = 8: the pipe's shortest rows, a partial group
+        test_mul_mat(b, 256, 131, 1, WIDTHS_WILD);            // K = 4 (pipe-k4.patch: a group ends in 8 bytes)
         test_mul_mat_perm(b, 576, 192, 1, 0);
         test_mul_mat_perm(b, 576, 1536, 1, 64);
         test_mul_mat_perm(b, 1536, 576, 3, 0);
@@ -839,6 +841,8 @@ int main(int argc, char ** argv) {
         test_mul_mat_id(b, 512, 96, 4, 2, 5);
         test_mul_mat_id(b, 512, 96, 4, 2, 12);
         test_fusion(b, 576, 300);
+        test_fusion(b, 512, 131);                             // the pipe's bias and GLU epilogues
+        test_fusion(b, 256, 131);
         test_fusion_perm(b, b, 576, 1536);
         test_fusion_perm(b, b, 64*70, 130);                   // 3 rounds: 2 warps a row
         test_fusion_perm(b, b == 2 ? 3 : b - 1, 576, 1536);   // gate and up of two widths

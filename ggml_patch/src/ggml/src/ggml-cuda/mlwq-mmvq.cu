@@ -8,6 +8,8 @@
 // (the widths of earlier rounds, from their headers alone). Lanes decode their blocks with the
 // same instructions whatever the width (absent bit planes load nothing), because the 32 blocks of
 // a round span several tiers and a switch on the width would run each width present in turn.
+// Generation (one column, one matrix) on Ampere and later goes to mlwq_mul_mat_vec_q_pipe, which
+// copies whole rows into shared memory ahead of that decode; mlwq_mul_mat_vec_q takes the rest.
 
 #include "mlwq-common.cuh"
 #include "unary.cuh"
@@ -20,6 +22,9 @@
 #endif
 #ifndef MLWQ_MIN_CTAS_FUSED
 #define MLWQ_MIN_CTAS_FUSED 1   // the same for the kernels with a fusion (two rows' rounds in flight)
+#endif
+#ifndef MLWQ_PIPE
+#define MLWQ_PIPE 1     // 0: generation's mat-vec without the shared-memory pipeline (for A/B builds)
 #endif
 #ifndef MLWQ_Y_EARLY
 #define MLWQ_Y_EARLY 1  // 0: a round's activations load after its codes are decoded (for A/B builds)
@@ -435,6 +440,176 @@ static __global__ void mlwq_mul_mat_vec_q(
     GGML_UNUSED_VARS(x_bias, gate_bias, glu_op, glu_limit, dst_gate);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Generation's mat-vec through shared memory (ncols == 1, one matrix, 16-byte aligned rows of
+// K % 8 == 0 blocks, Ampere and later). A row is one contiguous span (its headers, then its fixed
+// code area of 8*K*b bytes), so a CTA copies whole rows into shared memory with cp.async before it
+// reads a header: no header-then-codes round trip, and the bytes in flight sit in shared memory,
+// not in registers. Persistent CTAs: CTA c takes groups c, c + gridDim.x, ... of MLWQ_WARPS rows
+// (a warp per row, all its rounds, with mlwq_mul_mat_vec_q's per-round code), the copies of its
+// next MLWQ_PIPE_STAGES - 1 groups in flight while it computes one. The gate (fusions) rides in the
+// same group. Bigger groups (several rows a warp) measured slower on small matrices: fewer CTAs.
+
+#define MLWQ_PIPE_STAGES 3      // row groups in shared memory: one computed, the others in flight
+
+static __device__ __forceinline__ void mlwq_copy16(char * dst_shared, const char * src) {
+#ifdef CP_ASYNC_AVAILABLE
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
+        : : "r"((unsigned) __cvta_generic_to_shared(dst_shared)), "l"(src) : "memory");
+#else
+    *(int4 *) dst_shared = *(const int4 *) src;
+#endif
+}
+
+static __device__ __forceinline__ void mlwq_copy_commit() {
+#ifdef CP_ASYNC_AVAILABLE
+    asm volatile("cp.async.commit_group;" : : : "memory");
+#endif
+}
+
+// this thread's copies of all but the n latest committed groups are done
+template <int n>
+static __device__ __forceinline__ void mlwq_copy_wait() {
+#ifdef CP_ASYNC_AVAILABLE
+    asm volatile("cp.async.wait_group %0;" : : "n"(n) : "memory");
+#endif
+}
+
+// nbytes (a multiple of 16) from src to dst, both 16-byte aligned, by all threads of the CTA
+static __device__ __forceinline__ void mlwq_copy_span(char * dst, const char * src, const int nbytes) {
+    const int tid = threadIdx.y*WARP_SIZE + threadIdx.x;
+    for (int i = tid; i < nbytes/16; i += WARP_SIZE*MLWQ_WARPS) {
+        mlwq_copy16(dst + 16*i, src + 16*i);
+    }
+}
+
+template <bool has_fusion>
+__launch_bounds__(WARP_SIZE*MLWQ_WARPS, 1)
+static __global__ void mlwq_mul_mat_vec_q_pipe(
+        const char * vx, const char * vgate, const block_q8_1 * vy, const block_q8_1 * vy_gate,
+        const float * x_bias, const float * gate_bias, const ggml_glu_op glu_op, const float glu_limit, float * dst,
+        float * dst_gate, const int K, const int code_bytes, const int code_bytes_gate, const int nrows_x) {
+    extern __shared__ int4 mlwq_pipe_smem[];
+    char * const smem = (char *) mlwq_pipe_smem;
+
+    const bool gated       = has_fusion && vgate != nullptr;
+    const int  row_bytes_x = MLWQ_HDR_BYTES*K + code_bytes;
+    const int  row_bytes_g = gated ? MLWQ_HDR_BYTES*K + code_bytes_gate : 0;
+    const int  stage_bytes = MLWQ_WARPS*(row_bytes_x + row_bytes_g);
+    const int  ngroups     = (nrows_x + MLWQ_WARPS - 1)/MLWQ_WARPS;
+    const int  mine        = (ngroups - (int) blockIdx.x + (int) gridDim.x - 1)/(int) gridDim.x;  // gridDim.x <= ngroups
+
+    // this CTA's i-th row group (rows of x, then of the gate) into stage i % MLWQ_PIPE_STAGES
+    auto copy_group = [&](const int i) {
+        const int r0 = (blockIdx.x + i*gridDim.x)*MLWQ_WARPS;
+        const int nr = min(MLWQ_WARPS, nrows_x - r0);
+        char * st = smem + (i % MLWQ_PIPE_STAGES)*stage_bytes;
+        mlwq_copy_span(st, vx + (int64_t) r0*row_bytes_x, nr*row_bytes_x);
+        if (gated) {
+            mlwq_copy_span(st + MLWQ_WARPS*row_bytes_x, vgate + (int64_t) r0*row_bytes_g, nr*row_bytes_g);
+        }
+    };
+    // weights only: their copies start before the wait for the kernels this one depends on
+#pragma unroll
+    for (int i = 0; i < MLWQ_PIPE_STAGES - 1; ++i) {
+        if (i < mine) {
+            copy_group(i);
+        }
+        mlwq_copy_commit();
+    }
+
+    ggml_cuda_pdl_sync();
+
+    const int M = (K + WARP_SIZE - 1)/WARP_SIZE;
+    for (int i = 0; i < mine; ++i) {
+        if (i + MLWQ_PIPE_STAGES - 1 < mine) {
+            copy_group(i + MLWQ_PIPE_STAGES - 1);
+        }
+        mlwq_copy_commit();     // an empty group past the end keeps the count of the wait below
+        mlwq_copy_wait<MLWQ_PIPE_STAGES - 1>();
+        __syncthreads();        // every thread's copies of group i are in
+
+        const char * st  = smem + (i % MLWQ_PIPE_STAGES)*stage_bytes;
+        const int    row = (blockIdx.x + i*gridDim.x)*MLWQ_WARPS + threadIdx.y;
+        if (row < nrows_x) {
+            float sums[2] = {0.0f, 0.0f};   // the row's, the gate's row's
+            mlwq_cursor cx = mlwq_cursor_at(st + threadIdx.y*row_bytes_x, K);
+            mlwq_cursor cg = {};
+            if (gated) {
+                cg = mlwq_cursor_at(st + MLWQ_WARPS*row_bytes_x + threadIdx.y*row_bytes_g, K);
+            }
+            for (int m = 0; m < M; ++m) {
+                mlwq_round r;
+                mlwq_load_header(cx, K, m, r);
+                mlwq_load_round<true>(cx, K, code_bytes, m, r);
+                mlwq_dot_round<1, true>(r, cx, m, vy, 0, sums);
+                if (gated) {
+                    mlwq_load_header(cg, K, m, r);
+                    mlwq_load_round<true>(cg, K, code_bytes_gate, m, r);
+                    mlwq_dot_round<1, true>(r, cg, m, vy_gate, 0, sums + 1);
+                }
+            }
+            sums[0] = warp_reduce_sum<WARP_SIZE>(sums[0]);
+            if (gated) {
+                sums[1] = warp_reduce_sum<WARP_SIZE>(sums[1]);
+            }
+            if (threadIdx.x == 0) {
+                float result = sums[0];
+                if constexpr (has_fusion) {
+                    if (dst_gate) {     // two products in one launch: each its own output
+                        dst_gate[row] = sums[1];
+                    }
+                    if (x_bias) {
+                        result += x_bias[row];
+                    }
+                    if (gated && !dst_gate) {
+                        result = mlwq_glu(glu_op, result, sums[1] + (gate_bias ? gate_bias[row] : 0.0f), glu_limit);
+                    }
+                }
+                dst[row] = result;
+            }
+        }
+        __syncthreads();        // group i's stage is read before a later copy overwrites it
+    }
+
+    ggml_cuda_pdl_lc();
+    GGML_UNUSED_VARS(x_bias, gate_bias, glu_op, glu_limit, dst_gate, vy_gate);
+}
+
+// Launches mlwq_mul_mat_vec_q_pipe if the product qualifies (see there); false otherwise.
+// stride_row_x, stride_row_gate: bytes.
+template <bool has_fusion>
+static bool mlwq_try_pipe(const char * vx, const char * vgate, const block_q8_1 * vy, const block_q8_1 * vy_gate,
+        const float * x_bias, const float * gate_bias, const ggml_glu_op glu_op, const float glu_limit, float * dst,
+        float * dst_gate, const int K, const int code_bytes, const int code_bytes_gate, const int nrows_x,
+        const int64_t stride_row_x, const int64_t stride_row_gate, cudaStream_t stream) {
+    const int id = ggml_cuda_get_device();
+    const ggml_cuda_device_info::cuda_device_info & info = ggml_cuda_info().devices[id];
+    const int64_t row_bytes_x = (int64_t) MLWQ_HDR_BYTES*K + code_bytes;
+    const int64_t row_bytes_g = vgate ? (int64_t) MLWQ_HDR_BYTES*K + code_bytes_gate : 0;
+    const auto on16 = [](const void * p) { return (uintptr_t) p % 16 == 0; };
+    // K % 8 == 0: a row, K*(2 + 8b) bytes, is whole 16-byte copies
+    if (!MLWQ_PIPE || !GGML_CUDA_CC_IS_NVIDIA(info.cc) || info.cc < GGML_CUDA_CC_AMPERE || K % 8 != 0 ||
+        stride_row_x != row_bytes_x || (vgate && stride_row_gate != row_bytes_g) || !on16(vx) || (vgate && !on16(vgate))) {
+        return false;
+    }
+    const size_t smem = (size_t) (MLWQ_PIPE_STAGES*MLWQ_WARPS*(row_bytes_x + row_bytes_g));
+    if (smem > info.smpbo) {
+        return false;
+    }
+    const auto kernel = mlwq_mul_mat_vec_q_pipe<has_fusion>;
+    CUDA_SET_SHARED_MEMORY_LIMIT(kernel, info.smpbo);
+    int per_sm = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, WARP_SIZE*MLWQ_WARPS, smem));
+    const int64_t ngroups = (nrows_x + MLWQ_WARPS - 1)/MLWQ_WARPS;
+    const dim3 grid((unsigned) std::min<int64_t>(ngroups, (int64_t) std::max(per_sm, 1)*info.nsm), 1, 1);
+    const dim3 block(WARP_SIZE, MLWQ_WARPS, 1);
+    const ggml_cuda_kernel_launch_params launch_params(grid, block, smem, stream);
+    ggml_cuda_kernel_launch(kernel, launch_params, vx, vgate, vy, vy_gate, x_bias, gate_bias, glu_op, glu_limit,
+        dst, dst_gate, K, code_bytes, code_bytes_gate, nrows_x);
+    return true;
+}
+
 template <int ncols, bool has_fusion>
 static void mlwq_launch_mmvq(
         const bool a8, const int S, const int nrows_x, const int64_t gy, const int64_t gz, cudaStream_t stream,
@@ -537,12 +712,19 @@ static void mlwq_mul_mat_vec_q_cuda(
             stride_row_x*ts, stride_row_gate, stride_col_y, stride_col_dst, \
         nchannels_dst/nchannels_x, stride_channel_x*ts, stride_channel_y, stride_channel_dst, nchannels_y, \
         nsamples_dst/nsamples_x, stride_sample_x*ts, stride_sample_y, stride_sample_dst, ids_stride
+#define MLWQ_PIPE_ARGS x, gate, y, y_gate, x_bias, g_bias, fusion.glu_op, fusion.glu_limit, dst, dst_gate, \
+        K, code_bytes, code_bytes_gate, nrows_x, stride_row_x*ts, stride_row_gate, stream
+    const bool one_matrix = nchannels_dst == 1 && nsamples_dst == 1;
     switch (ncols_dst) {
         case 1:
             if (has_fusion) {
-                mlwq_launch_mmvq<1, true>(MLWQ_ARGS);
+                if (!one_matrix || !mlwq_try_pipe<true>(MLWQ_PIPE_ARGS)) {
+                    mlwq_launch_mmvq<1, true>(MLWQ_ARGS);
+                }
             } else {
-                mlwq_launch_mmvq<1, false>(MLWQ_ARGS);
+                if (!one_matrix || !mlwq_try_pipe<false>(MLWQ_PIPE_ARGS)) {
+                    mlwq_launch_mmvq<1, false>(MLWQ_ARGS);
+                }
             }
             break;
         case 2: mlwq_launch_mmvq<2, false>(MLWQ_ARGS); break;
@@ -554,6 +736,7 @@ static void mlwq_mul_mat_vec_q_cuda(
         case 8: mlwq_launch_mmvq<8, false>(MLWQ_ARGS); break;
         default: GGML_ABORT("fatal error");
     }
+#undef MLWQ_PIPE_ARGS
 #undef MLWQ_ARGS
 }
 
