@@ -280,6 +280,28 @@ static __device__ __forceinline__ float mlwq_glu(const ggml_glu_op op, const flo
     }
 }
 
+// One output of a row: x's product (and, with a fusion, the gate's: g) to dst[dst_off], through the
+// bias and GLU epilogues; with dst_gate (two products in one launch, ggml_cuda_mlwq_try_pair) each
+// product to its own output. bias_off: the row's place in the biases.
+template <bool has_fusion>
+static __device__ __forceinline__ void mlwq_store_row(float x, const float g, const bool gated, const float * x_bias,
+        const float * gate_bias, const ggml_glu_op glu_op, const float glu_limit, float * dst, float * dst_gate,
+        const int64_t dst_off, const int64_t bias_off) {
+    if constexpr (has_fusion) {
+        if (dst_gate) {
+            dst_gate[dst_off] = g;
+        }
+        if (x_bias) {
+            x += x_bias[bias_off];
+        }
+        if (gated && !dst_gate) {
+            x = mlwq_glu(glu_op, x, gate_bias ? g + gate_bias[bias_off] : g, glu_limit);
+        }
+    }
+    dst[dst_off] = x;
+    GGML_UNUSED_VARS(g, gated, x_bias, gate_bias, glu_op, glu_limit, dst_gate, bias_off);
+}
+
 // Sums of a row's lanes, then of its S warps (rows of several rounds): true in the lane that holds
 // the row's totals (lane 0 of the row's first warp). All threads of the CTA call it together.
 template <int n>
@@ -419,25 +441,10 @@ static __global__ void mlwq_mul_mat_vec_q(
     }
 #pragma unroll
     for (int c = 0; c < ncols; ++c) {
-        float result = sums[c];
-        if constexpr (has_fusion) {
-            if (dst_gate) {     // two products in one launch (ggml_cuda_mlwq_try_pair): each its own output
-                dst_gate[dst_off + (int64_t) c*stride_col_dst] = sums[ncols + c];
-            }
-            if (x_bias) {
-                result += x_bias[bias_off + (int64_t) c*stride_col_dst];
-            }
-            if (gated && !dst_gate) {
-                float g = sums[ncols + c];
-                if (gate_bias) {
-                    g += gate_bias[bias_off + (int64_t) c*stride_col_dst];
-                }
-                result = mlwq_glu(glu_op, result, g, glu_limit);
-            }
-        }
-        dst[dst_off + (int64_t) c*stride_col_dst] = result;
+        const int64_t col = (int64_t) c*stride_col_dst;
+        mlwq_store_row<has_fusion>(sums[c], has_fusion ? sums[nsums - ncols + c] : 0.0f, gated, x_bias, gate_bias,
+                                   glu_op, glu_limit, dst, dst_gate, dst_off + col, bias_off + col);
     }
-    GGML_UNUSED_VARS(x_bias, gate_bias, glu_op, glu_limit, dst_gate);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -499,9 +506,11 @@ static __global__ void mlwq_mul_mat_vec_q_pipe(
     const int  ngroups     = (nrows_x + MLWQ_WARPS - 1)/MLWQ_WARPS;
     const int  mine        = (ngroups - (int) blockIdx.x + (int) gridDim.x - 1)/(int) gridDim.x;  // gridDim.x <= ngroups
 
+    // the first row of this CTA's i-th row group
+    auto group_row0 = [&](const int i) { return (int) (blockIdx.x + i*gridDim.x)*MLWQ_WARPS; };
     // this CTA's i-th row group (rows of x, then of the gate) into stage i % MLWQ_PIPE_STAGES
     auto copy_group = [&](const int i) {
-        const int r0 = (blockIdx.x + i*gridDim.x)*MLWQ_WARPS;
+        const int r0 = group_row0(i);
         const int nr = min(MLWQ_WARPS, nrows_x - r0);
         char * st = smem + (i % MLWQ_PIPE_STAGES)*stage_bytes;
         mlwq_copy_span(st, vx + (int64_t) r0*row_bytes_x, nr*row_bytes_x);
@@ -530,7 +539,7 @@ static __global__ void mlwq_mul_mat_vec_q_pipe(
         __syncthreads();        // every thread's copies of group i are in
 
         const char * st  = smem + (i % MLWQ_PIPE_STAGES)*stage_bytes;
-        const int    row = (blockIdx.x + i*gridDim.x)*MLWQ_WARPS + threadIdx.y;
+        const int    row = group_row0(i) + threadIdx.y;
         if (row < nrows_x) {
             float sums[2] = {0.0f, 0.0f};   // the row's, the gate's row's
             mlwq_cursor cx = mlwq_cursor_at(st + threadIdx.y*row_bytes_x, K);
@@ -554,26 +563,14 @@ static __global__ void mlwq_mul_mat_vec_q_pipe(
                 sums[1] = warp_reduce_sum<WARP_SIZE>(sums[1]);
             }
             if (threadIdx.x == 0) {
-                float result = sums[0];
-                if constexpr (has_fusion) {
-                    if (dst_gate) {     // two products in one launch: each its own output
-                        dst_gate[row] = sums[1];
-                    }
-                    if (x_bias) {
-                        result += x_bias[row];
-                    }
-                    if (gated && !dst_gate) {
-                        result = mlwq_glu(glu_op, result, sums[1] + (gate_bias ? gate_bias[row] : 0.0f), glu_limit);
-                    }
-                }
-                dst[row] = result;
+                mlwq_store_row<has_fusion>(sums[0], sums[1], gated, x_bias, gate_bias, glu_op, glu_limit, dst, dst_gate,
+                                           row, row);
             }
         }
         __syncthreads();        // group i's stage is read before a later copy overwrites it
     }
 
     ggml_cuda_pdl_lc();
-    GGML_UNUSED_VARS(x_bias, gate_bias, glu_op, glu_limit, dst_gate, vy_gate);
 }
 
 // Launches mlwq_mul_mat_vec_q_pipe if the product qualifies (see there); false otherwise.
