@@ -53,6 +53,13 @@ GGUFPY=$SRC/gguf-py
 export PYTHONUNBUFFERED=1
 source bench/gpu/patched_tree.sh
 
+# runs a command with stage libs' lib-NAME ahead of the build's libraries (the binaries' RUNPATH
+# names bin/, so LD_LIBRARY_PATH wins); NAME committed: the build's own
+with_lib() {
+    local name=$1; shift
+    if [ "$name" = committed ]; then "$@"; else LD_LIBRARY_PATH="$W/lib-$name" "$@"; fi
+}
+
 stage_build() {
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv
     nproc
@@ -187,10 +194,9 @@ stage_ncu() {
     local files=(${NCU_FILES:-$S/Q3_K_S.gguf $S/mlwq3.gguf})
     for lib in ${NCU_LIBS:-committed}; do
     for f in "${files[@]}"; do
-        local n=$(basename "$f" .gguf) env=()
-        [ "$lib" != committed ] && env=(env LD_LIBRARY_PATH="$W/lib-$lib")
+        local n=$(basename "$f" .gguf)
         [ "$lib" != committed ] && [[ "$n" != *mlwq* ]] && continue     # a library variant changes only MLWQ's kernels
-        timeout 300 "${env[@]}" ncu --metrics gpu__time_duration.sum,dram__bytes_read.sum --cache-control none --clock-control none \
+        with_lib "$lib" timeout 300 ncu --metrics gpu__time_duration.sum,dram__bytes_read.sum --cache-control none --clock-control none \
             --graph-profiling node --launch-skip "${NCU_SKIP:-3000}" --launch-count "${NCU_COUNT:-900}" --csv \
             "$BIN/llama-bench" -m "$f" -ngl 99 -p 0 -n 16 -r 1 > "$OUT/ncu-$lib-$n.csv" 2> "$OUT/ncu-$lib-$n.err"
         echo "== $lib library: $f"
@@ -353,10 +359,10 @@ stage_libab() {
         local runs=(Q3_K_S "${libs[@]}") n=$(( ${#libs[@]} + 1 )) r i
         for r in $(seq 0 $(( R - 1 ))); do
             for i in $(seq 0 $(( n - 1 ))); do
-                local k=${runs[$(( (i + r) % n ))]} f=$m env=()
-                [ "$k" = Q3_K_S ] && f=$q
-                [ "$k" != Q3_K_S ] && [ "$k" != committed ] && env=(env LD_LIBRARY_PATH="$W/lib-$k")
-                timeout 120 "${env[@]}" "$BIN/llama-bench" -m "$f" -ngl 99 -p 0 -n 128 -r 5 -o csv 2>/dev/null \
+                local k=${runs[$(( (i + r) % n ))]} f=$m
+                local lib=$k
+                [ "$k" = Q3_K_S ] && f=$q && lib=committed     # Q3_K_S runs with the build's library
+                with_lib "$lib" timeout 120 "$BIN/llama-bench" -m "$f" -ngl 99 -p 0 -n 128 -r 5 -o csv 2>/dev/null \
                     | tail -1 | awk -F, -v s="$name" -v k="$k" '{gsub(/"/, ""); print s, k, $(NF-1)}' | tee -a "$OUT/libab.txt"
             done
         done
@@ -387,7 +393,7 @@ case "${1:-all}" in
     ops)   timeout 120 "$BIN/test-mlwq-cuda" 2>&1 | tee "$OUT/test-mlwq-cuda.log" | grep -v "^  \[ ok \]" ;;
     libops) # the op tests with each library of stage libs ($MLWQ_LIBS)
            for v in ${MLWQ_LIBS:?set MLWQ_LIBS}; do echo "== lib-$v"
-               LD_LIBRARY_PATH="$W/lib-$v" timeout 120 "$BIN/test-mlwq-cuda" 2>&1 | tee "$OUT/test-mlwq-cuda-$v.log" | grep -v "^  \[ ok \]"
+               with_lib "$v" timeout 120 "$BIN/test-mlwq-cuda" 2>&1 | tee "$OUT/test-mlwq-cuda-$v.log" | grep -v "^  \[ ok \]"
            done ;;
     bench) stage_bench ;;
     sanitize) stage_sanitize ;;
