@@ -17,6 +17,8 @@
 # (default ~/.cache/mlwq; the sdist is looked for in $MLWQ_CACHE/dl as build.sh leaves it),
 # MLWQ_SDIST (a local copy of the sdist), NVCC (default nvcc), MLWQ_JOBS (default 2).
 # MLWQ_REGISTERS=1: also print ptxas's registers and spills per kernel of our mlwq*.cu (sm_90);
+# MLWQ_SASS=1: also the number of SASS instructions per kernel of our mlwq*.cu (sm_90; needs
+# cuobjdump: $CUOBJDUMP, else on PATH, e.g. from PyPI's nvidia-cuda-cuobjdump wheel);
 # MLWQ_CU_SOURCE=path: compile a variant (a branch's, or a sed-edited one): path is a directory
 # whose mlwq*.cu and mlwq*.cuh replace ours (and add to them), or one such file that replaces ours
 # of the same name.
@@ -188,6 +190,23 @@ for line in open(sys.argv[1]):
         name = subprocess.run(["c++filt", cur], capture_output=True, text=True).stdout.strip()
         print(f"[mlwq-cuda-check] sm_90 {m.group(1):>3} registers ({spill})  {src}: {name.split('(')[0]}")
         cur = None
+EOF
+    done
+fi
+if [ "${MLWQ_SASS:-0}" = 1 ] && [ "$fail" = 0 ]; then
+    CUOBJDUMP="${CUOBJDUMP:-cuobjdump}"
+    command -v "$CUOBJDUMP" >/dev/null || die "MLWQ_SASS=1: cuobjdump not found (set CUOBJDUMP)"
+    for f in "${OURS[@]}"; do
+        "$CUOBJDUMP" -sass -arch sm_90 "$WORK/$(basename "$f").o" > "$WORK/$(basename "$f").sass" \
+            || die "cuobjdump failed on $(basename "$f")"
+        "$PY" - "$WORK/$(basename "$f").sass" "$(basename "$f")" <<'EOF'
+import re, subprocess, sys
+# a kernel's instructions: one "/*offset*/ OPCODE ...;" per line after its "Function : NAME" line
+for part in re.split(r"\n\s*Function : ", open(sys.argv[1]).read())[1:]:
+    mangled = part.split("\n", 1)[0].strip()
+    count = len(re.findall(r"/\*[0-9a-f]{4,}\*/\s+[^;]*;", part))
+    name = subprocess.run(["c++filt", mangled], capture_output=True, text=True).stdout.strip()
+    print(f"[mlwq-cuda-check] sm_90 {count:>5} SASS instructions  {sys.argv[2]}: {name.split('(')[0]}")
 EOF
     done
 fi
