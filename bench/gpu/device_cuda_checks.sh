@@ -4,7 +4,7 @@
 #   bash bench/gpu/device_cuda_checks.sh build          # patched llama.cpp + test-mlwq-cuda (sm_90)
 #   bash bench/gpu/device_cuda_checks.sh test           # op tests, CPU-vs-CUDA KLD of a whole model
 #   bash bench/gpu/device_cuda_checks.sh ops            # the op tests alone (test-mlwq-cuda)
-#   bash bench/gpu/device_cuda_checks.sh sanitize       # compute-sanitizer memcheck of the op tests
+#   bash bench/gpu/device_cuda_checks.sh sanitize       # compute-sanitizer of the op tests (SANITIZE_TOOLS, SANITIZE_LIBS)
 #   bash bench/gpu/device_cuda_checks.sh benchops       # mat-vec speed, MLWQ3 vs Q3_K/Q4_0/Q8_0
 #   bash bench/gpu/device_cuda_checks.sh bench          # copy bandwidth, llama-bench MLWQ3 vs Q3_K_S (1B shape)
 #   bash bench/gpu/device_cuda_checks.sh smollm2        # llama-bench of SmolLM2-shaped files (+ $MLWQ_REAL)
@@ -98,10 +98,19 @@ stage_benchops() {
     timeout 240 "$BIN/test-mlwq-cuda" --bench 2>&1 | tee "$OUT/bench-ops.log"
 }
 
+# compute-sanitizer over the op tests: each tool of $SANITIZE_TOOLS (default memcheck; racecheck
+# for the shared-memory kernels) with each library of $SANITIZE_LIBS (default committed; others
+# from stage libs). Logs: $OUT/sanitizer-TOOL.log for the committed library, -TOOL-LIB.log for others.
 stage_sanitize() {
-    timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$BIN/test-mlwq-cuda" > "$OUT/sanitizer-memcheck.log" 2>&1
-    echo "compute-sanitizer memcheck rc=$?"
-    grep -E "ERROR SUMMARY|cases passed|Invalid" "$OUT/sanitizer-memcheck.log" | head -20
+    local lib tool log
+    for lib in ${SANITIZE_LIBS:-committed}; do
+        for tool in ${SANITIZE_TOOLS:-memcheck}; do
+            log="$OUT/sanitizer-$tool$([ "$lib" = committed ] || echo "-$lib").log"
+            with_lib "$lib" timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 "$BIN/test-mlwq-cuda" > "$log" 2>&1
+            echo "compute-sanitizer $tool, $lib library: rc=$?"
+            grep -E "ERROR SUMMARY|RACECHECK SUMMARY|cases passed|Invalid" "$log" | head -20
+        done
+    done
 }
 
 stage_bench() {
@@ -240,18 +249,24 @@ PY
 # Why a mat-vec kernel reaches only a part of the bandwidth: ncu's speed-of-light, occupancy, warp
 # stall and memory sections for a few launches of the MLWQ mat-vec kernels (the fused gate/up one
 # and the plain one) and of Q3_K's, in generation of the 1B-shape files of stage_bench (after it).
-# Files: $NCU_FILES. The text reports go to $OUT/ncu-detail-<file>.txt.
+# Files: $NCU_FILES; libraries: $NCU_LIBS (as stage ncu); kernels: $NCU_KERNEL (a regex, default
+# mul_mat_vec_q), launches $NCU_DETAIL_SKIP skipped, $NCU_DETAIL_COUNT profiled (200, 6). The text
+# reports go to $OUT/ncu-detail-<file>.txt (committed library) or ncu-detail-<lib>-<file>.txt.
 stage_ncudetail() {
-    local files=(${NCU_FILES:-$W/l1b-mlwq3.gguf $W/l1b-q3ks.gguf})
+    local files=(${NCU_FILES:-$W/l1b-mlwq3.gguf $W/l1b-q3ks.gguf}) lib f
+    for lib in ${NCU_LIBS:-committed}; do
     for f in "${files[@]}"; do
         local n=$(basename "$f" .gguf)
-        timeout 240 ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        [ "$lib" != committed ] && { [[ "$n" == *mlwq* ]] || continue; n="$lib-$n"; }
+        with_lib "$lib" timeout 240 ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
             --section MemoryWorkloadAnalysis --section SchedulerStats --cache-control none --clock-control none \
-            --graph-profiling node -k 'regex:mul_mat_vec_q' --launch-skip 200 --launch-count 6 \
+            --graph-profiling node -k "regex:${NCU_KERNEL:-mul_mat_vec_q}" --launch-skip "${NCU_DETAIL_SKIP:-200}" \
+            --launch-count "${NCU_DETAIL_COUNT:-6}" \
             "$BIN/llama-bench" -m "$f" -ngl 99 -p 0 -n 16 -r 1 > "$OUT/ncu-detail-$n.txt" 2> "$OUT/ncu-detail-$n.err"
-        echo "== $f"
-        grep -E "mul_mat_vec_q|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Stall|Issued Ipc" \
+        echo "== $lib library: $f"
+        grep -E "mul_mat_vec_q|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Stall|Issued Ipc|Compute \(SM\)" \
             "$OUT/ncu-detail-$n.txt" | head -60
+    done
     done
 }
 
